@@ -1,0 +1,1 @@
+"""Hybrid fine-tuning + RAG update strategy for LLM-powered interest exploration."""

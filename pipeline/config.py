@@ -1,0 +1,51 @@
+"""Config: conf/ (Hydra) is the source of truth, params.yaml its composition.
+
+Stages read params.yaml only; `python -m pipeline.config [overrides]` recomposes it with
+the same function DVC's Hydra integration uses for `dvc exp run -S`, so both give the
+same bytes.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
+PARAMS = ROOT / "params.yaml"
+
+
+def dump(overrides: list[str] | None = None, output: Path = PARAMS) -> None:
+    """Compose conf/config.yaml with Hydra overrides and write it to `output`."""
+    from dvc.utils.hydra import compose_and_dump
+
+    compose_and_dump(output, str(CONF_DIR), None, "config", str(ROOT), list(overrides or []))
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The composed, resolved config in memory (for tools that are not DVC stages)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def load(path: Path | str = PARAMS) -> DictConfig:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no params file; run `python -m pipeline.config` to compose it")
+    cfg = OmegaConf.load(path)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def main(argv: list[str]) -> None:
+    dump(argv)
+    print(f"wrote {PARAMS.relative_to(ROOT)}" + (f" with {' '.join(argv)}" if argv else ""))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""Datasets: the contract, the synthetic generator and the MovieLens adapter."""

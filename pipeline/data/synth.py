@@ -1,0 +1,188 @@
+"""The synthetic world: interest clusters, items and users' engagement logs.
+
+Users browse in sessions. Inside a session the next interest cluster follows a second-order
+Markov process: logits over successors of the last two distinct clusters (a, b). Those
+logits drift: one anchor every `anchor_days`, each a variance-preserving AR(1) step from
+the previous one, interpolated day by day; `monthly_drift` d sets the step so that anchors
+a month apart correlate by sqrt(1 - d). Last month's successors are a worse guess than
+last week's. Short-lived trends make a cluster surge for a few days.
+Sessions also repeat clusters (dedupe collapses them) and carry negative events (extract
+drops them). Everything is drawn from seeded streams and written chunk by chunk, so the
+same settings give byte-identical files in bounded memory.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from omegaconf import DictConfig
+from rich.progress import Progress
+
+from pipeline.data import contract
+from pipeline.files import atomic_path
+
+# Themes of human-readable keywords; a cluster is a theme plus three of its keywords.
+THEMES = [
+    ["street food", "night market", "travel vlog", "spicy noodles", "hawker stalls", "food tour"],
+    ["home workout", "kettlebell", "mobility drills", "hiit", "resistance bands", "stretching"],
+    ["indie games", "pixel art", "speedrun", "game dev", "roguelike", "retro consoles"],
+    ["sourdough", "home baking", "pastry", "bread scoring", "cake decorating", "fermentation"],
+    ["houseplants", "succulents", "repotting", "plant care", "terrarium", "propagation"],
+    ["astronomy", "telescopes", "night sky", "astrophotography", "planets", "meteor showers"],
+    ["woodworking", "hand tools", "joinery", "furniture making", "wood carving", "workshop tour"],
+    ["budget travel", "backpacking", "hostels", "solo travel", "rail journeys", "packing tips"],
+    ["jazz piano", "music theory", "improvisation", "chord voicings", "blues licks", "ear training"],
+    ["vegan recipes", "meal prep", "plant protein", "lentil dishes", "tofu", "salad bowls"],
+    ["urban sketching", "watercolor", "ink drawing", "sketchbook", "perspective", "plein air"],
+    ["trail running", "ultramarathon", "running shoes", "hill training", "race recap", "pacing"],
+    ["personal finance", "index funds", "budgeting", "frugal living", "retirement", "side hustle"],
+    ["cat videos", "kitten care", "cat toys", "cat behavior", "rescue cats", "funny pets"],
+    ["dog training", "puppy care", "agility", "dog breeds", "grooming", "obedience"],
+    ["vintage cars", "car restoration", "engine swap", "detailing", "classic racing", "garage build"],
+    ["smartphone reviews", "gadgets", "unboxing", "tech news", "wearables", "camera phones"],
+    ["hiking", "mountain trails", "camping gear", "wild camping", "summit views", "backcountry"],
+    ["knitting", "crochet", "yarn", "sweater patterns", "embroidery", "quilting"],
+    ["coffee brewing", "espresso", "latte art", "pour over", "coffee beans", "cafe tour"],
+    ["stand up comedy", "sketch comedy", "improv", "comedy podcast", "roast", "satire"],
+    ["chess openings", "endgames", "blitz chess", "chess puzzles", "grandmaster games", "tactics"],
+    ["interior design", "small apartments", "minimalism", "room makeover", "lighting", "decluttering"],
+    ["skateboarding", "skate park", "street skating", "kickflip", "longboard", "skate videos"],
+    ["ancient history", "archaeology", "roman empire", "egyptology", "lost cities", "history docs"],
+    ["k-pop", "dance covers", "idol groups", "music shows", "fan cams", "choreography"],
+    ["fishing", "fly fishing", "lure making", "river fishing", "sea angling", "catch and cook"],
+    ["language learning", "japanese", "spanish", "vocabulary", "pronunciation", "immersion"],
+    ["electronics", "arduino", "soldering", "raspberry pi", "circuits", "home automation"],
+    ["makeup tutorial", "skincare", "nail art", "hair styling", "beauty haul", "fragrance"],
+    ["football highlights", "tactics analysis", "transfer news", "goalkeeping", "match recap", "fan chants"],
+    ["yoga flow", "meditation", "breathwork", "mindfulness", "sleep sounds", "calm music"],
+    ["marine life", "coral reefs", "scuba diving", "sharks", "ocean documentary", "snorkeling"],
+    ["anime reviews", "manga", "cosplay", "anime openings", "studio ghibli", "fan art"],
+    ["barbecue", "smoked meat", "grilling", "brisket", "hot sauce", "campfire cooking"],
+    ["photography", "street photography", "film cameras", "portraits", "photo editing", "lenses"],
+]
+
+
+def cluster_keywords(n_clusters: int) -> list[list[str]]:
+    """Deterministic, unique keyword sets: theme i % len(THEMES), its k-th 3-keyword combination."""
+    combos = [list(itertools.combinations(theme, 3)) for theme in THEMES]
+    limit = len(THEMES) * len(combos[0])
+    if not 1 <= n_clusters <= limit:
+        raise ValueError(f"data.synth.n_clusters: {n_clusters} is outside 1..{limit}")
+    return [list(combos[i % len(THEMES)][i // len(THEMES)]) for i in range(n_clusters)]
+
+
+@dataclass(frozen=True)
+class World:
+    """The hidden process: monthly logit anchors, trend boosts per day, item catalogue."""
+
+    start: np.datetime64
+    n_days: int
+    anchor_days: int
+    anchors: np.ndarray  # (n_anchors, C, C, C) successor logits every anchor_days
+    trends: np.ndarray  # (n_days, C) additive logit boost
+    items: np.ndarray  # (C, items_per_cluster) item ids
+
+    def logits(self, day: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Successor logits for sessions on `day` whose last two distinct clusters are (a, b)."""
+        k = day // self.anchor_days
+        frac = ((day % self.anchor_days) / self.anchor_days)[:, None]
+        out = (1 - frac) * self.anchors[k, a, b] + frac * self.anchors[k + 1, a, b] + self.trends[day]
+        out[np.arange(len(b)), b] = -np.inf  # a move, not a repeat: repeats are drawn separately
+        return out
+
+
+def build_world(s: DictConfig, time_range) -> World:
+    rng = np.random.default_rng([s.seed, 0])
+    c = int(s.n_clusters)
+    start = np.datetime64(str(time_range.start), "D")
+    end = np.datetime64(str(time_range.end), "D")
+    months = np.arange(start.astype("datetime64[M]"), end.astype("datetime64[M]") + 1)
+    month_starts = np.clip((months.astype("datetime64[D]") - start).astype(int), 0, None)
+    n_days = int((end - start).astype(int))
+    month_starts[-1] = n_days
+    # Half the preference is about the last cluster only, half about the pair.
+    def draw():
+        return s.logit_scale * (np.sqrt(0.5) * rng.standard_normal((1, c, c)) + np.sqrt(0.5) * rng.standard_normal((c, c, c)))
+    step = int(s.anchor_days)
+    keep = np.sqrt(1 - s.monthly_drift) ** (step / 30.0)  # correlation of consecutive anchors
+    anchors = [draw()]
+    for _ in range(n_days // step + 1):
+        anchors.append(keep * anchors[-1] + np.sqrt(1 - keep**2) * draw())
+    trends = np.zeros((n_days, c))
+    for m in range(len(month_starts) - 1):
+        lo, hi = month_starts[m], month_starts[m + 1]
+        for cluster in rng.choice(c, size=min(int(s.trends_per_month), c), replace=False):
+            first = rng.integers(lo, max(lo + 1, hi - s.trend_days + 1))
+            trends[first:first + s.trend_days, cluster] += s.trend_boost
+    items = rng.permutation(c * int(s.items_per_cluster)).reshape(c, -1).astype(np.int64) + 1
+    return World(start, n_days, step, np.stack(anchors).astype(np.float32), trends.astype(np.float32), items)
+
+
+def _sessions(world: World, s: DictConfig, chunk: int, n_sessions: int) -> pd.DataFrame:
+    """Simulate `n_sessions` sessions with the chunk's own seeded stream."""
+    rng = np.random.default_rng([s.seed, 1, chunk])
+    c = world.anchors.shape[1]
+    seconds = world.n_days * 86400
+    begin = rng.integers(0, seconds, size=n_sessions)
+    # Longest first, so the sessions still running at step k are a prefix [:active].
+    length = -np.sort(-(2 + rng.geometric(1 / max(s.mean_session_events - 1, 1), size=n_sessions)))
+    users = rng.integers(1, s.n_users + 1, size=n_sessions)
+    steps = int(length.max())
+    clusters = np.empty((n_sessions, steps), dtype=np.int32)
+    offsets = np.cumsum(rng.exponential(s.mean_event_gap_s, size=(n_sessions, steps)), axis=1).astype(np.int64)
+    ts = begin[:, None] + offsets
+    day = np.minimum(ts // 86400, world.n_days - 1)
+    a = b = rng.integers(0, c, size=n_sessions)
+    clusters[:, 0] = b
+    for k in range(1, steps):
+        active = int(np.count_nonzero(length > k))
+        a, b = a[:active], b[:active]
+        logits = world.logits(day[:active, k], a, b)
+        moved = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
+        stay = rng.random(active) < s.repeat_prob
+        nxt = np.where(stay, b, moved)
+        a, b = np.where(stay, a, b), nxt
+        clusters[:active, k] = nxt
+    keep = (np.arange(steps)[None, :] < length[:, None]) & (ts < seconds)
+    rows = np.nonzero(keep)
+    cl = clusters[rows]
+    item = world.items[cl, rng.integers(0, world.items.shape[1], size=len(cl))]
+    engagement = rng.uniform(0.5, 1.0, size=len(cl))
+    negative = rng.random(len(cl)) < s.negative_share
+    # A negative event is a skipped random item: it is noise in the log, not a step of the chain.
+    item[negative] = world.items.ravel()[rng.integers(0, world.items.size, size=int(negative.sum()))]
+    engagement[negative] = rng.uniform(0.0, 0.5, size=int(negative.sum()))
+    unknown = rng.random(len(cl)) < s.unknown_item_share
+    item[unknown] = world.items.size + 1 + rng.integers(0, 1000, size=int(unknown.sum()))
+    when = world.start.astype("datetime64[us]") + ts[rows].astype("timedelta64[s]")
+    return pd.DataFrame({"user_id": users[rows[0]].astype(np.int64), "item_id": item,
+                         "ts": pd.DatetimeIndex(when).tz_localize("UTC"), "engagement": engagement.astype(np.float32)})
+
+
+def generate(s: DictConfig, time_range, out_dir: Path | str) -> dict:
+    """Write events/items/clusters for the settings `s` into `out_dir` (replaced atomically)."""
+    world = build_world(s, time_range)
+    keywords = cluster_keywords(int(s.n_clusters))
+    sessions_per_chunk = max(1, int(s.chunk_events / s.mean_session_events))
+    written = chunk = 0
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        with pq.ParquetWriter(tmp / "events.parquet", contract.EVENTS_SCHEMA) as writer, Progress() as bar:
+            task = bar.add_task("synth events", total=int(s.n_events))
+            while written < s.n_events:
+                frame = _sessions(world, s, chunk, sessions_per_chunk).iloc[: int(s.n_events) - written]
+                writer.write_table(pa.Table.from_pandas(frame, schema=contract.EVENTS_SCHEMA, preserve_index=False))
+                written += len(frame)
+                chunk += 1
+                bar.update(task, completed=written)
+        c = len(keywords)
+        contract.write(tmp,
+                       items=pa.table({"item_id": world.items.ravel(),
+                                       "cluster_id": np.repeat(np.arange(c, dtype=np.int32), world.items.shape[1])}),
+                       clusters=pa.table({"cluster_id": np.arange(c, dtype=np.int32), "keywords": keywords}))
+    return {"events": written, "clusters": c, "items": int(world.items.size), "chunks": chunk}

@@ -1,0 +1,42 @@
+"""DuckDB connections and the SQL files in pipeline/sql/."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+from omegaconf import DictConfig
+
+from pipeline.files import atomic_path
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+
+
+def connect(cfg: DictConfig) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the configured resources, UTC and ordered output."""
+    con = duckdb.connect(config={
+        "threads": int(cfg.duckdb.threads),
+        "memory_limit": str(cfg.duckdb.memory_limit),
+        "temp_directory": str(cfg.duckdb.temp_directory),
+        # Row order is part of the output.
+        "preserve_insertion_order": True,
+    })
+    # Days are UTC days whatever the machine's zone (set after connect: it needs ICU loaded).
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def sql(name: str) -> str:
+    """The text of pipeline/sql/<name>.sql."""
+    return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def literal(path: Path | str) -> str:
+    """A path as a SQL string literal (COPY targets cannot be bound parameters)."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def copy(con: duckdb.DuckDBPyConnection, name: str, target: Path | str, params: dict) -> int:
+    """Run pipeline/sql/<name>.sql into `target` as zstd Parquet, atomically; return its row count."""
+    with atomic_path(target) as tmp:
+        con.execute(f"COPY ({sql(name)}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd)", params)
+        return con.execute(f"SELECT count(*) FROM read_parquet({literal(tmp)})").fetchone()[0]
