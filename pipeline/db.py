@@ -6,8 +6,6 @@ from pathlib import Path
 import duckdb
 from omegaconf import DictConfig
 
-from pipeline.files import atomic_path
-
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 
 
@@ -36,7 +34,8 @@ def literal(path: Path | str) -> str:
 
 
 def copy(con: duckdb.DuckDBPyConnection, name: str, target: Path | str, params: dict) -> int:
-    """Run pipeline/sql/<name>.sql into `target` as zstd Parquet, atomically; return its row count."""
-    with atomic_path(target) as tmp:
-        con.execute(f"COPY ({sql(name)}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd)", params)
-        return con.execute(f"SELECT count(*) FROM read_parquet({literal(tmp)})").fetchone()[0]
+    """Run pipeline/sql/<name>.sql into `target` as zstd Parquet; return its row count.
+
+    Callers write into an atomic_path so a failure leaves the previous output in place."""
+    con.execute(f"COPY ({sql(name)}) TO {literal(target)} (FORMAT parquet, COMPRESSION zstd)", params)
+    return con.execute(f"SELECT count(*) FROM read_parquet({literal(target)})").fetchone()[0]

@@ -8,6 +8,7 @@ the file, the row, the column and the offending value.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -39,6 +40,8 @@ class ContractError(ValueError):
     def __init__(self, file: str, problem: str, column: str | None = None, value: object = None, row: int | None = None):
         where = str(file) + (f" row {row}" if row is not None else "")
         what = f"column '{column}': " if column else ""
+        if isinstance(value, datetime):
+            value = value.isoformat(sep=" ")
         shown = f" (value: {value!r})" if value is not None or column else ""
         super().__init__(f"{where}: {what}{problem}{shown}")
         self.file, self.column, self.value, self.row = str(file), column, value, row
@@ -107,11 +110,11 @@ def _enforce(con: duckdb.DuckDBPyConnection, source: str, path: Path, rules: lis
             raise ContractError(shown, f"{rule.problem} ({n} rows)", rule.column, value, row)
 
 
-def _duplicates(con, source: str, path: Path, column: str, what: str) -> None:
-    dup = con.execute(f"SELECT {column}, count(*) FROM {source} GROUP BY 1 HAVING count(*) > 1 "
-                  f"ORDER BY 1 LIMIT 1").fetchone()
+def _duplicates(con, source: str, path: Path, column: str, what: str, expr: str | None = None) -> None:
+    dup = con.execute(f"SELECT {expr or column}, list(file_row_number ORDER BY file_row_number) FROM {source} "
+                      f"GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 LIMIT 1").fetchone()
     if dup:
-        raise ContractError(path, f"duplicate {what} appears {dup[1]} times", column, dup[0])
+        raise ContractError(path, f"duplicate {what} in rows {dup[1]}", column, dup[0])
 
 
 def register(con: duckdb.DuckDBPyConnection, data_dir: Path | str, time_range, unknown_items: str = "drop") -> dict:
@@ -131,8 +134,8 @@ def register(con: duckdb.DuckDBPyConnection, data_dir: Path | str, time_range, u
              "keywords must be lower case, trimmed, without commas"),
     ])
     _duplicates(con, clusters_src, paths["clusters"], "cluster_id", "cluster_id")
-    _duplicates(con, clusters_src, paths["clusters"], f"array_to_string(keywords, '{SEPARATOR}')",
-                "cluster description")
+    _duplicates(con, clusters_src, paths["clusters"], "keywords", "cluster description",
+                f"array_to_string(keywords, '{SEPARATOR}')")
 
     _check_columns(con, "items", paths["items"])
     _enforce(con, items_src, paths["items"], [

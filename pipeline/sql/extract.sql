@@ -12,7 +12,7 @@ ordered AS (
     -- item_id breaks timestamp ties: real logs hold equal timestamps.
     SELECT user_id, ts, cluster_id,
            row_number() OVER w AS rn,
-           coalesce(epoch_us(ts) - epoch_us(lag(ts) OVER w) > $session_gap * 1000000, false)::INTEGER AS gap
+           coalesce(epoch_us(ts) - epoch_us(lag(ts) OVER w) > $session_gap::BIGINT * 1000000, false)::INTEGER AS gap
     FROM positive
     WINDOW w AS (PARTITION BY user_id ORDER BY ts, item_id)
 ),

@@ -31,7 +31,8 @@ def drift(con: duckdb.DuckDBPyConnection, daily: Path, top_k: int, min_support: 
 
 def run(cfg: DictConfig) -> None:
     con = db.connect(cfg)
-    rows = db.copy(con, "daily_counts", cfg.paths.daily_counts, {"triples": str(cfg.paths.triples)})
+    with atomic_path(cfg.paths.daily_counts) as daily:
+        rows = db.copy(con, "daily_counts", daily, {"triples": str(cfg.paths.triples)})
     metrics = drift(con, Path(cfg.paths.daily_counts), int(cfg.count.top_k), int(cfg.count.min_support))
     metrics["daily_count_rows"] = rows
     write_json(Path(cfg.paths.metrics) / "drift.json", metrics)

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from pipeline import db
 from pipeline.data import contract
-from pipeline.files import write_json
+from pipeline.files import atomic_path, write_json
 
 DEDUPE_MODES = ("first_occurrence", "consecutive")
 
@@ -33,13 +33,15 @@ def run(cfg: DictConfig) -> None:
     counts = contract.register(con, cfg.data.path, cfg.data.time_range, cfg.data.unknown_items)
     stats = build(con, cfg.extract)
     min_distinct = {"min_distinct": int(cfg.extract.min_distinct)}
-    stats["kept_visits"] = db.copy(con, "sequences", cfg.paths.sequences, min_distinct)
-    stats["triples"] = db.copy(con, "triples", cfg.paths.triples, min_distinct)
+    # Both outputs land together or not at all.
+    with atomic_path(cfg.paths.sequences) as sequences, atomic_path(cfg.paths.triples) as triples:
+        stats["kept_visits"] = db.copy(con, "sequences", sequences, min_distinct)
+        stats["triples"] = db.copy(con, "triples", triples, min_distinct)
+        if stats["triples"] == 0:
+            raise ValueError(f"{cfg.data.path}: no triples after extract ({stats}); check extract.min_engagement "
+                             "and extract.session_gap")
     stats["positive_events"] = stats["events"] - stats["negative_events"] - stats["unknown_item_events"]
     stats["repeats_collapsed"] = stats["positive_events"] - stats["deduped_visits"]
     stats.update(clusters=counts["clusters"], items=counts["items"], dataset=str(cfg.data.name))
-    if stats["triples"] == 0:
-        raise ValueError(f"{cfg.data.path}: no triples after extract ({stats}); check extract.min_engagement "
-                         "and extract.session_gap")
     write_json(Path(cfg.paths.metrics) / "extract.json", stats)
     print(" ".join(f"{k}={v}" for k, v in sorted(stats.items())))

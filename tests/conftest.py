@@ -1,0 +1,58 @@
+"""Shared fixtures: a composed config pointing into tmp_path, and tiny contract datasets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import config
+from pipeline.data import contract
+
+T0 = pd.Timestamp("2024-01-10 12:00", tz="UTC")
+
+
+def compose(tmp_path: Path, *overrides: str):
+    """The project config with every path moved into tmp_path."""
+    return config.compose([
+        f"data.path={tmp_path / 'data'}",
+        f"paths.sequences={tmp_path / 'work/sequences.parquet'}",
+        f"paths.triples={tmp_path / 'work/triples.parquet'}",
+        f"paths.daily_counts={tmp_path / 'work/daily_counts.parquet'}",
+        f"paths.metrics={tmp_path / 'metrics'}",
+        f"duckdb.temp_directory={tmp_path / 'duckdb_tmp'}",
+        *overrides,
+    ])
+
+
+def events_frame(rows: list[tuple]) -> pd.DataFrame:
+    """rows: (user_id, item_id, seconds after T0, engagement)."""
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "seconds", "engagement"])
+    frame["ts"] = T0 + pd.to_timedelta(frame.pop("seconds"), unit="s")
+    return frame[["user_id", "item_id", "ts", "engagement"]]
+
+
+def write_dataset(data_dir: Path, events: pd.DataFrame | pa.Table, n_clusters: int = 6,
+                  items: pa.Table | None = None, clusters: pa.Table | None = None) -> Path:
+    """Write a dataset; by default item 100*c + k (k < 100) belongs to cluster c."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if items is None:
+        ids = list(range(n_clusters * 100))
+        items = pa.table({"item_id": pa.array(ids, pa.int64()),
+                          "cluster_id": pa.array([i // 100 for i in ids], pa.int32())})
+    if clusters is None:
+        clusters = pa.table({"cluster_id": pa.array(range(n_clusters), pa.int32()),
+                             "keywords": [[f"topic {c}", f"theme {c}"] for c in range(n_clusters)]})
+    if isinstance(events, pd.DataFrame):
+        events = pa.Table.from_pandas(events, schema=contract.EVENTS_SCHEMA, preserve_index=False)
+    pq.write_table(events, data_dir / "events.parquet")
+    pq.write_table(items, data_dir / "items.parquet")
+    pq.write_table(clusters, data_dir / "clusters.parquet")
+    return data_dir
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return compose(tmp_path)

@@ -1,0 +1,163 @@
+"""Bad input gets an error naming the file, the column and the offending value."""
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.data import contract
+from pipeline.data.contract import ContractError
+from tests.conftest import events_frame, write_dataset
+
+RANGE = {"start": "2024-01-01", "end": "2024-04-01"}
+GOOD_EVENTS = [(1, 0, 0, 0.9), (1, 100, 60, 0.9), (1, 200, 120, 0.9)]
+
+
+def register(data_dir, unknown_items="drop"):
+    return contract.register(duckdb.connect(), data_dir, RANGE, unknown_items)
+
+
+def expect(data_dir, file, column, value, unknown_items="drop"):
+    with pytest.raises(ContractError) as err:
+        register(data_dir, unknown_items)
+    message = str(err.value)
+    assert file in message and f"column '{column}'" in message and repr(value) in message, message
+    return message
+
+
+def test_valid_dataset_registers_views(tmp_path):
+    data = write_dataset(tmp_path, events_frame(GOOD_EVENTS))
+    con = duckdb.connect()
+    assert contract.register(con, data, RANGE) == {"clusters": 6, "items": 600}
+    assert con.execute("SELECT description FROM clusters WHERE cluster_id = 2").fetchone() == ("topic 2, theme 2",)
+    assert con.execute("SELECT count(*) FROM events").fetchone() == (3,)
+
+
+def test_missing_file(tmp_path):
+    data = write_dataset(tmp_path, events_frame(GOOD_EVENTS))
+    (data / "items.parquet").unlink()
+    with pytest.raises(ContractError, match="items.parquet: missing items file"):
+        register(data)
+
+
+def test_missing_column(tmp_path):
+    events = events_frame(GOOD_EVENTS).drop(columns="engagement")
+    data = write_dataset(tmp_path, pa.Table.from_pandas(events, preserve_index=False))
+    with pytest.raises(ContractError, match=r"events.parquet: column 'engagement': missing required column"):
+        register(data)
+
+
+def test_wrong_type(tmp_path):
+    events = events_frame(GOOD_EVENTS).astype({"user_id": str})
+    data = write_dataset(tmp_path, pa.Table.from_pandas(events, preserve_index=False))
+    expect(data, "events.parquet", "user_id", "VARCHAR")
+
+
+def test_null_user_id(tmp_path):
+    events = pa.Table.from_pandas(events_frame(GOOD_EVENTS), preserve_index=False)
+    events = events.set_column(0, "user_id", pa.array([1, None, 1], pa.int64()))
+    message = expect(write_dataset(tmp_path, events), "events.parquet", "user_id", None)
+    assert "row 1" in message and "null user_id" in message
+
+
+def test_duplicate_item_ids(tmp_path):
+    items = pa.table({"item_id": pa.array([0, 100, 200, 100], pa.int64()),
+                      "cluster_id": pa.array([0, 1, 2, 3], pa.int32())})
+    message = expect(write_dataset(tmp_path, events_frame(GOOD_EVENTS), items=items), "items.parquet", "item_id", 100)
+    assert "duplicate item_id in rows [1, 3]" in message
+
+
+def test_duplicate_cluster_ids(tmp_path):
+    clusters = pa.table({"cluster_id": pa.array([0, 1, 2, 2], pa.int32()),
+                         "keywords": [["a b", "c"], ["d", "e"], ["f", "g"], ["h", "i"]]})
+    items = pa.table({"item_id": pa.array([0, 100, 200], pa.int64()), "cluster_id": pa.array([0, 1, 2], pa.int32())})
+    expect(write_dataset(tmp_path, events_frame(GOOD_EVENTS), items=items, clusters=clusters),
+           "clusters.parquet", "cluster_id", 2)
+
+
+def test_item_without_cluster(tmp_path):
+    items = pa.table({"item_id": pa.array([0, 100, 200], pa.int64()), "cluster_id": pa.array([0, None, 2], pa.int32())})
+    message = expect(write_dataset(tmp_path, events_frame(GOOD_EVENTS), items=items), "items.parquet", "cluster_id",
+                     None)
+    assert "item has no cluster" in message and "row 1" in message
+
+
+def test_item_with_unknown_cluster(tmp_path):
+    items = pa.table({"item_id": pa.array([0, 100, 200], pa.int64()), "cluster_id": pa.array([0, 1, 42], pa.int32())})
+    message = expect(write_dataset(tmp_path, events_frame(GOOD_EVENTS), items=items), "items.parquet", "cluster_id", 42)
+    assert "not in clusters.parquet" in message
+
+
+@pytest.mark.parametrize("keywords, problem", [
+    ([], "cluster has no keywords"),
+    (None, "cluster has no keywords"),
+    (["solo"], "needs 2-6 keywords"),
+    (["Upper", "case"], "lower case"),
+    (["a, b", "c"], "without commas"),
+    (["a", ""], "null or empty keyword"),
+])
+def test_bad_keywords(tmp_path, keywords, problem):
+    clusters = pa.table({"cluster_id": pa.array([0, 1, 2], pa.int32()),
+                         "keywords": pa.array([["x", "y"], keywords, ["z", "w"]], pa.list_(pa.string()))})
+    items = pa.table({"item_id": pa.array([0, 100, 200], pa.int64()), "cluster_id": pa.array([0, 1, 2], pa.int32())})
+    message = expect(write_dataset(tmp_path, events_frame(GOOD_EVENTS), items=items, clusters=clusters),
+                     "clusters.parquet", "keywords", keywords)
+    assert problem in message and "row 1" in message
+
+
+def test_duplicate_descriptions(tmp_path):
+    clusters = pa.table({"cluster_id": pa.array([0, 1, 2], pa.int32()),
+                         "keywords": [["street food", "travel"], ["chess", "go"], ["street food", "travel"]]})
+    items = pa.table({"item_id": pa.array([0, 100, 200], pa.int64()), "cluster_id": pa.array([0, 1, 2], pa.int32())})
+    message = expect(write_dataset(tmp_path, events_frame(GOOD_EVENTS), items=items, clusters=clusters),
+                     "clusters.parquet", "keywords", "street food, travel")
+    assert "duplicate cluster description in rows [0, 2]" in message
+
+
+def test_unparsable_timestamp(tmp_path):
+    events = pa.table({"user_id": pa.array([1, 1], pa.int64()), "item_id": pa.array([0, 100], pa.int64()),
+                       "ts": ["2024-01-05 10:00:00", "yesterday at noon"],
+                       "engagement": pa.array([0.9, 0.9], pa.float32())})
+    message = expect(write_dataset(tmp_path, events), "events.parquet", "ts", "yesterday at noon")
+    assert "unparsable timestamp" in message
+
+
+def test_string_timestamps_with_offsets_are_read_as_utc(tmp_path):
+    events = pa.table({"user_id": pa.array([1], pa.int64()), "item_id": pa.array([0], pa.int64()),
+                       "ts": ["2024-01-05T01:30:00+02:00"], "engagement": pa.array([0.9], pa.float32())})
+    con = duckdb.connect()
+    contract.register(con, write_dataset(tmp_path, events), RANGE)
+    assert str(con.execute("SELECT ts FROM events").fetchone()[0]) == "2024-01-04 23:30:00"
+
+
+def test_timestamp_outside_declared_range(tmp_path):
+    events = events_frame(GOOD_EVENTS)
+    events.loc[2, "ts"] = pd.Timestamp("2024-04-01 00:00", tz="UTC")
+    message = expect(write_dataset(tmp_path, events), "events.parquet", "ts", "2024-04-01 00:00:00+00:00")
+    assert "outside the declared range [2024-01-01, 2024-04-01)" in message and "row 2" in message
+
+
+def test_nan_engagement(tmp_path):
+    with pytest.raises(ContractError, match=r"events.parquet row 0: column 'engagement': null or NaN engagement"):
+        register(write_dataset(tmp_path, events_frame([(1, 0, 0, float("nan"))])))
+
+
+def test_unknown_items_error_when_configured(tmp_path):
+    data = write_dataset(tmp_path, events_frame(GOOD_EVENTS + [(2, 9999, 30, 0.9)]))
+    register(data)  # the default drops them (extract counts them)
+    expect(data, "events.parquet", "item_id", 9999, unknown_items="error")
+
+
+def test_events_as_folder_of_parts_names_the_part(tmp_path):
+    data = write_dataset(tmp_path, events_frame(GOOD_EVENTS))
+    (data / "events.parquet").unlink()
+    (data / "events").mkdir()
+    pq.write_table(pa.Table.from_pandas(events_frame(GOOD_EVENTS), schema=contract.EVENTS_SCHEMA,
+                                        preserve_index=False), data / "events" / "part-0.parquet")
+    bad = events_frame([(None, 0, 0, 0.9)]).astype({"user_id": "Int64"})
+    pq.write_table(pa.Table.from_pandas(bad, schema=contract.EVENTS_SCHEMA, preserve_index=False),
+                   data / "events" / "part-1.parquet")
+    message = expect(data, "part-1.parquet", "user_id", None)
+    assert "row 0" in message

@@ -1,0 +1,68 @@
+"""count: daily counts and month-over-month top-k Jaccard, checked by hand."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from pipeline.stages import count
+from tests.conftest import compose
+
+
+def write_triples(path, spec):
+    """spec: (day, c1, c2, c_next, times)."""
+    rows = [(1, pd.Timestamp(day) + pd.Timedelta(minutes=i), c1, c2, c_next)
+            for day, c1, c2, c_next, times in spec for i in range(times)]
+    frame = pd.DataFrame(rows, columns=["user_id", "ts", "c1", "c2", "c_next"]).astype(
+        {"c1": "int32", "c2": "int32", "c_next": "int32"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+
+
+SPEC = [
+    # pair (0, 1): January top-3 {2, 3, 4}, February top-3 {2, 5, 6}: Jaccard 1/5
+    ("2024-01-03", 0, 1, 2, 5), ("2024-01-04", 0, 1, 3, 4), ("2024-01-31", 0, 1, 4, 3), ("2024-01-31", 0, 1, 7, 1),
+    ("2024-02-01", 0, 1, 2, 5), ("2024-02-02", 0, 1, 5, 4), ("2024-02-02", 0, 1, 6, 3),
+    # pair (1, 2): January {0, 3, 5}; February's tie between 4 and 5 (2x each) goes to the lower id 4,
+    # so February is {0, 3, 4}: Jaccard 2/4
+    ("2024-01-05", 1, 2, 3, 6), ("2024-01-05", 1, 2, 0, 6), ("2024-01-06", 1, 2, 5, 1),
+    ("2024-02-05", 1, 2, 3, 6), ("2024-02-05", 1, 2, 0, 6), ("2024-02-06", 1, 2, 5, 2), ("2024-02-06", 1, 2, 4, 2),
+    # pair (2, 3): too little support in February to be compared
+    ("2024-01-09", 2, 3, 1, 12), ("2024-02-09", 2, 3, 1, 3),
+]
+
+
+def run(tmp_path, *overrides):
+    cfg = compose(tmp_path, "count.top_k=3", "count.min_support=12", *overrides)
+    write_triples(tmp_path / "work" / "triples.parquet", SPEC)
+    count.run(cfg)
+    return (pd.read_parquet(cfg.paths.daily_counts), json.loads((tmp_path / "metrics/drift.json").read_text()),
+            (tmp_path / "metrics/drift_by_month.csv").read_text())
+
+
+def test_daily_counts(tmp_path):
+    daily, _, _ = run(tmp_path)
+    assert daily.n.sum() == sum(s[-1] for s in SPEC)
+    row = daily[(daily.day == pd.Timestamp("2024-01-31").date()) & (daily.c_next == 4)]
+    assert row[["c1", "c2", "n"]].values.tolist() == [[0, 1, 3]]
+    assert daily.equals(daily.sort_values(["day", "c1", "c2", "c_next"]).reset_index(drop=True))
+
+
+def test_drift_jaccard(tmp_path):
+    _, drift, plot = run(tmp_path)
+    assert drift["pairs_compared"] == 2
+    assert drift["mean_jaccard"] == pytest.approx((0.2 + 0.5) / 2)
+    assert drift["var_jaccard"] == pytest.approx(pd.Series([0.2, 0.5]).var())
+    assert drift["by_month"] == {"2024-02": {"pairs": 2, "mean_jaccard": 0.35, "var_jaccard": 0.045}}
+    assert plot.splitlines() == ["month,mean_jaccard,pairs", "2024-02,0.35,2"]
+
+
+def test_top_k_is_a_setting(tmp_path):
+    _, drift, _ = run(tmp_path, "count.top_k=1")
+    assert drift["mean_jaccard"] == pytest.approx(1.0)
+
+
+def test_no_comparable_pairs_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no pair reaches count.min_support=1000"):
+        run(tmp_path, "count.min_support=1000")

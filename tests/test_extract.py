@@ -1,0 +1,97 @@
+"""extract: positive filter, ordering with ties, session split, dedupe, triples, counted drops."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from pipeline.stages import extract
+from tests.conftest import compose, events_frame, write_dataset
+
+HOUR = 3600
+# user 1: c0 c0(repeat) c1 [negative c5] c0(revisit) c2 c3 | 2h gap | c4 c5 c4 (2 distinct: dropped)
+# user 2: c1 and c3 at the same second (item_id breaks the tie: c1 first), then c2, and an unknown item
+EVENTS = [
+    (1, 0, 0, 0.9), (1, 1, 60, 0.8), (1, 100, 120, 0.7), (1, 500, 150, 0.2), (1, 0, 180, 0.9),
+    (1, 200, 240, 0.9), (1, 300, 300, 0.6), (1, 400, 300 + 2 * HOUR, 0.9), (1, 500, 360 + 2 * HOUR, 0.9),
+    (1, 401, 420 + 2 * HOUR, 0.9),
+    (2, 300, 0, 0.9), (2, 100, 0, 0.9), (2, 9999, 30, 0.9), (2, 200, 60, 0.9),
+]
+
+
+def run(tmp_path, *overrides):
+    cfg = compose(tmp_path, *overrides)
+    write_dataset(tmp_path / "data", events_frame(EVENTS))
+    extract.run(cfg)
+    triples = pd.read_parquet(cfg.paths.triples)
+    sequences = pd.read_parquet(cfg.paths.sequences)
+    metrics = json.loads((tmp_path / "metrics" / "extract.json").read_text())
+    return triples, sequences, metrics
+
+
+def test_first_occurrence(tmp_path):
+    triples, sequences, metrics = run(tmp_path)
+    assert triples[["user_id", "c1", "c2", "c_next"]].values.tolist() == [
+        [1, 0, 1, 2], [1, 1, 2, 3], [2, 1, 3, 2]]
+    assert sequences.query("user_id == 1").cluster_id.tolist() == [0, 1, 2, 3]
+    assert sequences.query("user_id == 2").cluster_id.tolist() == [1, 3, 2]
+    # c_next's own timestamp stamps the triple
+    assert triples.ts.iloc[0] == pd.Timestamp("2024-01-10 12:04:00")
+    assert metrics["events"] == 14 and metrics["negative_events"] == 1 and metrics["unknown_item_events"] == 1
+    assert metrics["positive_events"] == 12
+    assert metrics["repeats_collapsed"] == 3  # c0 repeat, c0 revisit, c4 revisit
+    assert metrics["sequences"] == 3 and metrics["short_sequences_dropped"] == 1
+    assert metrics["triples"] == 3
+
+
+def test_consecutive_keeps_revisits_but_no_triple_returns_to_c1(tmp_path):
+    triples, sequences, metrics = run(tmp_path, "extract.dedupe=consecutive")
+    assert sequences.query("user_id == 1").cluster_id.tolist() == [0, 1, 0, 2, 3]
+    # (0, 1, 0) is not a triple of distinct clusters and is left out
+    assert triples.query("user_id == 1")[["c1", "c2", "c_next"]].values.tolist() == [[1, 0, 2], [0, 2, 3]]
+    assert metrics["repeats_collapsed"] == 1
+
+
+def test_session_gap_is_a_setting(tmp_path):
+    triples, _, metrics = run(tmp_path, f"extract.session_gap={3 * HOUR}")
+    assert metrics["sequences"] == 2
+    assert triples.query("user_id == 1")[["c1", "c2", "c_next"]].values.tolist() == [
+        [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5]]
+
+
+def test_min_engagement_is_a_setting(tmp_path):
+    _, sequences, metrics = run(tmp_path, "extract.min_engagement=0.75")
+    assert metrics["negative_events"] == 3
+    # user 1 keeps c0 c0 c0 c2 (2 distinct) and c4 c5 c4: both sequences are too short
+    assert sequences.query("user_id == 1").empty and metrics["short_sequences_dropped"] == 2
+
+
+def test_output_is_deterministic(tmp_path):
+    run(tmp_path / "a")
+    run(tmp_path / "b")
+    for name in ("triples.parquet", "sequences.parquet"):
+        assert (tmp_path / "a" / "work" / name).read_bytes() == (tmp_path / "b" / "work" / name).read_bytes()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("extract.dedupe=sometimes", "extract.dedupe is 'sometimes'"),
+    ("extract.min_distinct=2", "extract.min_distinct is 2"),
+])
+def test_bad_settings_are_named(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, override)
+
+
+def test_no_triples_is_an_error_and_keeps_old_outputs(tmp_path):
+    cfg = compose(tmp_path, "extract.min_engagement=0.95")
+    write_dataset(tmp_path / "data", events_frame(EVENTS))
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "extract.json").write_text("{}")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "triples.parquet").write_text("last good run")
+    with pytest.raises(ValueError, match="no triples after extract"):
+        extract.run(cfg)
+    assert (tmp_path / "metrics" / "extract.json").read_text() == "{}"
+    assert (tmp_path / "work" / "triples.parquet").read_text() == "last good run"
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["triples.parquet"]
