@@ -20,6 +20,8 @@ def connect(cfg: DictConfig) -> duckdb.DuckDBPyConnection:
     })
     # Days are UTC days whatever the machine's zone (set after connect: it needs ICU loaded).
     con.execute("SET TimeZone = 'UTC'")
+    # DuckDB's own bar shows up on queries that run for more than a couple of seconds.
+    con.execute("SET enable_progress_bar = true")
     return con
 
 

@@ -37,6 +37,7 @@ def repo(tmp_path_factory) -> Path:
     py = sys.executable
     sh(repo, "git", "init", "-q")
     sh(repo, py, "-m", "pipeline.data", "synth", *TINY)
+    sh(repo, py, "-m", "pipeline.data", "movielens")
     sh(repo, py, "-m", "dvc", "add", "-q", "data")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "tiny world")
@@ -64,3 +65,21 @@ def test_exp_run_with_hydra_override_reruns_only_count(repo):
     assert "Stage 'extract' didn't change, skipping" in out and "Running stage 'count'" in out
     assert json.loads((repo / "metrics/drift.json").read_text())["top_k"] == 3
     assert "top_k: 3" in (repo / "params.yaml").read_text()
+
+
+def test_movielens_switches_the_whole_pipeline(repo):
+    py = sys.executable
+    out = sh(repo, py, "-m", "dvc", "exp", "run", "-S", "data=movielens")
+    assert "Running stage 'extract'" in out and "Running stage 'count'" in out
+    extract = json.loads((repo / "metrics/extract.json").read_text())
+    assert extract["dataset"] == "movielens" and extract["clusters"] == 41 and extract["triples"] > 10000
+    assert json.loads((repo / "metrics/drift.json").read_text())["pairs_compared"] > 0
+
+
+def test_any_contract_dataset_runs_without_code_change(repo, tmp_path):
+    py = sys.executable
+    shutil.copytree(repo / "data/synthetic", tmp_path / "elsewhere")
+    sh(repo, py, "-m", "pipeline.config", "data=contract", f"data.path={tmp_path / 'elsewhere'}")
+    out = sh(repo, py, "-m", "dvc", "repro")
+    assert "Running stage 'extract'" in out
+    assert json.loads((repo / "metrics/extract.json").read_text())["dataset"] == "contract"

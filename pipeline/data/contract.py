@@ -119,6 +119,7 @@ def _duplicates(con, source: str, path: Path, column: str, what: str, expr: str 
 
 def register(con: duckdb.DuckDBPyConnection, data_dir: Path | str, time_range, unknown_items: str = "drop") -> dict:
     """Validate `data_dir` and create the views events, items, clusters. Returns counts for metrics."""
+    con.execute("SET TimeZone = 'UTC'")  # timestamps and the declared range are UTC on any connection
     paths = files(data_dir)
     clusters_src, items_src, events_src = (_scan(paths[n]) for n in ("clusters", "items", "events"))
 
