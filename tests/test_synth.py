@@ -23,18 +23,45 @@ def generate(path, *overrides):
 def test_same_settings_give_identical_bytes(tmp_path):
     stats, _ = generate(tmp_path / "a")
     generate(tmp_path / "b")
-    assert stats["events"] == 20000 and stats["chunks"] > 1
-    for name in ("events.parquet", "items.parquet", "clusters.parquet"):
+    assert stats["events"] == 20000 and stats["parts"] > 1
+    names = sorted(str(p.relative_to(tmp_path / "a")) for p in (tmp_path / "a").rglob("*.parquet"))
+    assert names[-2:] == ["events/part-00002.parquet", "items.parquet"]
+    for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     generate(tmp_path / "c", "data.synth.seed=1")
-    assert (tmp_path / "a" / "events.parquet").read_bytes() != (tmp_path / "c" / "events.parquet").read_bytes()
+    part = "events/part-00000.parquet"
+    assert (tmp_path / "a" / part).read_bytes() != (tmp_path / "c" / part).read_bytes()
+
+
+def test_killed_generation_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    calls = []
+    real = synth._sessions
+
+    def dies_on_third_chunk(world, s, chunk, n):
+        calls.append(chunk)
+        if chunk == 2 and len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(world, s, chunk, n)
+
+    monkeypatch.setattr(synth, "_sessions", dies_on_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "resumed")
+    assert not (tmp_path / "resumed").exists()
+    assert sorted(p.name for p in (tmp_path / "resumed.partial" / "events").iterdir()) == [
+        "part-00000.parquet", "part-00001.parquet"]
+    generate(tmp_path / "resumed")
+    assert calls[3:] == [2]  # parts 0 and 1 were kept, not redrawn
+    generate(tmp_path / "fresh")
+    for part in sorted((tmp_path / "fresh" / "events").iterdir()):
+        assert (tmp_path / "resumed" / "events" / part.name).read_bytes() == part.read_bytes()
+    assert not (tmp_path / "resumed.partial").exists()
 
 
 def test_output_meets_the_contract_and_carries_noise(tmp_path):
     _, data = generate(tmp_path)
     con = duckdb.connect()
     assert contract.register(con, tmp_path, data.time_range, "drop") == {"clusters": 30, "items": 3000}
-    assert pq.read_schema(tmp_path / "events.parquet") == contract.EVENTS_SCHEMA
+    assert pq.read_schema(tmp_path / "events" / "part-00000.parquet") == contract.EVENTS_SCHEMA
     negative, unknown = con.execute(
         "SELECT avg((engagement < 0.5)::INT), count(*) FILTER (item_id NOT IN (SELECT item_id FROM items)) "
         "FROM events").fetchone()

@@ -13,6 +13,8 @@ same settings give byte-identical files in bounded memory.
 from __future__ import annotations
 
 import itertools
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 
 from pipeline.data import contract
@@ -165,24 +167,44 @@ def _sessions(world: World, s: DictConfig, chunk: int, n_sessions: int) -> pd.Da
 
 
 def generate(s: DictConfig, time_range, out_dir: Path | str) -> dict:
-    """Write events/items/clusters for the settings `s` into `out_dir` (replaced atomically)."""
+    """Write events/ (one Parquet part per chunk), items and clusters for the settings `s`.
+
+    Parts accumulate in `<out_dir>.partial/`, each written atomically, so a killed run
+    resumes where it stopped (with the same settings); `out_dir` is replaced only at the end.
+    """
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    settings = json.dumps({"synth": OmegaConf.to_container(s), "time_range": OmegaConf.to_container(time_range)},
+                          sort_keys=True)
+    stamp = partial / "settings.json"
+    if partial.exists() and not (stamp.exists() and stamp.read_text() == settings):
+        shutil.rmtree(partial)  # left by a run with other settings: its parts do not fit
+    (partial / "events").mkdir(parents=True, exist_ok=True)
+    stamp.write_text(settings)
     world = build_world(s, time_range)
-    keywords = cluster_keywords(int(s.n_clusters))
     sessions_per_chunk = max(1, int(s.chunk_events / s.mean_session_events))
     written = chunk = 0
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        with pq.ParquetWriter(tmp / "events.parquet", contract.EVENTS_SCHEMA) as writer, Progress() as bar:
-            task = bar.add_task("synth events", total=int(s.n_events))
-            while written < s.n_events:
+    with Progress() as bar:
+        task = bar.add_task("synth events", total=int(s.n_events))
+        while written < s.n_events:
+            part = partial / "events" / f"part-{chunk:05d}.parquet"
+            if part.exists():
+                written += pq.read_metadata(part).num_rows
+            else:
                 frame = _sessions(world, s, chunk, sessions_per_chunk).iloc[: int(s.n_events) - written]
-                writer.write_table(pa.Table.from_pandas(frame, schema=contract.EVENTS_SCHEMA, preserve_index=False))
+                with atomic_path(part) as tmp:
+                    pq.write_table(pa.Table.from_pandas(frame, schema=contract.EVENTS_SCHEMA, preserve_index=False),
+                                   tmp)
                 written += len(frame)
-                chunk += 1
-                bar.update(task, completed=written)
-        c = len(keywords)
-        contract.write(tmp,
-                       items=pa.table({"item_id": world.items.ravel(),
-                                       "cluster_id": np.repeat(np.arange(c, dtype=np.int32), world.items.shape[1])}),
-                       clusters=pa.table({"cluster_id": np.arange(c, dtype=np.int32), "keywords": keywords}))
-    return {"events": written, "clusters": c, "items": int(world.items.size), "chunks": chunk}
+            chunk += 1
+            bar.update(task, completed=written)
+    keywords = cluster_keywords(int(s.n_clusters))
+    c = len(keywords)
+    contract.write(partial,
+                   items=pa.table({"item_id": world.items.ravel(),
+                                   "cluster_id": np.repeat(np.arange(c, dtype=np.int32), world.items.shape[1])}),
+                   clusters=pa.table({"cluster_id": np.arange(c, dtype=np.int32), "keywords": keywords}))
+    stamp.unlink()
+    with atomic_path(out_dir) as tmp:
+        partial.rename(tmp)
+    return {"events": written, "clusters": c, "items": int(world.items.size), "parts": chunk}
