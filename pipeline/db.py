@@ -1,6 +1,7 @@
 """DuckDB connections and the SQL files in pipeline/sql/."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import duckdb
@@ -21,7 +22,8 @@ def connect(cfg: DictConfig) -> duckdb.DuckDBPyConnection:
     # Days are UTC days whatever the machine's zone (set after connect: it needs ICU loaded).
     con.execute("SET TimeZone = 'UTC'")
     # DuckDB's own bar shows up on queries that run for more than a couple of seconds.
-    con.execute("SET enable_progress_bar = true")
+    if sys.stdout.isatty():
+        con.execute("SET enable_progress_bar = true")
     return con
 
 
@@ -35,9 +37,9 @@ def literal(path: Path | str) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def copy(con: duckdb.DuckDBPyConnection, name: str, target: Path | str, params: dict) -> int:
+def copy(con: duckdb.DuckDBPyConnection, name: str, target: Path | str, params: dict | None = None) -> int:
     """Run pipeline/sql/<name>.sql into `target` as zstd Parquet; return its row count.
 
     Callers write into an atomic_path so a failure leaves the previous output in place."""
-    con.execute(f"COPY ({sql(name)}) TO {literal(target)} (FORMAT parquet, COMPRESSION zstd)", params)
-    return con.execute(f"SELECT count(*) FROM read_parquet({literal(target)})").fetchone()[0]
+    return con.execute(f"COPY ({sql(name)}) TO {literal(target)} (FORMAT parquet, COMPRESSION zstd)",
+                       params).fetchone()[0]

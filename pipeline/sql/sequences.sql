@@ -1,5 +1,4 @@
--- Deduped per-user cluster sequences that are long enough to yield triples.
+-- Deduped per-user cluster sequences that are long enough to yield triples, in (user, time) order.
 SELECT user_id, seq, pos, ts, cluster_id
 FROM deduped
-WHERE n_distinct >= $min_distinct
-ORDER BY user_id, seq, pos
+WHERE long_enough
