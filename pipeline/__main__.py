@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-STAGES = ("extract", "count")
+STAGES = ("extract", "count", "finetune", "gate")
 
 
 def main(argv: list[str]) -> None:

@@ -1,7 +1,11 @@
 """Shared fixtures: a composed config pointing into tmp_path, and tiny contract datasets."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Before torch is imported: spin-waiting OpenMP threads make 2-core torch several times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pandas as pd
 import pyarrow as pa
@@ -15,13 +19,11 @@ T0 = pd.Timestamp("2024-01-10 12:00", tz="UTC")
 
 
 def compose(tmp_path: Path, *overrides: str):
-    """The project config with every path moved into tmp_path."""
+    """The project config with the data and every output path moved into tmp_path."""
+    paths = config.compose().paths
     return config.compose([
         f"data.path={tmp_path / 'data'}",
-        f"paths.sequences={tmp_path / 'work/sequences.parquet'}",
-        f"paths.triples={tmp_path / 'work/triples.parquet'}",
-        f"paths.daily_counts={tmp_path / 'work/daily_counts.parquet'}",
-        f"paths.metrics={tmp_path / 'metrics'}",
+        *[f"paths.{key}={tmp_path / value}" for key, value in paths.items()],
         f"duckdb.temp_directory={tmp_path / 'duckdb_tmp'}",
         *overrides,
     ])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -35,7 +36,7 @@ SPEC = [
 
 def run(tmp_path, *overrides):
     cfg = compose(tmp_path, "count.top_k=3", "count.min_support=12", *overrides)
-    write_triples(tmp_path / "work" / "triples.parquet", SPEC)
+    write_triples(Path(cfg.paths.triples), SPEC)
     count.run(cfg)
     return (pd.read_parquet(cfg.paths.daily_counts), json.loads((tmp_path / "metrics/drift.json").read_text()),
             (tmp_path / "metrics/drift_by_month.csv").read_text())

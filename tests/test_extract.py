@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -71,7 +72,8 @@ def test_output_is_deterministic(tmp_path):
     run(tmp_path / "a")
     run(tmp_path / "b")
     for name in ("triples.parquet", "sequences.parquet"):
-        assert (tmp_path / "a" / "work" / name).read_bytes() == (tmp_path / "b" / "work" / name).read_bytes()
+        a, b = (tmp_path / run_dir / "work" / "extract" / name for run_dir in ("a", "b"))
+        assert a.read_bytes() == b.read_bytes()
 
 
 def test_bad_dedupe_mode_is_named(tmp_path):
@@ -84,13 +86,14 @@ def test_no_triples_is_an_error_and_keeps_old_outputs(tmp_path):
     write_dataset(tmp_path / "data", events_frame(EVENTS))
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "extract.json").write_text("{}")
-    (tmp_path / "work").mkdir()
-    (tmp_path / "work" / "triples.parquet").write_text("last good run")
+    triples = Path(cfg.paths.triples)
+    triples.parent.mkdir(parents=True)
+    triples.write_text("last good run")
     with pytest.raises(ValueError, match="no triples after extract"):
         extract.run(cfg)
     assert (tmp_path / "metrics" / "extract.json").read_text() == "{}"
-    assert (tmp_path / "work" / "triples.parquet").read_text() == "last good run"
-    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["triples.parquet"]
+    assert triples.read_text() == "last good run"
+    assert sorted(p.name for p in triples.parent.iterdir()) == ["triples.parquet"]
 
 
 def test_matches_an_independent_polars_implementation(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 EVENTS_SCHEMA = pa.schema([
     ("user_id", pa.int64()), ("item_id", pa.int64()),
@@ -50,6 +51,12 @@ class ContractError(ValueError):
 def description(keywords: list[str]) -> str:
     """A cluster's description: what the LLM emits and we map back by exact match."""
     return SEPARATOR.join(keywords)
+
+
+def descriptions(data_dir: Path | str) -> dict[int, str]:
+    """cluster_id -> description, from a dataset that extract has already validated."""
+    table = pq.read_table(files(data_dir)["clusters"], columns=["cluster_id", "keywords"])
+    return {int(c): description(k) for c, k in zip(table["cluster_id"].to_pylist(), table["keywords"].to_pylist())}
 
 
 def files(data_dir: Path | str) -> dict[str, Path]:
@@ -181,8 +188,6 @@ def register(con: duckdb.DuckDBPyConnection, data_dir: Path | str, time_range, u
 
 def write(out_dir: Path | str, items: pa.Table, clusters: pa.Table) -> None:
     """Write items and clusters in contract form (events are streamed by their producer)."""
-    import pyarrow.parquet as pq
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(items.cast(ITEMS_SCHEMA), out_dir / "items.parquet")

@@ -1,0 +1,1 @@
+"""The LLM layer: base model loading, prompts, LoRA fine-tuning and decoding."""

@@ -1,0 +1,102 @@
+"""LoRA fine-tuning: tokenised (prompt, answer) samples, a LightningModule with the step
+logic only, and a Trainer, logger and checkpoints built from config."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+IGNORE = -100
+
+
+def encode(tokenizer, prompts: list[str], answers: list[str]) -> list[dict]:
+    """Token ids of prompt + answer + EOS; the loss sees only the answer and EOS."""
+    out = []
+    for prompt, answer in zip(prompts, answers):
+        p = tokenizer(prompt, add_special_tokens=False).input_ids
+        a = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        out.append({"input_ids": p + a, "labels": [IGNORE] * len(p) + a})
+    return out
+
+
+def collate(pad_id: int):
+    """Dynamic right padding to the longest sample of the batch."""
+    def pad(batch: list[dict]) -> dict:
+        width = max(len(s["input_ids"]) for s in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, s in enumerate(batch):
+            n = len(s["input_ids"])
+            ids[i, :n] = torch.tensor(s["input_ids"])
+            labels[i, :n] = torch.tensor(s["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return pad
+
+
+class LoraModule(L.LightningModule):
+    """The step logic; checkpoints hold only the trainable (adapter) weights."""
+
+    def __init__(self, model, optim: DictConfig, max_steps: int):
+        super().__init__()
+        self.model = model
+        self.optim = optim
+        self.max_steps = max_steps
+        self.strict_loading = False  # the frozen base is not in the checkpoint
+
+    def training_step(self, batch, batch_idx):
+        loss = self.model(**batch).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        warmup = max(1, int(self.optim.warmup_steps))
+        decay = max(1, self.max_steps - warmup)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min((step + 1) / warmup, max(0.0, (self.max_steps - step) / decay)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+
+def wrap(model, lora: DictConfig):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=int(lora.r), lora_alpha=int(lora.alpha), lora_dropout=float(lora.dropout),
+                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConfig, ckpt_dir: Path,
+          log_dir: Path) -> dict:
+    """Fit a LoRA adapter on the samples; resume from ckpt_dir/last.ckpt when a run was killed."""
+    from dvclive.lightning import DVCLiveLogger
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    L.seed_everything(int(ft.seed), workers=True, verbose=False)
+    peft_model = wrap(model, ft.lora).train()
+    samples = encode(tokenizer, prompts, answers)
+    loader = DataLoader(samples, batch_size=int(ft.batch_size), shuffle=True, collate_fn=collate(tokenizer.pad_token_id),
+                        generator=torch.Generator().manual_seed(int(ft.seed)), num_workers=0)
+    module = LoraModule(peft_model, ft.optim, int(ft.trainer.max_steps))
+    last = ckpt_dir / "last.ckpt"
+    resuming = last.exists()
+    trainer = L.Trainer(
+        **OmegaConf.to_container(ft.trainer),
+        logger=DVCLiveLogger(dir=str(log_dir), dvcyaml=None, save_dvc_exp=False, resume=resuming),
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=int(ft.checkpoint_every_n_steps),
+                                   save_last=True, save_top_k=0)],
+        max_epochs=-1, default_root_dir=str(ckpt_dir))
+    trainer.fit(module, loader, ckpt_path=str(last) if resuming else None)
+    return {"steps": trainer.global_step, "resumed": resuming, "samples": len(samples),
+            "final_loss": round(float(trainer.callback_metrics["train/loss"]), 6),
+            "tokens_per_sample": round(sum(len(s["input_ids"]) for s in samples) / max(len(samples), 1), 2),
+            "peft_model": peft_model}

@@ -1,0 +1,36 @@
+"""The prompt template (DESIGN.md section 5, the paper's Figure 1), kept short and in one place.
+
+A fine-tuning prompt lists the user's last two distinct clusters as keyword sets and asks
+for a novel next cluster; its label is the next cluster's description. A RAG prompt adds
+what was retrieved for the pair (and optionally the currently popular clusters); it has no
+label. TEMPLATE_HASH goes into every artifact built from these prompts.
+"""
+from __future__ import annotations
+
+import hashlib
+
+TEMPLATE_VERSION = "1"
+HISTORY = "Recent interests:\n- {c1}\n- {c2}\n"
+RETRIEVED = "Recently followed by: {retrieved}\n"
+POPULAR = "Popular now: {popular}\n"
+ASK = "Next new interest:"
+# Descriptions follow the question after one space; the model ends them with its EOS token.
+ANSWER_PREFIX = " "
+
+TEMPLATE_HASH = hashlib.sha256(
+    "\x1f".join([TEMPLATE_VERSION, HISTORY, RETRIEVED, POPULAR, ASK, ANSWER_PREFIX]).encode()).hexdigest()
+
+
+def prompt(c1: str, c2: str, retrieved: list[str] = (), popular: list[str] = ()) -> str:
+    """The prompt for a history (c1, c2) given as descriptions; retrieved/popular make it a RAG prompt."""
+    text = HISTORY.format(c1=c1, c2=c2)
+    if retrieved:
+        text += RETRIEVED.format(retrieved="; ".join(retrieved))
+    if popular:
+        text += POPULAR.format(popular="; ".join(popular))
+    return text + ASK
+
+
+def answer(description: str) -> str:
+    """The label text for a fine-tuning sample (the tokenizer's EOS is appended at tokenisation)."""
+    return ANSWER_PREFIX + description

@@ -1,0 +1,87 @@
+"""finetune: curate [(c1, c2) -> c_next] samples from the training window; fit a LoRA adapter."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import db, retrieval
+from pipeline.data import contract
+from pipeline.files import atomic_path, write_json
+from pipeline.llm import lora, model, prompts
+from pipeline.period import windows
+
+
+def curate(rows: pd.DataFrame, samples_per_pair: int, seed: int) -> pd.DataFrame:
+    """Per pair, samples_per_pair (day, c_next) draws with probability proportional to the count.
+
+    Every eligible pair gives the same number of samples, so a few head pairs cannot dominate;
+    `rows` must come sorted (finetune_rows.sql) for the draws to be reproducible."""
+    rng = np.random.default_rng([seed, 0])
+    picked = []
+    for _, group in rows.groupby(["c1", "c2"], sort=True):
+        weights = group["n"].to_numpy(dtype=float)
+        picked.append(group.iloc[np.sort(rng.choice(len(group), size=samples_per_pair, p=weights / weights.sum()))])
+    return pd.concat(picked, ignore_index=True)[["day", "c1", "c2", "c_next"]]
+
+
+def with_rag(con, daily: Path, samples: pd.DataFrame, ft: DictConfig) -> pd.Series:
+    """The retrieved successors for a seeded share of the samples, from days before each sample's own."""
+    chosen = np.random.default_rng([int(ft.seed), 1]).random(len(samples)) < float(ft.rag_share)
+    found = retrieval.top_successors(con, daily, samples[chosen], int(ft.rag_window_days), int(ft.rag_top_n))
+    keyed = samples.reset_index().merge(found, on=["c1", "c2", "day"], how="left").set_index("index")
+    retrieved = keyed["retrieved"].where(chosen, None)
+    return retrieved.map(lambda r: list(r) if isinstance(r, (list, np.ndarray)) and len(r) else [])
+
+
+def texts(samples: pd.DataFrame, names: dict[int, str]) -> tuple[list[str], list[str]]:
+    built = [prompts.prompt(names[a], names[b], [names[r] for r in rag])
+             for a, b, rag in zip(samples.c1, samples.c2, samples.retrieved)]
+    return built, [prompts.answer(names[c]) for c in samples.c_next]
+
+
+def run(cfg: DictConfig) -> None:
+    torch.set_num_threads(int(cfg.torch_threads))
+    ft, w = cfg.finetune, windows(cfg)
+    daily = Path(cfg.paths.daily_counts)
+    con = db.connect(cfg)
+    rows = con.execute(db.sql("finetune_rows"), {"daily": str(daily), "train_start": w.train_start,
+                                                  "test_start": w.test_start,
+                                                  "min_support": int(ft.min_pair_support)}).df()
+    if rows.empty:
+        raise ValueError(f"{daily}: no pair has finetune.min_pair_support={ft.min_pair_support} triples in "
+                         f"[{w.train_start}, {w.test_start}); is period.month={cfg.period.month} inside the data?")
+    samples = curate(rows, int(ft.samples_per_pair), int(ft.seed))
+    samples["retrieved"] = with_rag(con, daily, samples, ft)
+    names = contract.descriptions(cfg.data.path)
+    samples["prompt"], samples["answer"] = texts(samples, names)
+
+    base, tokenizer = model.load(cfg.model)
+    # Checkpoints belong to exactly these samples and settings; anything else starts afresh.
+    key = hashlib.sha256(pd.util.hash_pandas_object(samples.drop(columns="retrieved")).values.tobytes()
+                         + OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["finetune", "model"])).encode())
+    ckpt_dir = Path(cfg.paths.checkpoints) / f"finetune-{key.hexdigest()[:16]}"
+    log_dir = Path(cfg.paths.metrics) / "finetune"
+    began = time.perf_counter()
+    stats = lora.train(base, tokenizer, samples["prompt"].tolist(), samples["answer"].tolist(), ft, ckpt_dir, log_dir)
+    wall = time.perf_counter() - began
+    with atomic_path(cfg.paths.adapter) as tmp:
+        stats.pop("peft_model").save_pretrained(tmp)
+        adapter_sha = model.sha256(tmp / "adapter_model.safetensors")
+    with atomic_path(cfg.paths.samples) as tmp:
+        samples.to_parquet(tmp, index=False)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    seen = stats["steps"] * int(ft.batch_size)
+    write_json(Path(cfg.paths.metrics) / "finetune.json", {
+        **stats, "pairs": int(samples.groupby(["c1", "c2"]).ngroups), "rag_samples": int(samples.retrieved.map(bool).sum()),
+        "train_window": [str(w.train_start), str(w.test_start)], "wall_s": round(wall, 1),
+        "samples_per_s": round(seen / wall, 2), "adapter_sha256": adapter_sha,
+        "base_model_sha256": model.identity(cfg.model), "template_sha256": prompts.TEMPLATE_HASH})
+    print(f"finetune: {len(samples)} samples over {stats['steps']} steps in {wall:.0f}s "
+          f"({seen / wall:.1f} samples/s), final loss {stats['final_loss']:.3f}")

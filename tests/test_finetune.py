@@ -1,0 +1,151 @@
+"""Prompts, sample curation without leakage, LoRA fine-tuning and the gate, on a tiny random model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline import config, db
+from pipeline.llm import lora, model, prompts
+from pipeline.stages import finetune, gate
+from tests.conftest import compose
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["model=tiny_random", f"model.cache_dir={ROOT / 'models'}", "finetune.trainer.max_steps=6",
+        "finetune.batch_size=8", "finetune.checkpoint_every_n_steps=3", "finetune.samples_per_pair=1",
+        "finetune.trainer.enable_progress_bar=false", "finetune.trainer.log_every_n_steps=1", "gate.max_pairs=12", "gate.max_new_tokens=6"]
+
+
+def test_prompts_are_short_and_carry_the_rag_line():
+    tokenizer = model.load_tokenizer(config.compose([f"model.cache_dir={ROOT / 'models'}"]).model)
+    plain = prompts.prompt("street food, night market, travel vlog", "chess openings, endgames, blitz chess")
+    rag = prompts.prompt("street food, night market, travel vlog", "chess openings, endgames, blitz chess",
+                         ["cat videos, kitten care, cat toys"])
+    assert plain.startswith("Recent interests:\n- street food") and plain.endswith("Next new interest:")
+    assert "Recently followed by: cat videos, kitten care, cat toys\n" in rag
+    assert len(tokenizer(plain).input_ids) <= 32 and len(tokenizer(rag).input_ids) <= 48
+
+
+def test_loss_sees_only_the_answer():
+    tokenizer = model.load_tokenizer(config.compose([f"model.cache_dir={ROOT / 'models'}"]).model)
+    [sample] = lora.encode(tokenizer, ["Recent interests:\n- a, b\n- c, d\nNext new interest:"], [" e, f"])
+    answer = [t for t in sample["labels"] if t != lora.IGNORE]
+    assert answer[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(answer[:-1]) == " e, f"
+    assert sample["labels"][: len(sample["input_ids"]) - len(answer)] == [lora.IGNORE] * (len(sample["input_ids"]) - len(answer))
+
+
+def daily_frame(rows):
+    return pd.DataFrame(rows, columns=["day", "c1", "c2", "c_next", "n"]).astype(
+        {"day": "datetime64[us]", "c1": "int32", "c2": "int32", "c_next": "int32", "n": "int32"})
+
+
+def test_curation_is_balanced_deterministic_and_stays_in_the_training_days(tmp_path):
+    cfg = compose(tmp_path, "finetune.samples_per_pair=4", "finetune.min_pair_support=3")
+    daily = daily_frame([
+        ("2024-02-05", 0, 1, 2, 500), ("2024-02-06", 0, 1, 3, 1),  # a head pair
+        ("2024-02-10", 1, 2, 3, 3),
+        ("2024-02-26", 2, 3, 4, 50),  # held-out days: never a training sample
+        ("2024-02-11", 3, 4, 5, 2),  # below min_pair_support
+        ("2024-03-02", 0, 1, 5, 99),  # the month we build: never read
+    ])
+    path = tmp_path / "daily.parquet"
+    daily.to_parquet(path)
+    con = db.connect(cfg)
+    w = finetune.windows(cfg)
+    rows = con.execute(db.sql("finetune_rows"), {"daily": str(path), "train_start": w.train_start,
+                                                  "test_start": w.test_start, "min_support": 3}).df()
+    samples = finetune.curate(rows, 4, seed=7)
+    assert samples.groupby(["c1", "c2"]).size().to_dict() == {(0, 1): 4, (1, 2): 4}
+    assert samples.day.max() < pd.Timestamp(w.test_start)
+    assert not ((samples.c_next == samples.c1) | (samples.c_next == samples.c2)).any()
+    assert samples.equals(finetune.curate(rows, 4, seed=7))
+
+
+def test_rag_lines_only_read_days_before_the_sample(tmp_path):
+    cfg = compose(tmp_path, "finetune.rag_share=1.0", "finetune.rag_window_days=3")
+    daily = daily_frame([("2024-02-01", 0, 1, 7, 2), ("2024-02-09", 0, 1, 8, 1),
+                         ("2024-02-10", 0, 1, 9, 50),  # the sample's own day: planted future data
+                         ("2024-02-11", 0, 1, 9, 50)])
+    path = tmp_path / "daily.parquet"
+    daily.to_parquet(path)
+    samples = pd.DataFrame({"day": pd.to_datetime(["2024-02-10", "2024-02-20"]), "c1": [0, 0], "c2": [1, 1],
+                            "c_next": [3, 3]}).astype({"day": "datetime64[us]"})
+    retrieved = finetune.with_rag(db.connect(cfg), path, samples, cfg.finetune)
+    assert retrieved.tolist() == [[8], []]
+
+
+def test_adapter_is_bit_identical_and_a_killed_run_resumes(tmp_path):
+    def fit(where, *extra):
+        cfg = compose(where, *TINY, *extra)
+        daily = daily_frame([("2024-02-05", a, b, c, 3) for a in range(4) for b in range(4) for c in range(4)
+                             if len({a, b, c}) == 3])
+        Path(cfg.paths.daily_counts).parent.mkdir(parents=True, exist_ok=True)
+        daily.to_parquet(cfg.paths.daily_counts)
+        write_clusters(Path(cfg.data.path))
+        finetune.run(cfg)
+        return cfg, json.loads((Path(cfg.paths.metrics) / "finetune.json").read_text())
+
+    _, first = fit(tmp_path / "a")
+    _, second = fit(tmp_path / "b")
+    assert first["adapter_sha256"] == second["adapter_sha256"] and first["steps"] == 6
+
+    class Killed(Exception):
+        pass
+
+    real_fit = lora.L.Trainer.fit
+
+    def killed_at_step_4(self, *args, **kwargs):
+        class Kill(lora.L.Callback):
+            def on_train_batch_end(self, trainer, *a):
+                if trainer.global_step == 4:
+                    raise Killed
+
+        self.callbacks.append(Kill())
+        return real_fit(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lora.L.Trainer, "fit", killed_at_step_4)
+        with pytest.raises(Killed):
+            fit(tmp_path / "c")
+    assert list((tmp_path / "c" / "work" / ".checkpoints").glob("finetune-*/last.ckpt"))
+    _, resumed = fit(tmp_path / "c")
+    assert resumed["resumed"] and resumed["steps"] == 6
+    assert not list((tmp_path / "c" / "work" / ".checkpoints").glob("finetune-*"))
+
+
+def write_clusters(data_dir: Path):
+    from tests.conftest import events_frame, write_dataset
+
+    write_dataset(data_dir, events_frame([(1, 0, 0, 0.9)]), n_clusters=4)
+
+
+def test_gate_halts_on_a_failing_adapter_and_an_override_is_recorded(tmp_path):
+    from pipeline.stages import count, extract
+    from tests.conftest import events_frame, write_dataset
+
+    cfg = compose(tmp_path, *TINY, "count.min_support=1")
+    # users browse c0 c1 c2 c3 on Jan 30 and in the held-out days (Feb 25)
+    events = [(u, 100 * c, day * 86400 + 60 * c, 0.9) for u in (1, 2) for day in (20, 46) for c in range(4)]
+    write_dataset(tmp_path / "data", events_frame(events), n_clusters=4)
+    extract.run(cfg)
+    count.run(cfg)
+    Path(cfg.paths.adapter).mkdir(parents=True)
+    base, _ = model.load(cfg.model)
+    lora.wrap(base, cfg.finetune.lora).save_pretrained(cfg.paths.adapter)
+    with pytest.raises(SystemExit) as stop:
+        gate.run(cfg)
+    assert stop.value.code == 1
+    metrics = json.loads((tmp_path / "metrics" / "gate.json").read_text())
+    assert metrics["passed"] is False and metrics["exact_match"] < 0.9 and "exact match" in metrics["failed_checks"][0]
+    assert len(pd.read_parquet(cfg.paths.gate_predictions)) == metrics["pairs"] > 0
+    gate.run(compose(tmp_path, *TINY, "count.min_support=1", "gate.override_reason='reviewed by hand'"))
+    metrics = json.loads((tmp_path / "metrics" / "gate.json").read_text())
+    assert metrics["passed"] is False and metrics["override_reason"] == "reviewed by hand"
+
+
+def test_parse_is_exact_match():
+    names = {0: "street food, night market", 1: "chess, go"}
+    assert gate.parse([" chess, go", "chess, go, poker", "Chess, go", ""], names) == [1, None, None, None]
