@@ -76,8 +76,10 @@ def wrap(model, lora: DictConfig):
 
 
 def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConfig, ckpt_dir: Path,
-          log_dir: Path) -> dict:
-    """Fit a LoRA adapter on the samples; resume from ckpt_dir/last.ckpt when a run was killed."""
+          log_dir: Path):
+    """Fit a LoRA adapter on the samples, resuming from ckpt_dir/last.ckpt when a run was killed.
+
+    Returns the peft model and the run's figures."""
     from dvclive.lightning import DVCLiveLogger
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -96,7 +98,6 @@ def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConf
                                    save_last=True, save_top_k=0)],
         max_epochs=-1, default_root_dir=str(ckpt_dir))
     trainer.fit(module, loader, ckpt_path=str(last) if resuming else None)
-    return {"steps": trainer.global_step, "resumed": resuming, "samples": len(samples),
-            "final_loss": round(float(trainer.callback_metrics["train/loss"]), 6),
-            "tokens_per_sample": round(sum(len(s["input_ids"]) for s in samples) / max(len(samples), 1), 2),
-            "peft_model": peft_model}
+    return peft_model, {"steps": trainer.global_step, "resumed": resuming, "samples": len(samples),
+                        "final_loss": round(float(trainer.callback_metrics["train/loss"]), 6),
+                        "tokens_per_sample": round(sum(len(s["input_ids"]) for s in samples) / len(samples), 2)}

@@ -69,10 +69,11 @@ def run(cfg: DictConfig) -> None:
     ckpt_dir = Path(cfg.paths.checkpoints) / f"finetune-{key.hexdigest()[:16]}"
     log_dir = Path(cfg.paths.metrics) / "finetune"
     began = time.perf_counter()
-    stats = lora.train(base, tokenizer, samples["prompt"].tolist(), samples["answer"].tolist(), ft, ckpt_dir, log_dir)
+    adapter, stats = lora.train(base, tokenizer, samples["prompt"].tolist(), samples["answer"].tolist(), ft,
+                                ckpt_dir, log_dir)
     wall = time.perf_counter() - began
     with atomic_path(cfg.paths.adapter) as tmp:
-        stats.pop("peft_model").save_pretrained(tmp)
+        adapter.save_pretrained(tmp)
         adapter_sha = model.sha256(tmp / "adapter_model.safetensors")
     with atomic_path(cfg.paths.samples) as tmp:
         samples.to_parquet(tmp, index=False)

@@ -58,7 +58,7 @@ def rag_probe(con, llm, tokenizer, pairs: pd.DataFrame, names: dict[int, str], c
                       dtype="Int32")
     triples, hits = held_out_recall(con, c_pred, pairs, recall)
     with_line = retrieved.map(bool)
-    copied = [p == got[0] for p, got, has in zip(c_pred, retrieved, with_line) if has]
+    copied = [not pd.isna(p) and p == got[0] for p, got, has in zip(c_pred, retrieved, with_line) if has]
     return {"exact_match": round(float(pd.Series(c_pred).notna().mean()), 6),
             "test_recall": round(hits / max(triples, 1), 6), "pairs_with_retrieval": int(with_line.sum()),
             "copy_rate": round(float(np.mean(copied)) if copied else 0.0, 6)}
