@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-STAGES = ("extract", "count", "finetune", "gate")
+STAGES = ("extract", "count", "finetune", "gate", "retrieve")
 
 
 def main(argv: list[str]) -> None:

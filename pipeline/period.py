@@ -30,3 +30,14 @@ def windows(cfg: DictConfig) -> Windows:
                          f"(train_days={ft.train_days})")
     return Windows(month_start=start, month_end=end, train_start=start - timedelta(days=int(ft.train_days)),
                    test_start=start - timedelta(days=int(ft.test_days)))
+
+
+def refresh_dates(cfg: DictConfig) -> list[date]:
+    """RAG refresh dates: the month's first day, then every refresh.every_days, up to refresh.until."""
+    w = windows(cfg)
+    every = int(cfg.refresh.every_days)
+    last = date.fromisoformat(str(cfg.refresh.until)) if cfg.refresh.until else w.month_end - timedelta(days=1)
+    if every < 1 or not w.month_start <= last < w.month_end:
+        raise ValueError(f"params.yaml: refresh.every_days={every} must be >= 1 and refresh.until={last} inside "
+                         f"{cfg.period.month}")
+    return [w.month_start + timedelta(days=k) for k in range(0, (last - w.month_start).days + 1, every)]

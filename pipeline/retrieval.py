@@ -1,6 +1,7 @@
 """Retrieval over daily counts: what followed a pair recently (paper section 2.3)."""
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -8,15 +9,43 @@ import pandas as pd
 
 from pipeline import db
 
+METHODS = ("frequency", "trend")
 
-def top_successors(con: duckdb.DuckDBPyConnection, daily: Path | str, requests: pd.DataFrame, window_days: int,
-                   top_n: int) -> pd.DataFrame:
-    """For each request (c1, c2, day): `retrieved`, the top_n successors of [day - window_days, day).
 
-    Requests with nothing in their window are absent from the result."""
-    con.register("requests", requests[["c1", "c2", "day"]])
+def _over_dates(con: duckdb.DuckDBPyConnection, query: str, days, params: dict) -> pd.DataFrame:
+    con.register("refresh_dates", pd.DataFrame({"day": pd.to_datetime(pd.Series(list(days), dtype=object))}))
     try:
-        return con.execute(db.sql("retrieve_top"), {"daily": str(daily), "window_days": int(window_days),
-                                                    "top_n": int(top_n)}).df()
+        return con.execute(db.sql(query), params).df()
     finally:
-        con.unregister("requests")
+        con.unregister("refresh_dates")
+
+
+def successors(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[date], window_days: int,
+               top_n: int, method: str = "frequency") -> pd.DataFrame:
+    """(refresh_date, c1, c2, retrieved): per day and pair, the top_n successors of [day - window_days, day).
+
+    Pairs with nothing retrieved are absent."""
+    if method not in METHODS:
+        raise ValueError(f"params.yaml: retrieval.method is {method!r}, expected one of {METHODS}")
+    found = _over_dates(con, "retrieve", days, {"daily": str(daily), "window_days": int(window_days),
+                                                "top_n": int(top_n), "method": method})
+    found["retrieved"] = found["retrieved"].map(list)
+    return found
+
+
+def popular(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[date], window_days: int,
+            top_n: int) -> pd.DataFrame:
+    """(refresh_date, popular): per day, the top_n clusters most often reached in [day - window_days, day)."""
+    found = _over_dates(con, "popular", days, {"daily": str(daily), "window_days": int(window_days),
+                                               "top_n": int(top_n)})
+    found["popular"] = found["popular"].map(list)
+    return found
+
+
+def attach(frame: pd.DataFrame, found: pd.DataFrame, day_column: str) -> pd.Series:
+    """Each row's retrieved list (empty when nothing was found), matched on (c1, c2, day)."""
+    keyed = frame[["c1", "c2", day_column]].rename(columns={day_column: "refresh_date"})
+    keyed["refresh_date"] = pd.to_datetime(keyed["refresh_date"])
+    found = found.assign(refresh_date=pd.to_datetime(found["refresh_date"]))
+    merged = keyed.merge(found, on=["c1", "c2", "refresh_date"], how="left")
+    return pd.Series([r if isinstance(r, list) else [] for r in merged["retrieved"]], index=frame.index)

@@ -69,7 +69,7 @@ def repo(tmp_path_factory) -> Path:
 def test_repro_runs_then_is_a_no_op(repo):
     py = sys.executable
     first = sh(repo, py, "-m", "dvc", "repro")
-    for stage in ("extract", "count", "finetune", "gate"):
+    for stage in ("extract", "count", "finetune", "gate", "retrieve"):
         assert f"Running stage '{stage}'" in first
     assert json.loads((repo / "metrics/gate.json").read_text())["override_reason"] == "tiny random model in CI"
     assert (repo / "work/finetune/adapter/adapter_model.safetensors").exists()
@@ -90,6 +90,16 @@ def test_exp_run_with_hydra_override_reruns_only_count(repo):
     assert "Stage 'extract' didn't change, skipping" in out and "Running stage 'count'" in out
     # top_k only changes the drift metrics: daily counts are the same, so no refit
     assert "Stage 'finetune' didn't change, skipping" in out
+
+
+def test_moving_the_refresh_date_reruns_only_retrieval(repo):
+    out = sh(repo, sys.executable, "-m", "dvc", "exp", "run", "-S", "refresh.until=2024-03-05",
+             "-S", "retrieval.method=trend")
+    assert "Running stage 'retrieve'" in out
+    for stage in ("extract", "count", "finetune", "gate"):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    assert json.loads((repo / "metrics/retrieve.json").read_text())["refresh_dates"] == [
+        "2024-03-01", "2024-03-03", "2024-03-05"]
     assert json.loads((repo / "metrics/drift.json").read_text())["top_k"] == 3
     assert "top_k: 3" in (repo / "params.yaml").read_text()
 

@@ -34,10 +34,10 @@ def curate(rows: pd.DataFrame, samples_per_pair: int, seed: int) -> pd.DataFrame
 def with_rag(con, daily: Path, samples: pd.DataFrame, ft: DictConfig) -> pd.Series:
     """The retrieved successors for a seeded share of the samples, from days before each sample's own."""
     chosen = np.random.default_rng([int(ft.seed), 1]).random(len(samples)) < float(ft.rag_share)
-    found = retrieval.top_successors(con, daily, samples[chosen], int(ft.rag_window_days), int(ft.rag_top_n))
-    keyed = samples.reset_index().merge(found, on=["c1", "c2", "day"], how="left").set_index("index")
-    retrieved = keyed["retrieved"].where(chosen, None)
-    return retrieved.map(lambda r: list(r) if isinstance(r, (list, np.ndarray)) and len(r) else [])
+    days = sorted(pd.to_datetime(samples.loc[chosen, "day"]).dt.date.unique())
+    found = retrieval.successors(con, daily, days, int(ft.rag_window_days), int(ft.rag_top_n))
+    retrieved = retrieval.attach(samples, found, "day")
+    return retrieved.where(chosen, pd.Series([[]] * len(samples), index=samples.index))
 
 
 def texts(samples: pd.DataFrame, names: dict[int, str]) -> tuple[list[str], list[str]]:

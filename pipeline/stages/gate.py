@@ -48,10 +48,9 @@ def rag_probe(con, llm, tokenizer, pairs: pd.DataFrame, names: dict[int, str], c
               recall: dict) -> dict:
     """Exact match, recall and copy rate of RAG prompts (retrieval as in fine-tuning, dated test_start)."""
     ft, g = cfg.finetune, cfg.gate
-    requests = pairs[["c1", "c2"]].assign(day=pd.Timestamp(w.test_start))
-    found = retrieval.top_successors(con, cfg.paths.daily_counts, requests, int(ft.rag_window_days), int(ft.rag_top_n))
-    retrieved = pairs.merge(found, on=["c1", "c2"], how="left")["retrieved"].map(
-        lambda r: list(r) if isinstance(r, (list, np.ndarray)) else [])
+    found = retrieval.successors(con, cfg.paths.daily_counts, [w.test_start], int(ft.rag_window_days),
+                                 int(ft.rag_top_n))
+    retrieved = retrieval.attach(pairs.assign(day=w.test_start), found, "day")
     texts = [prompts.prompt(names[a], names[b], [names[r] for r in got])
              for a, b, got in zip(pairs.c1, pairs.c2, retrieved)]
     c_pred = pd.array(parse(decode.greedy(llm, tokenizer, texts, int(g.max_new_tokens), int(g.batch_size)), names),

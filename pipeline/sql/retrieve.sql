@@ -1,0 +1,26 @@
+-- Per refresh date d and pair (c1, c2): the top $top_n successors of the window
+-- [d - $window_days, d), never day d or later, never c1 or c2.
+--   frequency: ranked by count in the window;
+--   trend:     ranked by the count's increase over the window before it (increases only).
+-- Ties go to the lower cluster id. Reads the view `refresh_dates` (day).
+-- Parameters: $daily, $window_days, $top_n, $method.
+WITH dates AS (SELECT DISTINCT day::DATE AS refresh_date FROM refresh_dates),
+counts AS (
+    SELECT r.refresh_date, d.c1, d.c2, d.c_next,
+           coalesce(sum(d.n) FILTER (WHERE d.day >= r.refresh_date - $window_days::INTEGER), 0) AS recent,
+           coalesce(sum(d.n) FILTER (WHERE d.day < r.refresh_date - $window_days::INTEGER), 0) AS previous
+    FROM dates AS r
+    JOIN read_parquet($daily) AS d
+      ON d.day >= r.refresh_date - 2 * $window_days::INTEGER AND d.day < r.refresh_date
+    WHERE d.c_next <> d.c1 AND d.c_next <> d.c2
+    GROUP BY ALL
+),
+scored AS (
+    SELECT *, CASE WHEN $method = 'trend' THEN recent - previous ELSE recent END AS score
+    FROM counts
+)
+SELECT refresh_date, c1, c2, list(c_next ORDER BY score DESC, c_next)[1:$top_n] AS retrieved
+FROM scored
+WHERE score > 0
+GROUP BY ALL
+ORDER BY refresh_date, c1, c2

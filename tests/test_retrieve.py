@@ -1,0 +1,75 @@
+"""retrieve: refresh dates, frequency and trend successors, global popularity, no future data."""
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline import db, retrieval
+from pipeline.period import refresh_dates
+from pipeline.stages import retrieve
+from tests.conftest import compose
+from tests.test_finetune import daily_frame
+
+DAILY = [
+    # pair (0, 1): successor 2 is steady, 3 surges in the week before March 1st
+    ("2024-02-16", 0, 1, 2, 5), ("2024-02-20", 0, 1, 2, 5), ("2024-02-23", 0, 1, 3, 1),
+    ("2024-02-26", 0, 1, 3, 4),
+    # pair (1, 2): only old data, outside every window
+    ("2024-01-05", 1, 2, 4, 9),
+    # planted future: on and after the refresh date, never read
+    ("2024-03-01", 0, 1, 5, 99), ("2024-03-02", 0, 1, 5, 99),
+]
+
+
+def run(tmp_path, *overrides):
+    cfg = compose(tmp_path, "refresh.until=2024-03-03", *overrides)
+    Path(cfg.paths.daily_counts).parent.mkdir(parents=True)
+    daily_frame(DAILY).to_parquet(cfg.paths.daily_counts)
+    retrieve.run(cfg)
+    found = pd.read_parquet(cfg.paths.retrieved)
+    return cfg, found, pd.read_parquet(cfg.paths.popular)
+
+
+def on(found, day):
+    rows = found[pd.to_datetime(found.refresh_date) == pd.Timestamp(day)]
+    return {(int(a), int(b)): list(r) for a, b, r in zip(rows.c1, rows.c2, rows.retrieved)}
+
+
+def test_refresh_dates(tmp_path):
+    assert refresh_dates(compose(tmp_path, "refresh.until=2024-03-05")) == [
+        date(2024, 3, 1), date(2024, 3, 3), date(2024, 3, 5)]
+    assert len(refresh_dates(compose(tmp_path))) == 16  # March 1, 3, ..., 31
+    with pytest.raises(ValueError, match="refresh.until=2024-04-02"):
+        refresh_dates(compose(tmp_path, "refresh.until=2024-04-02"))
+
+
+def test_frequency_ignores_the_refresh_day_and_later(tmp_path):
+    cfg, found, popular = run(tmp_path, "retrieval.top_n=2", "retrieval.window_days=14")
+    assert on(found, "2024-03-01") == {(0, 1): [2, 3]}  # Feb 16-29: 2 (10x) before 3 (5x), never 5
+    assert on(found, "2024-03-03") == {(0, 1): [5, 2]}  # March 1-2 are now past; 2 and 3 tie at 5x
+    metrics = json.loads((Path(cfg.paths.metrics) / "retrieve.json").read_text())
+    assert metrics["pairs_with_retrieval"] == {"2024-03-01": 1, "2024-03-03": 1}
+    assert list(popular.popular.iloc[0]) == [2, 3]
+
+
+def test_trend_ranks_by_increase(tmp_path):
+    _, found, _ = run(tmp_path, "retrieval.method=trend", "retrieval.top_n=2")
+    # window Feb 23-29 against Feb 16-22: 3 rose by 5, 2 fell by 5 and is left out
+    assert on(found, "2024-03-01") == {(0, 1): [3]}
+
+
+def test_unknown_method_is_named(tmp_path):
+    with pytest.raises(ValueError, match="retrieval.method is 'magic'"):
+        run(tmp_path, "retrieval.method=magic")
+
+
+def test_successors_never_return_c1_or_c2(tmp_path):
+    cfg = compose(tmp_path)
+    path = tmp_path / "daily.parquet"
+    daily_frame([("2024-02-28", 0, 1, 0, 9), ("2024-02-28", 0, 1, 1, 9), ("2024-02-28", 0, 1, 4, 1)]).to_parquet(path)
+    found = retrieval.successors(db.connect(cfg), path, [date(2024, 3, 1)], 7, 3)
+    assert [list(r) for r in found.retrieved] == [[4]]
