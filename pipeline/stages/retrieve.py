@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 from omegaconf import DictConfig
 
 from pipeline import db, retrieval
