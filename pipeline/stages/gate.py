@@ -18,9 +18,8 @@ from pipeline.period import windows
 
 
 def held_out_pairs(con, triples: Path, test_start, month_start, max_pairs: int, seed: int) -> pd.DataFrame:
-    pairs = con.execute("SELECT DISTINCT c1, c2 FROM read_parquet($t) WHERE ts >= $a::TIMESTAMP AND "
-                        "ts < $b::TIMESTAMP ORDER BY c1, c2",
-                        {"t": str(triples), "a": test_start, "b": month_start}).df()
+    pairs = con.execute(db.sql("gate_pairs"), {"triples": str(triples), "test_start": test_start,
+                                               "month_start": month_start}).df()
     if pairs.empty:
         raise ValueError(f"{triples}: no triples in the held-out days [{test_start}, {month_start})")
     if len(pairs) > max_pairs:
@@ -44,22 +43,35 @@ def held_out_recall(con, c_pred: pd.Series, pairs: pd.DataFrame, params: dict) -
         con.unregister("predictions")
 
 
-def rag_probe(con, llm, tokenizer, pairs: pd.DataFrame, names: dict[int, str], cfg: DictConfig, w,
-              recall: dict) -> dict:
+class Scorer:
+    """Decode prompts for the evaluated pairs and score them: exact match and held-out recall."""
+
+    def __init__(self, con, llm, tokenizer, pairs: pd.DataFrame, names: dict[int, str], g: DictConfig, recall: dict):
+        self.con, self.llm, self.tokenizer, self.pairs, self.names, self.g, self.recall = (
+            con, llm, tokenizer, pairs, names, g, recall)
+
+    def __call__(self, retrieved: list[list[int]]) -> tuple[list[str], list[str], pd.Series, dict]:
+        """(prompts, generated texts, predicted cluster or NA, scores) with these retrieved lines."""
+        texts = [prompts.prompt(self.names[a], self.names[b], [self.names[r] for r in got])
+                 for a, b, got in zip(self.pairs.c1, self.pairs.c2, retrieved)]
+        outputs = decode.greedy(self.llm, self.tokenizer, texts, int(self.g.max_new_tokens), int(self.g.batch_size))
+        c_pred = pd.Series(pd.array(parse(outputs, self.names), dtype="Int32"), index=self.pairs.index)
+        triples, hits = held_out_recall(self.con, c_pred, self.pairs, self.recall)
+        scores = {"exact_match": round(float(c_pred.notna().mean()), 6), "test_recall": round(hits / max(triples, 1), 6),
+                  "test_triples": int(triples), "hits": int(hits)}
+        return texts, outputs, c_pred, scores
+
+
+def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w) -> dict:
     """Exact match, recall and copy rate of RAG prompts (retrieval as in fine-tuning, dated test_start)."""
-    ft, g = cfg.finetune, cfg.gate
+    ft = cfg.finetune
     found = retrieval.successors(con, cfg.paths.daily_counts, [w.test_start], int(ft.rag_window_days),
                                  int(ft.rag_top_n))
     retrieved = retrieval.attach(pairs.assign(day=w.test_start), found, "day")
-    texts = [prompts.prompt(names[a], names[b], [names[r] for r in got])
-             for a, b, got in zip(pairs.c1, pairs.c2, retrieved)]
-    c_pred = pd.array(parse(decode.greedy(llm, tokenizer, texts, int(g.max_new_tokens), int(g.batch_size)), names),
-                      dtype="Int32")
-    triples, hits = held_out_recall(con, c_pred, pairs, recall)
-    with_line = retrieved.map(bool)
-    copied = [not pd.isna(p) and p == got[0] for p, got, has in zip(c_pred, retrieved, with_line) if has]
-    return {"exact_match": round(float(pd.Series(c_pred).notna().mean()), 6),
-            "test_recall": round(hits / max(triples, 1), 6), "pairs_with_retrieval": int(with_line.sum()),
+    _, _, c_pred, scores = score(retrieved.tolist())
+    copied = [not pd.isna(p) and p == got[0] for p, got in zip(c_pred, retrieved) if got]
+    return {"exact_match": scores["exact_match"], "test_recall": scores["test_recall"],
+            "pairs_with_retrieval": int(retrieved.map(bool).sum()),
             "copy_rate": round(float(np.mean(copied)) if copied else 0.0, 6)}
 
 
@@ -79,26 +91,24 @@ def run(cfg: DictConfig) -> None:
     con = db.connect(cfg)
     pairs = held_out_pairs(con, Path(cfg.paths.triples), w.test_start, w.month_start, int(g.max_pairs), int(g.seed))
     names = contract.descriptions(cfg.data.path)
-    pairs["prompt"] = [prompts.prompt(names[a], names[b]) for a, b in zip(pairs.c1, pairs.c2)]
     llm, tokenizer = model.load(cfg.model)
     if g.use_adapter:
         from peft import PeftModel
 
         llm = PeftModel.from_pretrained(llm, cfg.paths.adapter).merge_and_unload()
-    began = time.perf_counter()
-    pairs["output"] = decode.greedy(llm, tokenizer, pairs.prompt.tolist(), int(g.max_new_tokens), int(g.batch_size))
-    wall = time.perf_counter() - began
-    pairs["c_pred"] = pd.array(parse(pairs.output.tolist(), names), dtype="Int32")
-    pairs["valid"] = pairs.c_pred.notna()
     recall = {"triples": str(cfg.paths.triples), "sequences": str(cfg.paths.sequences), "test_start": w.test_start,
               "month_start": w.month_start, "horizon_days": int(g.horizon_days)}
-    triples, hits = held_out_recall(con, pairs.c_pred, pairs, recall)
-    metrics = {"exact_match": round(float(pairs.valid.mean()), 6), "test_recall": round(hits / max(triples, 1), 6),
-               "pairs": len(pairs), "test_triples": int(triples), "hits": int(hits), "decoding": "free",
-               "adapter": bool(g.use_adapter), "wall_s": round(wall, 1), "prompts_per_s": round(len(pairs) / wall, 2),
+    score = Scorer(con, llm, tokenizer, pairs, names, g, recall)
+    began = time.perf_counter()
+    prompt_texts, outputs, c_pred, scores = score([[] for _ in range(len(pairs))])
+    wall = time.perf_counter() - began
+    pairs = pairs.assign(prompt=prompt_texts, output=outputs, c_pred=c_pred, valid=c_pred.notna())
+    triples = scores["test_triples"]
+    metrics = {**scores, "pairs": len(pairs), "decoding": "free", "adapter": bool(g.use_adapter),
+               "wall_s": round(wall, 1), "prompts_per_s": round(len(pairs) / wall, 2),
                "held_out": [str(w.test_start), str(w.month_start)]}
     # Not gated, measured: the same pairs with RAG lines retrieved before the held-out days.
-    metrics["rag"] = rag_probe(con, llm, tokenizer, pairs, names, cfg, w, recall)
+    metrics["rag"] = rag_probe(con, score, pairs, cfg, w)
     failed = verdict(metrics, g)
     metrics.update(passed=not failed, failed_checks=failed, override_reason=g.override_reason,
                    min_exact_match=g.min_exact_match, min_test_recall=g.min_test_recall)
