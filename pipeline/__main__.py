@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-STAGES = ("extract", "count", "finetune", "gate", "retrieve")
+STAGES = ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer")
 
 
 def main(argv: list[str]) -> None:

@@ -1,6 +1,7 @@
 """Writing outputs so that a crash never leaves a half-written file behind."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -35,3 +36,22 @@ def write_json(path: Path | str, payload: dict) -> None:
     """Sorted, indented JSON: stable bytes for DVC metrics and diffs."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def sha256(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_sha256(path: Path | str) -> str:
+    """A file's sha256, or a directory's: over its files' relative paths and hashes, in sorted order."""
+    path = Path(path)
+    if path.is_file():
+        return sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256(file)}\n".encode())
+    return digest.hexdigest()

@@ -48,4 +48,6 @@ def attach(frame: pd.DataFrame, found: pd.DataFrame, day_column: str) -> pd.Seri
     keyed["refresh_date"] = pd.to_datetime(keyed["refresh_date"])
     found = found.assign(refresh_date=pd.to_datetime(found["refresh_date"]))
     merged = keyed.merge(found, on=["c1", "c2", "refresh_date"], how="left")
-    return pd.Series([r if isinstance(r, list) else [] for r in merged["retrieved"]], index=frame.index)
+    # Lists come back as arrays from Parquet and as NaN where nothing matched.
+    return pd.Series([[int(c) for c in r] if hasattr(r, "__len__") else [] for r in merged["retrieved"]],
+                     index=frame.index)

@@ -69,8 +69,9 @@ def repo(tmp_path_factory) -> Path:
 def test_repro_runs_then_is_a_no_op(repo):
     py = sys.executable
     first = sh(repo, py, "-m", "dvc", "repro")
-    for stage in ("extract", "count", "finetune", "gate", "retrieve"):
+    for stage in ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer"):
         assert f"Running stage '{stage}'" in first
+    assert len(list((repo / "tables").glob("rag-2024-03-*.parquet"))) == 16 and (repo / "tables/base.parquet").exists()
     assert json.loads((repo / "metrics/gate.json").read_text())["override_reason"] == "tiny random model in CI"
     assert (repo / "work/finetune/adapter/adapter_model.safetensors").exists()
     extract = json.loads((repo / "metrics/extract.json").read_text())
@@ -82,6 +83,11 @@ def test_repro_runs_then_is_a_no_op(repo):
     assert "mean_jaccard" in sh(repo, py, "-m", "dvc", "metrics", "show")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "repro")
+    # A committed revision serves lookups through DVC, from its cache rather than the work tree.
+    shutil.rmtree(repo / "tables")
+    served = sh(repo, py, "-m", "pipeline.lookup", "0", "1", "--rev", "HEAD", "--date", "2024-03-04")
+    assert "tables/rag-2024-03-03.parquet @ HEAD" in served and "refresh date 2024-03-03" in served
+    sh(repo, py, "-m", "dvc", "checkout", "-q")
 
 
 def test_exp_run_with_hydra_override_reruns_only_count(repo):
@@ -94,15 +100,19 @@ def test_exp_run_with_hydra_override_reruns_only_count(repo):
     assert "top_k: 3" in (repo / "params.yaml").read_text()
 
 
-def test_moving_the_refresh_date_reruns_only_retrieval(repo):
-    sh(repo, sys.executable, "-m", "dvc", "exp", "run")  # back to conf/'s composition after earlier tests
-    out = sh(repo, sys.executable, "-m", "dvc", "exp", "run", "-S", "refresh.until=2024-03-05",
-             "-S", "retrieval.method=trend")
-    assert "Running stage 'retrieve'" in out
+def test_moving_the_refresh_date_reruns_retrieval_and_decodes_only_new_prompts(repo):
+    py = sys.executable
+    sh(repo, py, "-m", "dvc", "exp", "run")  # back to conf/'s composition after earlier tests
+    sh(repo, py, "-m", "dvc", "exp", "run", "-S", "refresh.until=2024-03-03")
+    out = sh(repo, py, "-m", "dvc", "exp", "run", "-S", "refresh.until=2024-03-05")
+    assert "Running stage 'retrieve'" in out and "Running stage 'bulk_infer'" in out
     for stage in ("extract", "count", "finetune", "gate"):
         assert f"Stage '{stage}' didn't change, skipping" in out
-    assert json.loads((repo / "metrics/retrieve.json").read_text())["refresh_dates"] == [
-        "2024-03-01", "2024-03-03", "2024-03-05"]
+    m = json.loads((repo / "metrics/bulk_infer.json").read_text())
+    assert m["tables"] == 4 and m["decoded"] == m["per_table"]["rag-2024-03-05"]["decoded"]
+    assert all(m["per_table"][t]["hit_share"] == 1.0 for t in ("base", "rag-2024-03-01", "rag-2024-03-03"))
+    out = sh(repo, py, "-m", "dvc", "exp", "run", "-S", "refresh.until=2024-03-05", "-S", "retrieval.method=trend")
+    assert "Running stage 'retrieve'" in out and "Stage 'finetune' didn't change, skipping" in out
 
 
 def test_movielens_switches_the_whole_pipeline(repo):

@@ -148,4 +148,4 @@ def test_gate_halts_on_a_failing_adapter_and_an_override_is_recorded(tmp_path):
 
 def test_parse_is_exact_match():
     names = {0: "street food, night market", 1: "chess, go"}
-    assert gate.parse([" chess, go", "chess, go, poker", "Chess, go", ""], names) == [1, None, None, None]
+    assert prompts.parse([" chess, go", "chess, go, poker", "Chess, go", ""], names) == [1, None, None, None]

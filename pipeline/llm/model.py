@@ -21,17 +21,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, sha256
 
 MANIFEST = "manifest.json"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def prepared_dir(m: DictConfig) -> Path:
@@ -100,8 +92,9 @@ def load_tokenizer(m: DictConfig):
     return AutoTokenizer.from_pretrained(_prepared_or_fail(m))
 
 
-def load(m: DictConfig):
-    """(model, tokenizer) in float32 eval mode, from safetensors only, never remote code."""
+def load(m: DictConfig, adapter: Path | str | None = None):
+    """(model, tokenizer) in float32 eval mode, from safetensors only, never remote code; a LoRA
+    adapter directory, when given, is merged into the weights (inference runs at base-model speed)."""
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     tokenizer = load_tokenizer(m)
@@ -119,6 +112,10 @@ def load(m: DictConfig):
                                                      local_files_only=bool(m.local_files_only))
     else:
         raise ValueError(f"params.yaml: model.source is {m.source!r}, expected gguf_wheel, pretrained or random")
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     return model.eval(), tokenizer
 
 

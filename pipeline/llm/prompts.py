@@ -31,6 +31,17 @@ def prompt(c1: str, c2: str, retrieved: list[str] = (), popular: list[str] = ())
     return text + ASK
 
 
+def for_pair(names: dict[int, str], c1: int, c2: int, retrieved: list[int] = ()) -> str:
+    """The prompt for a history of cluster ids; retrieved ids make it a RAG prompt."""
+    return prompt(names[c1], names[c2], [names[r] for r in retrieved])
+
+
 def answer(description: str) -> str:
     """The label text for a fine-tuning sample (the tokenizer's EOS is appended at tokenisation)."""
     return ANSWER_PREFIX + description
+
+
+def parse(outputs: list[str], names: dict[int, str]) -> list[int | None]:
+    """The cluster each answer names: exact match of the stripped text to a description, None if none."""
+    ids = {description: cluster for cluster, description in names.items()}
+    return [ids.get(text.strip()) for text in outputs]

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import db, retrieval
 from pipeline.data import contract
-from pipeline.files import atomic_path, write_json
+from pipeline.files import atomic_path, sha256, write_json
 from pipeline.llm import lora, model, prompts
 from pipeline.period import windows
 
@@ -41,8 +41,7 @@ def with_rag(con, daily: Path, samples: pd.DataFrame, ft: DictConfig) -> pd.Seri
 
 
 def texts(samples: pd.DataFrame, names: dict[int, str]) -> tuple[list[str], list[str]]:
-    built = [prompts.prompt(names[a], names[b], [names[r] for r in rag])
-             for a, b, rag in zip(samples.c1, samples.c2, samples.retrieved)]
+    built = [prompts.for_pair(names, a, b, rag) for a, b, rag in zip(samples.c1, samples.c2, samples.retrieved)]
     return built, [prompts.answer(names[c]) for c in samples.c_next]
 
 
@@ -74,7 +73,7 @@ def run(cfg: DictConfig) -> None:
     wall = time.perf_counter() - began
     with atomic_path(cfg.paths.adapter) as tmp:
         adapter.save_pretrained(tmp)
-        adapter_sha = model.sha256(tmp / "adapter_model.safetensors")
+        adapter_sha = sha256(tmp / "adapter_model.safetensors")
     with atomic_path(cfg.paths.samples) as tmp:
         samples.to_parquet(tmp, index=False)
     shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from pipeline import db, retrieval
 from pipeline.data import contract
 from pipeline.files import atomic_path, write_json
-from pipeline.llm import decode, model, prompts
+from pipeline.llm import bulk, model, prompts
 from pipeline.period import windows
 
 
@@ -26,12 +26,6 @@ def held_out_pairs(con, triples: Path, test_start, month_start, max_pairs: int, 
         keep = np.sort(np.random.default_rng(seed).choice(len(pairs), size=max_pairs, replace=False))
         pairs = pairs.iloc[keep].reset_index(drop=True)
     return pairs
-
-
-def parse(outputs: list[str], names: dict[int, str]) -> list[int | None]:
-    """Exact match of the generated text (stripped) against cluster descriptions; None if invalid."""
-    ids = {description: cluster for cluster, description in names.items()}
-    return [ids.get(text.strip()) for text in outputs]
 
 
 def held_out_recall(con, c_pred: pd.Series, pairs: pd.DataFrame, params: dict) -> tuple[int, int]:
@@ -47,15 +41,17 @@ class Scorer:
     """Decode prompts for the evaluated pairs and score them: exact match and held-out recall."""
 
     def __init__(self, con, llm, tokenizer, pairs: pd.DataFrame, names: dict[int, str], g: DictConfig, recall: dict):
-        self.con, self.llm, self.tokenizer, self.pairs, self.names, self.g, self.recall = (
-            con, llm, tokenizer, pairs, names, g, recall)
+        self.con, self.llm, self.tokenizer, self.pairs, self.names, self.recall = (
+            con, llm, tokenizer, pairs, names, recall)
+        self.trie = bulk.Trie.build(tokenizer, names)
+        self.settings = bulk.Settings(constrained=False, max_new_tokens=int(g.max_new_tokens),
+                                      batch_size=int(g.batch_size))
 
     def __call__(self, retrieved: list[list[int]]) -> tuple[list[str], list[str], pd.Series, dict]:
         """(prompts, generated texts, predicted cluster or NA, scores) with these retrieved lines."""
-        texts = [prompts.prompt(self.names[a], self.names[b], [self.names[r] for r in got])
-                 for a, b, got in zip(self.pairs.c1, self.pairs.c2, retrieved)]
-        outputs = decode.greedy(self.llm, self.tokenizer, texts, int(self.g.max_new_tokens), int(self.g.batch_size))
-        c_pred = pd.Series(pd.array(parse(outputs, self.names), dtype="Int32"), index=self.pairs.index)
+        texts = [prompts.for_pair(self.names, a, b, got) for a, b, got in zip(self.pairs.c1, self.pairs.c2, retrieved)]
+        outputs = bulk.answers(self.llm, self.tokenizer, texts, self.trie, self.settings)
+        c_pred = pd.Series(pd.array(prompts.parse(outputs, self.names), dtype="Int32"), index=self.pairs.index)
         triples, hits = held_out_recall(self.con, c_pred, self.pairs, self.recall)
         scores = {"exact_match": round(float(c_pred.notna().mean()), 6), "test_recall": round(hits / max(triples, 1), 6),
                   "test_triples": int(triples), "hits": int(hits)}
@@ -91,11 +87,7 @@ def run(cfg: DictConfig) -> None:
     con = db.connect(cfg)
     pairs = held_out_pairs(con, Path(cfg.paths.triples), w.test_start, w.month_start, int(g.max_pairs), int(g.seed))
     names = contract.descriptions(cfg.data.path)
-    llm, tokenizer = model.load(cfg.model)
-    if g.use_adapter:
-        from peft import PeftModel
-
-        llm = PeftModel.from_pretrained(llm, cfg.paths.adapter).merge_and_unload()
+    llm, tokenizer = model.load(cfg.model, cfg.paths.adapter if g.use_adapter else None)
     recall = {"triples": str(cfg.paths.triples), "sequences": str(cfg.paths.sequences), "test_start": w.test_start,
               "month_start": w.month_start, "horizon_days": int(g.horizon_days)}
     score = Scorer(con, llm, tokenizer, pairs, names, g, recall)

@@ -1,0 +1,69 @@
+"""Lineage of a table (DESIGN.md section 7), written into each table Parquet as key-value metadata."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.files import atomic_path
+
+PACKAGES = ("torch", "transformers", "peft", "lightning", "duckdb", "pyarrow", "pandas", "numpy", "dvc")
+PACKAGE_ROOT = Path(__file__).parent
+
+
+def code_revision() -> str:
+    """The git commit the code was checked out at ("unknown" outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_ROOT, capture_output=True, text=True,
+                             check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def code_hash() -> str:
+    """sha256 over the pipeline package's Python and SQL sources: what actually ran, committed or not."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_ROOT.rglob("*")):
+        if path.suffix in (".py", ".sql"):
+            digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def packages() -> dict[str, str]:
+    return {name: metadata.version(name) for name in PACKAGES}
+
+
+def params(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
+    """The resolved settings under keys: the ones the stage declares in dvc.yaml."""
+    full = OmegaConf.to_container(cfg, resolve=True)
+    return {k: full[k] for k in keys}
+
+
+def sha256_json(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def encode(fields: dict) -> dict[bytes, bytes]:
+    """Metadata values as text: strings as they are, everything else as sorted JSON."""
+    return {k.encode(): (v if isinstance(v, str) else json.dumps(v, sort_keys=True)).encode()
+            for k, v in sorted(fields.items())}
+
+
+def write_table(frame, path: Path | str, fields: dict) -> None:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **encode(fields)})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read(source) -> dict[str, str]:
+    """A table's manifest fields (the pandas schema entry left out); source: a path or an open file."""
+    meta = pq.read_schema(source).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items() if k != b"pandas"}

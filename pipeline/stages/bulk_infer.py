@@ -1,0 +1,161 @@
+"""bulk_infer: decode every ordered pair c1 != c2 into transition tables (paper section 2.3).
+
+One base table (no RAG) and one RAG table per refresh date; a pair with nothing retrieved on a
+date gets the base prompt. Answers come from the content-addressed cache when an identical prompt
+was decoded before under the same model, adapter and settings; the rest are decoded in shards of
+sorted prompts, each stored as soon as it is done, so a killed run resumes where it stopped and
+computes exactly the batches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from pipeline import manifest, retrieval
+from pipeline.data import contract
+from pipeline.files import atomic_path, tree_sha256, write_json
+from pipeline.llm import bulk, model, prompts
+from pipeline.llm.cache import AnswerCache
+from pipeline.period import refresh_dates
+
+# The params bulk_infer declares in dvc.yaml; the manifest records exactly these.
+PARAMS = ("data", "model", "finetune", "gate", "retrieval", "refresh", "infer", "period", "torch_threads")
+DECODINGS = ("free", "constrained")
+
+
+def table_rows(names: dict[int, str], found: pd.DataFrame, days: list) -> pd.DataFrame:
+    """(table, refresh_date, c1, c2, retrieved, prompt): every ordered pair, base table first."""
+    clusters = sorted(names)
+    pairs = pd.DataFrame([(a, b) for a in clusters for b in clusters if a != b], columns=["c1", "c2"])
+    frames = [pairs.assign(table="base", refresh_date=days[0], retrieved=[[] for _ in range(len(pairs))])]
+    for day in days:
+        frames.append(pairs.assign(table=f"rag-{day}", refresh_date=day,
+                                   retrieved=retrieval.attach(pairs.assign(day=day), found, "day")))
+    rows = pd.concat(frames, ignore_index=True)
+    rows["prompt"] = [prompts.for_pair(names, a, b, got) for a, b, got in zip(rows.c1, rows.c2, rows.retrieved)]
+    return rows
+
+
+def serve(rows: pd.DataFrame, outputs: list[str], names: dict[int, str], popular: dict) -> pd.DataFrame:
+    """What each pair serves: the model's answer when it names a novel cluster, else the retrieved
+    successor, else the first popular cluster of that date that is neither c1 nor c2."""
+    parsed = prompts.parse(outputs, names)
+    c_pred, served, valid = [], [], []
+    for c1, c2, got, day, p in zip(rows.c1, rows.c2, rows.retrieved, rows.refresh_date, parsed):
+        ok = p is not None and p not in (c1, c2)
+        fallback = [c for c in popular.get(day, []) if c not in (c1, c2)]
+        pick, how = ((p, "llm") if ok else (got[0], "retrieved") if got else
+                     (fallback[0], "popular") if fallback else (None, "none"))
+        c_pred.append(pick)
+        served.append(how)
+        valid.append(ok)
+    c_pred = pd.array(c_pred, dtype="Int32")
+    return pd.DataFrame({
+        "c1": rows.c1.astype("int32").to_numpy(), "c2": rows.c2.astype("int32").to_numpy(), "c_pred": c_pred,
+        "description": [names[c] if pd.notna(c) else None for c in c_pred], "valid": valid, "served": served,
+        "retrieved": [[int(r) for r in got] for got in rows.retrieved], "output": outputs})
+
+
+class _Rate(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed or 0:.1f} prompts/s")
+
+
+def decode_missing(llm, tokenizer, trie: bulk.Trie, settings: bulk.Settings, missing: list[str],
+                   exclude: dict[str, tuple[int, int]], cache: AnswerCache, shard_size: int) -> dict[str, str]:
+    """Decode the prompts in shards, storing each shard in the cache as it completes."""
+    done: dict[str, str] = {}
+    columns = (TextColumn("bulk_infer"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeRemainingColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task("decode", total=len(missing))
+        for start in range(0, len(missing), shard_size):
+            shard = missing[start:start + shard_size]
+            outputs = bulk.answers(llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard],
+                                   advance=lambda n: bar.advance(task, n))
+            cache.add(shard, outputs)
+            done.update(zip(shard, outputs))
+    return done
+
+
+def run(cfg: DictConfig) -> None:
+    torch.set_num_threads(int(cfg.torch_threads))
+    inf = cfg.infer
+    if inf.decoding not in DECODINGS:
+        raise ValueError(f"params.yaml: infer.decoding is {inf.decoding!r}, expected one of {DECODINGS}")
+    days = refresh_dates(cfg)
+    gate = _gate(Path(cfg.paths.metrics) / "gate.json")
+    found = pd.read_parquet(cfg.paths.retrieved)
+    stale = set(found.refresh_date.dt.date) - set(days)
+    if stale:
+        raise ValueError(f"{cfg.paths.retrieved}: refresh dates {sorted(map(str, stale))} are not in this run's "
+                         f"{[str(d) for d in days]}; rerun the retrieve stage (dvc repro)")
+    popular = {d.date(): list(p) for d, p in pd.read_parquet(cfg.paths.popular).itertuples(index=False)}
+    names = contract.descriptions(cfg.data.path)
+    rows = table_rows(names, found, days)
+
+    llm, tokenizer = model.load(cfg.model, cfg.paths.adapter)
+    trie = bulk.Trie.build(tokenizer, names)
+    settings = bulk.Settings(constrained=inf.decoding == "constrained", max_new_tokens=int(inf.max_new_tokens),
+                             batch_size=int(inf.batch_size))
+    lineage = {"base_model_hash": model.identity(cfg.model), "adapter_hash": tree_sha256(cfg.paths.adapter),
+               "template_hash": prompts.TEMPLATE_HASH}
+    cache = AnswerCache(cfg.paths.infer_cache, {
+        **lineage, "descriptions": names, "decoding": str(inf.decoding), "max_new_tokens": settings.max_new_tokens,
+        "dtype": str(llm.dtype), "decoder": tree_sha256(bulk.__file__)})
+    answers = cache.load()
+    cached_at_start = set(answers)
+    unique = rows.drop_duplicates("prompt")
+    missing = sorted(p for p in unique.prompt if p not in answers)
+    exclude = {p: (int(a), int(b)) for p, a, b in zip(unique.prompt, unique.c1, unique.c2)}
+    began = time.perf_counter()
+    answers.update(decode_missing(llm, tokenizer, trie, settings, missing, exclude, cache, int(inf.shard_size)))
+    decode_s = time.perf_counter() - began
+
+    fields = {**lineage, "period": str(cfg.period.month), "decoding": str(inf.decoding),
+              "data_hash": tree_sha256(cfg.data.path), "params": manifest.params(cfg, PARAMS),
+              "code_revision": manifest.code_revision(), "code_hash": manifest.code_hash(),
+              "packages": manifest.packages(), "gate": gate}
+    fields["params_hash"] = manifest.sha256_json(fields["params"])
+    per_table, seen = {}, set(cached_at_start)
+    with atomic_path(cfg.paths.tables) as out:
+        out.mkdir(parents=True)
+        for name, part in rows.groupby("table", sort=False):
+            table = serve(part, [answers[p] for p in part.prompt], names, popular)
+            day = part.refresh_date.iloc[0]
+            manifest.write_table(table, out / f"{name}.parquet", {
+                **fields, "strategy": "base" if name == "base" else "rag", "refresh_date": str(day),
+                "rows": len(table)})
+            prompts_here = set(part.prompt)
+            new = prompts_here - seen
+            seen |= prompts_here
+            per_table[name] = {"rows": len(table), "prompts": len(prompts_here), "decoded": len(new),
+                               "hit_share": round(1 - len(new) / len(prompts_here), 6),
+                               "valid_share": round(float(table.valid.mean()), 6),
+                               "served": {k: int(v) for k, v in table.served.value_counts().sort_index().items()}}
+    rate = len(missing) / decode_s if missing else 0.0
+    write_json(Path(cfg.paths.metrics) / "bulk_infer.json", {
+        "decoding": str(inf.decoding), "tables": len(per_table), "pairs": int((rows.table == "base").sum()),
+        "unique_prompts": len(unique), "cached_at_start": len(set(unique.prompt) & cached_at_start),
+        "decoded": len(missing), "decode_s": round(decode_s, 1), "prompts_per_s": round(rate, 2),
+        "per_table": per_table})
+    print(f"bulk_infer: {len(per_table)} tables of {per_table['base']['rows']} pairs; decoded {len(missing)} of "
+          f"{len(unique)} distinct prompts ({len(unique) - len(missing)} from the cache) in {decode_s:.1f}s, "
+          f"{rate:.1f} prompts/s")
+
+
+def _gate(path: Path) -> dict:
+    """The gate's verdict and figures the tables are built under; a failed gate without an override stops here."""
+    if not path.exists():
+        raise ValueError(f"{path}: no gate verdict; run the gate stage first (dvc repro)")
+    g = json.loads(path.read_text())
+    if not g["passed"] and not g["override_reason"]:
+        raise ValueError(f"{path}: the gate failed ({'; '.join(g['failed_checks'])}) and was not overridden; "
+                         "no table is built from this adapter")
+    return {k: g[k] for k in ("passed", "exact_match", "test_recall", "override_reason", "failed_checks")}

@@ -1,0 +1,249 @@
+"""Bulk decoding (exact against plain greedy), the answer cache, resumption and table manifests."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import manifest
+from pipeline.data import contract, synth
+from pipeline.llm import bulk, model, prompts
+from pipeline.llm.cache import AnswerCache
+from pipeline.stages import bulk_infer, count, extract, finetune, gate, retrieve
+from tests.conftest import compose
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["model=tiny_random", f"model.cache_dir={ROOT / 'models'}", "finetune.trainer.max_steps=2",
+        "finetune.batch_size=8", "finetune.samples_per_pair=1", "finetune.trainer.enable_progress_bar=false",
+        "gate.max_pairs=8", "gate.max_new_tokens=4", "gate.override_reason='tiny random model'",
+        "data.synth.n_events=30000", "data.synth.n_clusters=5", "data.synth.n_users=800",
+        "count.min_support=1", "refresh.until=2024-03-05", "infer.max_new_tokens=5", "infer.batch_size=8",
+        "infer.shard_size=16"]
+NAMES = {c: contract.description([f"topic {c}", f"theme {c}"]) for c in range(5)}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = compose(Path("/nonexistent"), "model=tiny_random", f"model.cache_dir={ROOT / 'models'}")
+    return model.load(cfg.model)
+
+
+def rag_prompts(tokenizer) -> list[list[int]]:
+    """Every pair's base prompt and two RAG variants: prefixes shared at several depths."""
+    texts = [prompts.for_pair(NAMES, a, b, got) for a in NAMES for b in NAMES if a != b
+             for got in ([], [(a + b) % 5], [(a + 2) % 5])]
+    return [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+
+
+def plain_greedy(llm, tokenizer, tokens: list[int], max_new: int) -> tuple[int, ...]:
+    out = llm.generate(input_ids=torch.tensor([tokens]), max_new_tokens=max_new, do_sample=False,
+                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)[0, len(tokens):]
+    ids = out.tolist()
+    return tuple(ids[:ids.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in ids else ids)
+
+
+def test_radix_tree_rebuilds_every_prompt_and_shares_prefixes(tiny):
+    _, tokenizer = tiny
+    tokens = rag_prompts(tokenizer) + [[7, 8, 9], [7, 8], [7, 8, 9]]  # a prefix of another, and a duplicate
+    tree = bulk._Tree.build(tokens)
+    for i, t in enumerate(tokens):
+        chain = [tok for node in tree.chain(tree.leaf_parent[i]) for tok in tree.node_tokens[node]]
+        assert chain + tree.leaf_tokens[i] == t and tree.leaf_tokens[i]
+    run_once = sum(map(len, tree.node_tokens)) + sum(map(len, tree.leaf_tokens))
+    assert run_once < 0.6 * sum(map(len, tokens))
+
+
+@pytest.mark.parametrize("batch_size", [3, 64])
+def test_free_decoding_equals_plain_greedy_with_drafts_kept_and_rejected(tiny, batch_size):
+    llm, tokenizer = tiny
+    tokens = rag_prompts(tokenizer)
+    reference = [plain_greedy(llm, tokenizer, t, 6) for t in tokens]
+    eos = tokenizer.eos_token_id
+    # Answers the model really gives (drafts kept to the end), and ones that leave it after two
+    # tokens (drafts rejected midway), so both verification paths run.
+    paths = {i: r + (eos,) for i, r in enumerate(sorted(set(reference))[::2])}
+    paths.update({1000 + i: r[:2] + (eos - 1, eos) for i, r in enumerate(sorted(set(reference))[1::2])})
+    trie = bulk.Trie.from_paths(paths, eos)
+    got = bulk.decode(llm, tokens, trie, bulk.Settings(False, 6, batch_size), tokenizer.pad_token_id)
+    assert got == reference
+
+
+def test_constrained_decoding_equals_a_step_by_step_reference(tiny):
+    llm, tokenizer = tiny
+    trie = bulk.Trie.build(tokenizer, NAMES)
+    pairs = [(a, b) for a in NAMES for b in NAMES if a != b]
+    tokens = [tokenizer(prompts.for_pair(NAMES, a, b), add_special_tokens=False).input_ids for a, b in pairs]
+    got = bulk.decode(llm, tokens, trie, bulk.Settings(True, 24, 4), tokenizer.pad_token_id, exclude=pairs)
+
+    def reference(prompt, exclude):
+        generated = ()
+        while len(trie.clusters(generated, exclude)) > 1:
+            logits = llm(input_ids=torch.tensor([prompt + list(generated)])).logits[0, -1]
+            allowed = sorted({trie.paths[c][len(generated)] for c in trie.clusters(generated, exclude)})
+            generated += (allowed[int(logits[allowed].argmax())],)
+        return trie.paths[trie.clusters(generated, exclude)[0]][:-1]
+
+    with torch.inference_mode():
+        assert got == [reference(t, pair) for t, pair in zip(tokens, pairs)]
+    assert all(prompts.parse([tokenizer.decode(g)], NAMES)[0] not in pair for g, pair in zip(got, pairs))
+
+
+def test_trie_refuses_clusters_it_cannot_tell_apart(tiny):
+    with pytest.raises(ValueError, match="clusters 0 and 1 have the same description"):
+        bulk.Trie.build(tiny[1], {0: "chess, go", 1: "chess, go"})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """extract .. retrieve on a tiny synthetic world, with an untrained adapter and an overridden gate."""
+    root = tmp_path_factory.mktemp("world")
+    cfg = compose(root, *TINY)
+    synth.generate(cfg.data.synth, cfg.data.time_range, cfg.data.path)
+    for stage in (extract, count, finetune, gate, retrieve):
+        stage.run(cfg)
+    return root
+
+
+def build(world: Path, where: Path, *overrides: str, retrieval: bool = False):
+    """Run bulk_infer (after retrieve, if asked) in `where` on the world's upstream outputs; returns its config."""
+    if not where.exists():
+        shutil.copytree(world, where, ignore=shutil.ignore_patterns("tables", ".infer_cache"))
+    cfg = compose(where, *TINY, *overrides)
+    if retrieval:
+        retrieve.run(cfg)
+    bulk_infer.run(cfg)
+    return cfg
+
+
+def tables(cfg) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Path(cfg.paths.tables).glob("*.parquet"))}
+
+
+def metrics(cfg) -> dict:
+    return json.loads((Path(cfg.paths.metrics) / "bulk_infer.json").read_text())
+
+
+def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
+    cfg = build(world, tmp_path / "a")
+    assert sorted(tables(cfg)) == ["base.parquet", "rag-2024-03-01.parquet", "rag-2024-03-03.parquet",
+                                   "rag-2024-03-05.parquet"]
+    for path in sorted(Path(cfg.paths.tables).glob("*.parquet")):
+        table = pd.read_parquet(path)
+        assert list(table.columns) == ["c1", "c2", "c_pred", "description", "valid", "served", "retrieved", "output"]
+        assert len(table) == 20 and (table.c1 != table.c2).all()
+        assert table[["c1", "c2"]].drop_duplicates().shape[0] == 20
+        assert not ((table.c_pred == table.c1) | (table.c_pred == table.c2)).any()
+        assert set(table.served) <= {"llm", "retrieved", "popular"}
+        llm_rows = table[table.served == "llm"]
+        assert llm_rows.valid.all() and (table[table.served == "retrieved"].c_pred ==
+                                         table[table.served == "retrieved"].retrieved.str[0]).all()
+        meta = manifest.read(path)
+        assert {"period", "refresh_date", "strategy", "data_hash", "base_model_hash", "adapter_hash",
+                "template_hash", "params_hash", "code_revision", "code_hash", "packages", "decoding",
+                "gate"} <= set(meta)
+        assert meta["period"] == "2024-03" and meta["template_hash"] == prompts.TEMPLATE_HASH
+        assert json.loads(meta["gate"])["override_reason"] == "tiny random model"
+        assert set(json.loads(meta["params"])) == set(bulk_infer.PARAMS)
+        if path.name.startswith("rag"):
+            assert meta["strategy"] == "rag" and path.name == f"rag-{meta['refresh_date']}.parquet"
+            assert table.retrieved.map(len).sum() > 0
+        else:
+            assert table.retrieved.map(len).sum() == 0
+    m = metrics(cfg)
+    assert m["decoded"] == m["unique_prompts"] > 20 and m["cached_at_start"] == 0
+
+
+def test_the_cache_serves_every_prompt_again_and_never_changes_a_result(world, tmp_path):
+    cfg = build(world, tmp_path / "a")
+    first = tables(cfg)
+    build(world, tmp_path / "a")
+    assert metrics(cfg)["decoded"] == 0 and tables(cfg) == first
+    assert all(t["hit_share"] == 1.0 for t in metrics(cfg)["per_table"].values())
+    shutil.rmtree(cfg.paths.infer_cache)
+    build(world, tmp_path / "a")
+    assert metrics(cfg)["decoded"] > 0 and tables(cfg) == first
+
+
+def test_a_killed_run_resumes_to_byte_identical_tables(world, tmp_path, monkeypatch):
+    cfg = build(world, tmp_path / "a")
+    whole = tables(cfg)
+    shutil.rmtree(cfg.paths.tables)
+    shutil.rmtree(cfg.paths.infer_cache)
+    real_answer, real_add = bulk._answer, AnswerCache.add
+    stored = []
+
+    def killed(*args, **kwargs):  # dies in the middle of the second shard
+        if stored:
+            raise KeyboardInterrupt
+        return real_answer(*args, **kwargs)
+
+    def add(self, *args):
+        real_add(self, *args)
+        stored.append(1)
+
+    monkeypatch.setattr(bulk, "_answer", killed)
+    monkeypatch.setattr(AnswerCache, "add", add)
+    with pytest.raises(KeyboardInterrupt):
+        build(world, tmp_path / "a")
+    monkeypatch.setattr(bulk, "_answer", real_answer)
+    assert not Path(cfg.paths.tables).exists() and len(list(Path(cfg.paths.infer_cache).rglob("part-*"))) == 1
+    build(world, tmp_path / "a")
+    m = metrics(cfg)
+    assert 0 < m["cached_at_start"] < m["unique_prompts"] and tables(cfg) == whole
+
+
+def test_a_later_refresh_only_decodes_its_new_prompts(world, tmp_path):
+    cfg = build(world, tmp_path / "a", "refresh.until=2024-03-03", retrieval=True)
+    before = {name: pd.read_parquet(Path(cfg.paths.tables) / name) for name in tables(cfg)}
+    cfg = build(world, tmp_path / "a", "refresh.until=2024-03-05", retrieval=True)
+    m = metrics(cfg)["per_table"]
+    assert m["base"]["hit_share"] == m["rag-2024-03-01"]["hit_share"] == m["rag-2024-03-03"]["hit_share"] == 1.0
+    assert metrics(cfg)["decoded"] == m["rag-2024-03-05"]["decoded"] > 0
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(Path(cfg.paths.tables) / name), frame)
+
+
+def test_constrained_tables_are_always_valid(world, tmp_path):
+    cfg = build(world, tmp_path / "a", "infer.decoding=constrained")
+    for path in Path(cfg.paths.tables).glob("*.parquet"):
+        table = pd.read_parquet(path)
+        assert table.valid.all() and (table.served == "llm").all()
+        assert manifest.read(path)["decoding"] == "constrained"
+
+
+def test_bad_settings_and_a_failed_gate_stop_with_a_clear_error(world, tmp_path):
+    with pytest.raises(ValueError, match="infer.decoding is 'beam'"):
+        build(world, tmp_path / "a", "infer.decoding=beam")
+    verdict = tmp_path / "a" / "metrics" / "gate.json"
+    failed = {**json.loads(verdict.read_text()), "override_reason": None}
+    verdict.write_text(json.dumps(failed))
+    with pytest.raises(ValueError, match="gate.json: the gate failed .* not overridden"):
+        build(world, tmp_path / "a")
+    assert not (tmp_path / "a" / "tables").exists()
+
+
+def test_lookup_serves_a_pair_with_its_lineage_and_names_bad_input(world, tmp_path):
+    from pipeline import lookup
+
+    cfg = build(world, tmp_path / "a")
+    newest = Path(cfg.paths.tables) / "rag-2024-03-05.parquet"
+    found = lookup.lookup(1, 3, table=str(newest))
+    row = pd.read_parquet(newest).query("c1 == 1 and c2 == 3").iloc[0]
+    assert found["c_pred"] == row.c_pred and found["description"] == row.description and found["served"] == row.served
+    assert found["lineage"]["refresh_date"] == "2024-03-05" and found["lineage"]["strategy"] == "rag"
+    assert found["lineage"]["adapter_hash"] == manifest.read(newest)["adapter_hash"]
+    assert "(1, 3) -> " in lookup.render(found)
+    with pytest.raises(lookup.LookupFailed, match="c2=9 is not a cluster of .*rag-2024-03-05.parquet"):
+        lookup.lookup(1, 9, table=str(newest))
+    with pytest.raises(lookup.LookupFailed, match="c1 and c2 are both 2"):
+        lookup.lookup(2, 2, table=str(newest))
+    names = ["base.parquet", "rag-2024-03-01.parquet", "rag-2024-03-03.parquet"]
+    assert lookup.choose(names, "rag", "2024-03-02") == "rag-2024-03-01.parquet"
+    assert lookup.choose(names, "rag", None) == "rag-2024-03-03.parquet"
+    assert lookup.choose(names, "base", None) == "base.parquet"
+    with pytest.raises(lookup.LookupFailed, match="no RAG table dated on or before 2024-02-28"):
+        lookup.choose(names, "rag", "2024-02-28")
