@@ -5,8 +5,9 @@ import importlib
 import os
 import sys
 import time
+from pathlib import Path
 
-STAGES = ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer")
+STAGES = ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer", "evaluate")
 
 
 def main(argv: list[str]) -> None:
@@ -15,11 +16,15 @@ def main(argv: list[str]) -> None:
     # Spin-waiting threads make torch and BLAS far slower on a shared CPU.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from pipeline import config
+    from pipeline.files import write_json
 
     cfg = config.load()
     began = time.perf_counter()
     importlib.import_module(f"pipeline.stages.{argv[0]}").run(cfg)
-    print(f"{argv[0]}: done in {time.perf_counter() - began:.1f}s", file=sys.stderr)
+    wall = time.perf_counter() - began
+    # Timings live apart from the stages' outputs and metrics, which must not change between runs.
+    write_json(Path(cfg.paths.metrics) / "timing" / f"{argv[0]}.json", {"wall_s": round(wall, 1)})
+    print(f"{argv[0]}: done in {wall:.1f}s", file=sys.stderr)
 
 
 if __name__ == "__main__":

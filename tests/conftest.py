@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 # Before torch is imported: spin-waiting OpenMP threads make 2-core torch several times slower.
@@ -15,6 +16,14 @@ import pytest
 from pipeline import config
 from pipeline.data import contract
 
+ROOT = Path(__file__).resolve().parent.parent
+# A tiny synthetic world run through the real stages (tiny random model, gate overridden).
+TINY_WORLD = ["model=tiny_random", f"model.cache_dir={ROOT / 'models'}", "finetune.trainer.max_steps=2",
+        "finetune.batch_size=8", "finetune.samples_per_pair=1", "finetune.trainer.enable_progress_bar=false",
+        "gate.max_pairs=8", "gate.max_new_tokens=4", "gate.override_reason='tiny random model'",
+        "data.synth.n_events=30000", "data.synth.n_clusters=5", "data.synth.n_users=800",
+        "count.min_support=1", "refresh.until=2024-03-05", "infer.max_new_tokens=5", "infer.batch_size=8",
+        "infer.shard_size=16"]
 T0 = pd.Timestamp("2024-01-10 12:00", tz="UTC")
 
 
@@ -58,3 +67,30 @@ def write_dataset(data_dir: Path, events: pd.DataFrame | pa.Table, n_clusters: i
 @pytest.fixture
 def cfg(tmp_path):
     return compose(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """extract .. retrieve on a tiny synthetic world, with an untrained adapter and an overridden gate."""
+    root = tmp_path_factory.mktemp("world")
+    from pipeline.data import synth
+    from pipeline.stages import count, extract, finetune, gate, retrieve
+
+    cfg = compose(root, *TINY_WORLD)
+    synth.generate(cfg.data.synth, cfg.data.time_range, cfg.data.path)
+    for stage in (extract, count, finetune, gate, retrieve):
+        stage.run(cfg)
+    return root
+
+
+def build(world: Path, where: Path, *overrides: str, retrieval: bool = False):
+    """Run bulk_infer (after retrieve, if asked) in `where` on the world's upstream outputs; returns its config."""
+    if not where.exists():
+        shutil.copytree(world, where, ignore=shutil.ignore_patterns("tables", ".infer_cache"))
+    cfg = compose(where, *TINY_WORLD, *overrides)
+    from pipeline.stages import bulk_infer, retrieve
+
+    if retrieval:
+        retrieve.run(cfg)
+    bulk_infer.run(cfg)
+    return cfg

@@ -10,19 +10,12 @@ import pytest
 import torch
 
 from pipeline import manifest
-from pipeline.data import contract, synth
+from pipeline.data import contract
 from pipeline.llm import bulk, model, prompts
 from pipeline.llm.cache import AnswerCache
-from pipeline.stages import bulk_infer, count, extract, finetune, gate, retrieve
-from tests.conftest import compose
+from pipeline.stages import bulk_infer
+from tests.conftest import ROOT, TINY_WORLD as TINY, build, compose
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ["model=tiny_random", f"model.cache_dir={ROOT / 'models'}", "finetune.trainer.max_steps=2",
-        "finetune.batch_size=8", "finetune.samples_per_pair=1", "finetune.trainer.enable_progress_bar=false",
-        "gate.max_pairs=8", "gate.max_new_tokens=4", "gate.override_reason='tiny random model'",
-        "data.synth.n_events=30000", "data.synth.n_clusters=5", "data.synth.n_users=800",
-        "count.min_support=1", "refresh.until=2024-03-05", "infer.max_new_tokens=5", "infer.batch_size=8",
-        "infer.shard_size=16"]
 NAMES = {c: contract.description([f"topic {c}", f"theme {c}"]) for c in range(5)}
 
 
@@ -95,28 +88,6 @@ def test_constrained_decoding_equals_a_step_by_step_reference(tiny):
 def test_trie_refuses_clusters_it_cannot_tell_apart(tiny):
     with pytest.raises(ValueError, match="clusters 0 and 1 have the same description"):
         bulk.Trie.build(tiny[1], {0: "chess, go", 1: "chess, go"})
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """extract .. retrieve on a tiny synthetic world, with an untrained adapter and an overridden gate."""
-    root = tmp_path_factory.mktemp("world")
-    cfg = compose(root, *TINY)
-    synth.generate(cfg.data.synth, cfg.data.time_range, cfg.data.path)
-    for stage in (extract, count, finetune, gate, retrieve):
-        stage.run(cfg)
-    return root
-
-
-def build(world: Path, where: Path, *overrides: str, retrieval: bool = False):
-    """Run bulk_infer (after retrieve, if asked) in `where` on the world's upstream outputs; returns its config."""
-    if not where.exists():
-        shutil.copytree(world, where, ignore=shutil.ignore_patterns("tables", ".infer_cache"))
-    cfg = compose(where, *TINY, *overrides)
-    if retrieval:
-        retrieve.run(cfg)
-    bulk_infer.run(cfg)
-    return cfg
 
 
 def tables(cfg) -> dict[str, bytes]:

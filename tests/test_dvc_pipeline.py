@@ -69,7 +69,7 @@ def repo(tmp_path_factory) -> Path:
 def test_repro_runs_then_is_a_no_op(repo):
     py = sys.executable
     first = sh(repo, py, "-m", "dvc", "repro")
-    for stage in ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer"):
+    for stage in ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer", "evaluate"):
         assert f"Running stage '{stage}'" in first
     assert len(list((repo / "tables").glob("rag-2024-03-*.parquet"))) == 16 and (repo / "tables/base.parquet").exists()
     assert json.loads((repo / "metrics/gate.json").read_text())["override_reason"] == "tiny random model in CI"
@@ -81,6 +81,9 @@ def test_repro_runs_then_is_a_no_op(repo):
     assert "Running stage" not in again and "Data and pipelines are up to date" in again
     assert "up to date" in sh(repo, py, "-m", "dvc", "status")
     assert "mean_jaccard" in sh(repo, py, "-m", "dvc", "metrics", "show")
+    assert "## Findings" in (repo / "reports/evaluate.md").read_text()
+    rendered = json.loads(sh(repo, py, "-m", "dvc", "plots", "show", "--json", "--split"))
+    assert {"hit_rate_by_day", "topk_overlap"} <= set(rendered["data"])
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "repro")
     # A committed revision serves lookups through DVC, from its cache rather than the work tree.
@@ -111,6 +114,8 @@ def test_moving_the_refresh_date_reruns_retrieval_and_decodes_only_new_prompts(r
     m = json.loads((repo / "metrics/bulk_infer.json").read_text())
     assert m["tables"] == 4 and m["decoded"] == m["per_table"]["rag-2024-03-05"]["decoded"]
     assert all(m["per_table"][t]["hit_share"] == 1.0 for t in ("base", "rag-2024-03-01", "rag-2024-03-03"))
+    assert "Running stage 'evaluate'" in out
+    assert "metrics/evaluate.json" in sh(repo, py, "-m", "dvc", "metrics", "diff", "HEAD")
     out = sh(repo, py, "-m", "dvc", "exp", "run", "-S", "refresh.until=2024-03-05", "-S", "retrieval.method=trend")
     assert "Running stage 'retrieve'" in out and "Stage 'finetune' didn't change, skipping" in out
 

@@ -197,18 +197,25 @@ class Settings:
     constrained: bool
     max_new_tokens: int
     batch_size: int
+    # 0 is greedy; above it free decoding samples, each prompt from its own seeded generator, one
+    # draw per generated token in order, so drafting gives what token-by-token sampling gives.
+    temperature: float = 0.0
 
 
 @torch.inference_mode()
 def decode(model, tokens: list[list[int]], trie: Trie, settings: Settings, pad_id: int,
-           exclude: list[tuple[int, ...]] | None = None,
-           advance: Callable[[int], None] = lambda n: None) -> list[tuple[int, ...]]:
-    """Greedy answer token ids (EOS dropped) of each tokenised prompt, in the order given.
+           exclude: list[tuple[int, ...]] | None = None, advance: Callable[[int], None] = lambda n: None,
+           seeds: list[int] | None = None) -> list[tuple[int, ...]]:
+    """Answer token ids (EOS dropped) of each tokenised prompt, in the order given.
 
-    exclude: per prompt, clusters constrained decoding may not answer (c1 and c2)."""
+    exclude: per prompt, clusters constrained decoding may not answer (c1 and c2);
+    seeds: per prompt, the sampling seed when settings.temperature > 0."""
     if any(not t for t in tokens):
         raise ValueError("an empty prompt cannot be decoded")
+    if settings.temperature > 0 and (settings.constrained or seeds is None or len(seeds) != len(tokens)):
+        raise ValueError("sampling (temperature > 0) needs free decoding and one seed per prompt")
     exclude = exclude or [()] * len(tokens)
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds] if settings.temperature > 0 else None
     tree = _Tree.build(tokens)
     kv: dict[int, torch.Tensor] = {}
     _run_nodes(model, tree, kv, settings.batch_size, pad_id)
@@ -222,7 +229,8 @@ def decode(model, tokens: list[list[int]], trie: Trie, settings: Settings, pad_i
         hidden, _ = batch.feed([tree.leaf_tokens[i] for i in rows])
         last = torch.tensor([len(tree.leaf_tokens[i]) - 1 for i in rows])
         logits = batch.head(hidden[torch.arange(len(rows)), last])
-        for i, answer in zip(rows, _answer(batch, logits, trie, settings, [exclude[i] for i in rows])):
+        rng = [generators[i] for i in rows] if generators else None
+        for i, answer in zip(rows, _answer(batch, logits, trie, settings, [exclude[i] for i in rows], rng)):
             out[i] = answer
         advance(len(rows))
     return out
@@ -258,8 +266,8 @@ def _run_nodes(model, tree: _Tree, kv: dict[int, torch.Tensor], batch_size: int,
                 kv[n] = own.clone()
 
 
-def _answer(batch: _Batch, logits: torch.Tensor, trie: Trie, s: Settings,
-            exclude: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+def _answer(batch: _Batch, logits: torch.Tensor, trie: Trie, s: Settings, exclude: list[tuple[int, ...]],
+            rng: list[torch.Generator] | None) -> list[tuple[int, ...]]:
     """Decode answers from the first-token logits, drafting (free) or forcing (constrained) from the trie."""
     out: list[list[int]] = [[] for _ in exclude]
     active = list(range(len(exclude)))
@@ -272,8 +280,13 @@ def _answer(batch: _Batch, logits: torch.Tensor, trie: Trie, s: Settings,
         for slot, r in enumerate(active):
             generated, done = out[r], False
             for j, draft_token in enumerate(drafts[slot] + (None,)):
-                token = (_constrained_choice(per_row[slot][j], trie, tuple(generated), exclude[r]) if s.constrained
-                         else tops[slot][j])
+                if s.constrained:
+                    token = _constrained_choice(per_row[slot][j], trie, tuple(generated), exclude[r])
+                elif rng:
+                    probs = torch.softmax(per_row[slot][j].float() / s.temperature, dim=-1)
+                    token = int(torch.multinomial(probs, 1, generator=rng[r]))
+                else:
+                    token = tops[slot][j]
                 if draft_token is not None and token == draft_token:
                     generated.append(token)
                     continue
@@ -326,9 +339,10 @@ def _constrained_choice(logits: torch.Tensor, trie: Trie, generated: tuple[int, 
 
 
 def answers(model, tokenizer, texts: list[str], trie: Trie, settings: Settings,
-            exclude: list[tuple[int, ...]] | None = None, advance: Callable[[int], None] = lambda n: None) -> list[str]:
+            exclude: list[tuple[int, ...]] | None = None, advance: Callable[[int], None] = lambda n: None,
+            seeds: list[int] | None = None) -> list[str]:
     """decode() on prompt texts: the answer texts, special tokens dropped."""
     tokens = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else trie.eos
-    out = decode(model, tokens, trie, settings, pad, exclude, advance)
+    out = decode(model, tokens, trie, settings, pad, exclude, advance, seeds)
     return [tokenizer.decode(list(ids), skip_special_tokens=True) for ids in out]

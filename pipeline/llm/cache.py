@@ -10,11 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from pipeline.files import atomic_path
+
+
+def namespace(m, adapter: Path | str | None, names: dict[int, str], llm, **decoding) -> dict:
+    """Everything besides the prompt that decides an answer: weights, adapter, template, the
+    descriptions (the trie), dtype, the decoder's code and the decoding settings."""
+    from pipeline.files import tree_sha256
+    from pipeline.llm import bulk, model, prompts
+
+    return {"base_model_hash": model.identity(m), "adapter_hash": tree_sha256(adapter) if adapter else None,
+            "template_hash": prompts.TEMPLATE_HASH, "descriptions": {str(k): v for k, v in sorted(names.items())},
+            "dtype": str(llm.dtype), "decoder": tree_sha256(bulk.__file__), **decoding}
 
 
 def key(prompt: str) -> str:
@@ -51,3 +65,24 @@ class AnswerCache:
         name = hashlib.sha256("".join(frame.key).encode()).hexdigest()[:24]
         with atomic_path(self.dir / f"part-{name}.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
+
+    def fill(self, missing: list[str], decode: Callable[[list[str], Callable[[int], None]], list[str]],
+             shard_size: int, label: str = "decoding") -> dict[str, str]:
+        """Decode `missing` in shards of shard_size (in the order given), storing each shard as it completes.
+
+        decode(prompts, advance) returns their answers and calls advance(n) as it goes."""
+        done: dict[str, str] = {}
+        columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), _Rate(), TimeRemainingColumn())
+        with Progress(*columns) as bar:
+            task = bar.add_task(label, total=len(missing))
+            for start in range(0, len(missing), shard_size):
+                shard = missing[start:start + shard_size]
+                outputs = decode(shard, lambda n: bar.advance(task, n))
+                self.add(shard, outputs)
+                done.update(zip(shard, outputs))
+        return done
+
+
+class _Rate(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed or 0:.1f} prompts/s")

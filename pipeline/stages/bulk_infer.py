@@ -15,14 +15,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 from omegaconf import DictConfig
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-from rich.text import Text
 
 from pipeline import manifest, retrieval
 from pipeline.data import contract
 from pipeline.files import atomic_path, tree_sha256, write_json
 from pipeline.llm import bulk, model, prompts
-from pipeline.llm.cache import AnswerCache
+from pipeline.llm.cache import AnswerCache, namespace
 from pipeline.period import refresh_dates
 
 # The params bulk_infer declares in dvc.yaml; the manifest records exactly these.
@@ -63,27 +61,6 @@ def serve(rows: pd.DataFrame, outputs: list[str], names: dict[int, str], popular
         "retrieved": [[int(r) for r in got] for got in rows.retrieved], "output": outputs})
 
 
-class _Rate(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed or 0:.1f} prompts/s")
-
-
-def decode_missing(llm, tokenizer, trie: bulk.Trie, settings: bulk.Settings, missing: list[str],
-                   exclude: dict[str, tuple[int, int]], cache: AnswerCache, shard_size: int) -> dict[str, str]:
-    """Decode the prompts in shards, storing each shard in the cache as it completes."""
-    done: dict[str, str] = {}
-    columns = (TextColumn("bulk_infer"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeRemainingColumn())
-    with Progress(*columns) as bar:
-        task = bar.add_task("decode", total=len(missing))
-        for start in range(0, len(missing), shard_size):
-            shard = missing[start:start + shard_size]
-            outputs = bulk.answers(llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard],
-                                   advance=lambda n: bar.advance(task, n))
-            cache.add(shard, outputs)
-            done.update(zip(shard, outputs))
-    return done
-
-
 def run(cfg: DictConfig) -> None:
     torch.set_num_threads(int(cfg.torch_threads))
     inf = cfg.infer
@@ -104,18 +81,18 @@ def run(cfg: DictConfig) -> None:
     trie = bulk.Trie.build(tokenizer, names)
     settings = bulk.Settings(constrained=inf.decoding == "constrained", max_new_tokens=int(inf.max_new_tokens),
                              batch_size=int(inf.batch_size))
-    lineage = {"base_model_hash": model.identity(cfg.model), "adapter_hash": tree_sha256(cfg.paths.adapter),
-               "template_hash": prompts.TEMPLATE_HASH}
-    cache = AnswerCache(cfg.paths.infer_cache, {
-        **lineage, "descriptions": names, "decoding": str(inf.decoding), "max_new_tokens": settings.max_new_tokens,
-        "dtype": str(llm.dtype), "decoder": tree_sha256(bulk.__file__)})
+    ns = namespace(cfg.model, cfg.paths.adapter, names, llm, decoding=str(inf.decoding),
+                   max_new_tokens=settings.max_new_tokens)
+    cache = AnswerCache(cfg.paths.infer_cache, ns)
+    lineage = {k: ns[k] for k in ("base_model_hash", "adapter_hash", "template_hash")}
     answers = cache.load()
     cached_at_start = set(answers)
     unique = rows.drop_duplicates("prompt")
     missing = sorted(p for p in unique.prompt if p not in answers)
     exclude = {p: (int(a), int(b)) for p, a, b in zip(unique.prompt, unique.c1, unique.c2)}
     began = time.perf_counter()
-    answers.update(decode_missing(llm, tokenizer, trie, settings, missing, exclude, cache, int(inf.shard_size)))
+    answers.update(cache.fill(missing, lambda shard, advance: bulk.answers(
+        llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard], advance=advance), int(inf.shard_size)))
     decode_s = time.perf_counter() - began
 
     fields = {**lineage, "period": str(cfg.period.month), "decoding": str(inf.decoding),
@@ -144,6 +121,8 @@ def run(cfg: DictConfig) -> None:
         "decoding": str(inf.decoding), "tables": len(per_table), "pairs": int((rows.table == "base").sum()),
         "unique_prompts": len(unique), "cached_at_start": len(set(unique.prompt) & cached_at_start),
         "decoded": len(missing), "decode_s": round(decode_s, 1), "prompts_per_s": round(rate, 2),
+        "tokens_per_prompt": round(sum(len(tokenizer(p, add_special_tokens=False).input_ids)
+                                       for p in unique.prompt) / len(unique), 2),
         "per_table": per_table})
     print(f"bulk_infer: {len(per_table)} tables of {per_table['base']['rows']} pairs; decoded {len(missing)} of "
           f"{len(unique)} distinct prompts ({len(unique) - len(missing)} from the cache) in {decode_s:.1f}s, "

@@ -1,0 +1,107 @@
+"""evaluate: serving by date, hit definition, bootstrap intervals, drift, and the whole stage on a tiny world."""
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import db
+from pipeline.stages import evaluate
+from tests.conftest import TINY_WORLD, build, compose
+
+D1, D3 = date(2024, 3, 1), date(2024, 3, 3)
+
+
+def table(rows: list[tuple]) -> pd.DataFrame:
+    """rows: (c1, c2, c_pred, retrieved)."""
+    return pd.DataFrame(rows, columns=["c1", "c2", "c_pred", "retrieved"]).assign(served="llm")
+
+
+def test_each_strategy_serves_its_newest_table_dated_on_or_before_the_day():
+    base = table([(0, 1, 5, []), (1, 0, 6, [])])
+    rag = pd.concat([table([(0, 1, 7, [8]), (1, 0, 9, [])]).assign(refresh_date=D1),
+                     table([(0, 1, 2, [3]), (1, 0, 4, [])]).assign(refresh_date=D3)])
+    popular = {D1: [0, 1, 6], D3: [3, 1, 0]}
+    events = pd.DataFrame({"day": [D1, date(2024, 3, 2), D3, date(2024, 3, 9)], "c1": [0, 0, 0, 1],
+                           "c2": [1, 1, 1, 0]})
+    served = evaluate.serve(events, base, rag, popular, [D1, D3])
+    assert served.fixed.tolist() == [5, 5, 5, 6]
+    assert served.rag_refreshed.tolist() == [7, 7, 2, 4]
+    assert served.rag_day1.tolist() == [7, 7, 7, 9]
+    # nothing retrieved for (1, 0) on Mar 3: the top-1 baseline falls back to popularity
+    assert served.retrieved_top1.tolist() == [8, 8, 3, 3]
+    assert served.popular.tolist() == [6, 6, 3, 3]
+    with pytest.raises(ValueError, match="before the first refresh date"):
+        evaluate.serve(events.assign(day=date(2024, 2, 28)), base, rag, popular, [D1, D3])
+
+
+def test_a_hit_is_membership_and_a_missing_prediction_never_hits():
+    served = pd.DataFrame({"a": [1, 2, None], "b": pd.array([pd.NA, 3, 4], dtype="Int32")})
+    got = evaluate.hits(served, pd.Series([[1, 2], [3], [4, 5]]))
+    assert got.a.tolist() == [True, False, False] and got.b.tolist() == [False, True, True]
+
+
+def test_bootstrap_intervals_are_zero_for_a_copy_and_exclude_zero_for_a_clear_gain():
+    rng = np.random.default_rng(0)
+    users = pd.Series(np.repeat(np.arange(300), 5))
+    fixed = rng.random(1500) < 0.2
+    hit = pd.DataFrame({"fixed": fixed, "same": fixed, "better": fixed | (rng.random(1500) < 0.2)})
+    out = evaluate.bootstrap(hit, users, 400, seed=1)
+    assert out["same"]["diff_vs_fixed"] == 0 and out["same"]["diff_ci"] == [0, 0]
+    assert 0 < out["better"]["diff_ci"][0] < out["better"]["diff_vs_fixed"] < out["better"]["diff_ci"][1]
+    assert out["fixed"]["hit_rate_ci"][0] < out["fixed"]["hit_rate"] < out["fixed"]["hit_rate_ci"][1]
+    assert evaluate.bootstrap(hit, users, 400, seed=1) == out
+
+
+def test_eval_events_list_the_next_distinct_novel_clusters_from_c_next_on(tmp_path):
+    cfg = compose(tmp_path)
+    t = pd.Timestamp("2024-03-02 10:00", tz="UTC")
+    visits = [(1, t + pd.Timedelta(minutes=m), c) for m, c in enumerate([0, 1, 2, 0, 3, 2, 4, 5])]
+    seq = pd.DataFrame(visits, columns=["user_id", "ts", "cluster_id"]).assign(seq=0, pos=range(8))
+    triples = pd.DataFrame([(1, t + pd.Timedelta(minutes=2), 0, 1, 2),
+                            (1, t - pd.Timedelta(days=2), 0, 1, 2)],  # February: not evaluated
+                           columns=["user_id", "ts", "c1", "c2", "c_next"])
+    seq.to_parquet(tmp_path / "seq.parquet")
+    triples.to_parquet(tmp_path / "triples.parquet")
+    got = db.connect(cfg).execute(db.sql("eval_events"), {
+        "triples": str(tmp_path / "triples.parquet"), "sequences": str(tmp_path / "seq.parquet"),
+        "month_start": date(2024, 3, 1), "month_end": date(2024, 4, 1), "horizon": 3}).df()
+    assert len(got) == 1 and list(got.future[0]) == [2, 3, 4]  # 0 and 1 are the history; 2 repeats
+
+
+def test_drift_is_one_at_the_first_date_and_falls_when_successors_change(tmp_path):
+    cfg = compose(tmp_path)
+    rows = [("2024-02-28", 0, 1, 2, 9), ("2024-02-28", 0, 1, 3, 1), ("2024-03-02", 0, 1, 3, 30),
+            ("2024-02-28", 1, 0, 2, 5), ("2024-03-02", 1, 0, 2, 5)]
+    daily = pd.DataFrame(rows, columns=["day", "c1", "c2", "c_next", "n"])
+    daily["day"] = pd.to_datetime(daily.day).dt.date
+    daily["n"] = daily.n.astype("int64")
+    daily.to_parquet(tmp_path / "daily.parquet")
+    out = evaluate.drift(db.connect(cfg), str(tmp_path / "daily.parquet"), [D1, D3], 7, [1, 2])
+    assert out.top1.tolist() == [1.0, 0.5] and out.top2.tolist() == [1.0, 1.0]
+
+
+def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world, tmp_path):
+    cfg = build(world, tmp_path / "a")
+    cfg = compose(tmp_path / "a", *TINY_WORLD, "eval.bootstrap=200")
+    evaluate.run(cfg)
+    m = json.loads((Path(cfg.paths.metrics) / "evaluate.json").read_text())
+    assert set(m["strategies"]) == set(evaluate.STRATEGIES) and m["events"] > 100
+    assert 0 <= m["overlap"]["base_repeats_identical"] <= 1 and m["overlap"]["repeat_prompts"] == 20
+    by_day = pd.read_csv(Path(cfg.paths.plots) / "hit_rate_by_day.csv")
+    assert list(by_day.columns) == ["day", *evaluate.STRATEGIES] and len(by_day) == m["days"]
+    topk = pd.read_csv(Path(cfg.paths.plots) / "topk_overlap.csv")
+    assert topk.top1.iloc[0] == 1.0 and len(topk) == 3
+    assert (Path(cfg.paths.plots) / "hit_rate_by_day.png").stat().st_size > 1000
+    text = Path(cfg.paths.report).read_text()
+    for section in ("## Setup", "## Hit rate by strategy", "## How RAG changes the answers", "## Successor drift",
+                    "## Cost and agility", "## Findings"):
+        assert section in text
+    assert f"{100 * m['strategies']['rag_refreshed']['hit_rate']:.2f} %" in text
+    first = (Path(cfg.paths.metrics) / "evaluate.json").read_bytes()
+    evaluate.run(cfg)  # the sampled repeats now come from the answer cache
+    assert (Path(cfg.paths.metrics) / "evaluate.json").read_bytes() == first
