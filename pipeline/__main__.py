@@ -5,7 +5,6 @@ import importlib
 import os
 import sys
 import time
-from pathlib import Path
 
 STAGES = ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer", "evaluate")
 
@@ -15,15 +14,13 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"usage: python -m pipeline {{{'|'.join(STAGES)}}}")
     # Spin-waiting threads make torch and BLAS far slower on a shared CPU.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from pipeline import config
-    from pipeline.files import write_json
+    from pipeline import config, timing
 
     cfg = config.load()
     began = time.perf_counter()
     importlib.import_module(f"pipeline.stages.{argv[0]}").run(cfg)
     wall = time.perf_counter() - began
-    # Timings live apart from the stages' outputs and metrics, which must not change between runs.
-    write_json(Path(cfg.paths.metrics) / "timing" / f"{argv[0]}.json", {"wall_s": round(wall, 1)})
+    timing.write(cfg.paths.metrics, argv[0], wall)
     print(f"{argv[0]}: done in {wall:.1f}s", file=sys.stderr)
 
 

@@ -14,25 +14,38 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.files import atomic_path
 
 PACKAGES = ("torch", "transformers", "peft", "lightning", "duckdb", "pyarrow", "pandas", "numpy", "dvc")
-PACKAGE_ROOT = Path(__file__).parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def code_revision() -> str:
-    """The git commit the code was checked out at ("unknown" outside a git checkout)."""
+def stage_code(stage: str) -> list[str]:
+    """The pipeline sources a stage lists among its deps in dvc.yaml: the code its outputs depend on."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    return sorted(d for d in spec["stages"][stage]["deps"] if d.startswith("pipeline/"))
+
+
+def code_revision(files: list[str]) -> str:
+    """The newest commit that touched `files`, "+dirty" when they differ from it; "unknown" outside git.
+
+    Not HEAD: a commit elsewhere in the repository does not change what these files compute, and
+    must not change the bytes of the outputs that record it."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_ROOT, capture_output=True, text=True,
-                             check=True)
+        git = ["git", "-C", str(ROOT)]
+        rev = subprocess.run([*git, "log", "-1", "--format=%H", "--", *files], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", *files], capture_output=True, text=True,
+                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return out.stdout.strip()
+    return (rev or "uncommitted") + ("+dirty" if dirty else "")
 
 
-def code_hash() -> str:
-    """sha256 over the pipeline package's Python and SQL sources: what actually ran, committed or not."""
+def code_hash(files: list[str]) -> str:
+    """sha256 over the files' paths and bytes: what actually ran, committed or not."""
     digest = hashlib.sha256()
-    for path in sorted(PACKAGE_ROOT.rglob("*")):
-        if path.suffix in (".py", ".sql"):
-            digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + (ROOT / name).read_bytes())
     return digest.hexdigest()
 
 

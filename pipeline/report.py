@@ -2,12 +2,12 @@
 without the code."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig
 
+from pipeline import timing
 from pipeline.files import atomic_path
 
 STAGES = ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer", "evaluate")
@@ -46,12 +46,7 @@ def _pts(x: float) -> str:
 
 def timings(metrics: Path) -> dict[str, float]:
     """Each stage's wall time from its last run (metrics/timing/<stage>.json, written by python -m pipeline)."""
-    out = {}
-    for stage in STAGES:
-        path = metrics / "timing" / f"{stage}.json"
-        if path.exists():
-            out[stage] = json.loads(path.read_text())["wall_s"]
-    return out
+    return {stage: t["wall_s"] for stage in STAGES if (t := timing.read(metrics, stage))}
 
 
 def findings(s: dict, apart: dict, study: dict, topk: pd.DataFrame, every: int) -> list[str]:
@@ -136,12 +131,14 @@ def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame,
     for row in topk.itertuples(index=False):
         lines.append(f"| {row[0]} | " + " | ".join(_pct(v) if v is not None else "" for v in row[1:]) + " |")
     ft, rf = c["finetune"], c["refresh"]
+    train_s = timing.read(metrics, "finetune").get("train_s")
+    rate = timing.read(metrics, "bulk_infer").get("prompts_per_s")
+    refresh_s = f"{rf['prompts'] / rate:.0f} s (est. at {rate} prompts/s)" if rate else "n/a"
     lines += ["", "![top-k overlap](../metrics/evaluate/topk_overlap.png)", "",
               "## Cost and agility", "",
               "| | last fine-tune | one RAG refresh |", "| --- | ---: | ---: |",
               f"| how often | every {ft['every']} | every {rf['every']} |",
-              f"| wall time | {ft['wall_s']:.0f} s | {rf['wall_s_est']:.0f} s (est. at {c['bulk_infer_prompts_per_s']} "
-              "prompts/s) |",
+              f"| wall time | {f'{train_s:.0f} s' if train_s else 'n/a'} | {refresh_s} |",
               f"| work | {ft['samples']:,} samples seen ({ft['steps']} steps) | {rf['prompts']:,} prompts decoded of "
               f"{rf['prompts_total']:,} (the rest from the answer cache) |",
               f"| tokens | {ft['tokens']:,} (forward and backward) | {rf['tokens_est']:,} prompt tokens (forward only) |",

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pipeline import manifest, retrieval
+from pipeline import manifest, retrieval, timing
 from pipeline.data import contract
 from pipeline.files import atomic_path, tree_sha256, write_json
 from pipeline.llm import bulk, model, prompts
@@ -95,9 +95,10 @@ def run(cfg: DictConfig) -> None:
         llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard], advance=advance), int(inf.shard_size)))
     decode_s = time.perf_counter() - began
 
+    code = manifest.stage_code("bulk_infer")
     fields = {**lineage, "period": str(cfg.period.month), "decoding": str(inf.decoding),
               "data_hash": tree_sha256(cfg.data.path), "params": manifest.params(cfg, PARAMS),
-              "code_revision": manifest.code_revision(), "code_hash": manifest.code_hash(),
+              "code_revision": manifest.code_revision(code), "code_hash": manifest.code_hash(code),
               "packages": manifest.packages(), "gate": gate}
     fields["params_hash"] = manifest.sha256_json(fields["params"])
     per_table, seen = {}, set(cached_at_start)
@@ -117,10 +118,11 @@ def run(cfg: DictConfig) -> None:
                                "valid_share": round(float(table.valid.mean()), 6),
                                "served": {k: int(v) for k, v in table.served.value_counts().sort_index().items()}}
     rate = len(missing) / decode_s if missing else 0.0
+    timing.note(decode_s=round(decode_s, 1), decoded=len(missing), prompts_per_s=round(rate, 2))
     write_json(Path(cfg.paths.metrics) / "bulk_infer.json", {
         "decoding": str(inf.decoding), "tables": len(per_table), "pairs": int((rows.table == "base").sum()),
         "unique_prompts": len(unique), "cached_at_start": len(set(unique.prompt) & cached_at_start),
-        "decoded": len(missing), "decode_s": round(decode_s, 1), "prompts_per_s": round(rate, 2),
+        "decoded": len(missing),
         "tokens_per_prompt": round(sum(len(tokenizer(p, add_special_tokens=False).input_ids)
                                        for p in unique.prompt) / len(unique), 2),
         "per_table": per_table})

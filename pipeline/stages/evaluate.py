@@ -174,13 +174,11 @@ def cost(metrics: Path, cfg: DictConfig, newest: str) -> dict:
     bi = json.loads((metrics / "bulk_infer.json").read_text())
     refresh = bi["per_table"][newest]
     samples = ft["steps"] * int(cfg.finetune.batch_size)
-    return {"finetune": {"wall_s": ft["wall_s"], "samples": samples, "steps": ft["steps"],
+    return {"finetune": {"samples": samples, "steps": ft["steps"],
                          "tokens": round(samples * ft["tokens_per_sample"]), "every": "month"},
             "refresh": {"table": newest, "prompts": refresh["decoded"], "prompts_total": refresh["prompts"],
-                        "wall_s_est": round(refresh["decoded"] / bi["prompts_per_s"], 1) if bi["prompts_per_s"] else 0.0,
                         "tokens_est": round(refresh["decoded"] * bi.get("tokens_per_prompt", 0)),
-                        "every": f"{cfg.refresh.every_days} days"},
-            "bulk_infer_prompts_per_s": bi["prompts_per_s"]}
+                        "every": f"{cfg.refresh.every_days} days"}}
 
 
 def run(cfg: DictConfig) -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import db, retrieval
+from pipeline import db, retrieval, timing
 from pipeline.data import contract
 from pipeline.files import atomic_path, sha256, write_json
 from pipeline.llm import lora, model, prompts
@@ -78,10 +78,10 @@ def run(cfg: DictConfig) -> None:
         samples.to_parquet(tmp, index=False)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     seen = stats["steps"] * int(ft.batch_size)
+    timing.note(train_s=round(wall, 1), samples_per_s=round(seen / wall, 2))
     write_json(Path(cfg.paths.metrics) / "finetune.json", {
         **stats, "pairs": int(samples.groupby(["c1", "c2"]).ngroups), "rag_samples": int(samples.retrieved.map(bool).sum()),
-        "train_window": [str(w.train_start), str(w.test_start)], "wall_s": round(wall, 1),
-        "samples_per_s": round(seen / wall, 2), "adapter_sha256": adapter_sha,
+        "train_window": [str(w.train_start), str(w.test_start)], "adapter_sha256": adapter_sha,
         "base_model_sha256": model.identity(cfg.model), "template_sha256": prompts.TEMPLATE_HASH})
     print(f"finetune: {len(samples)} samples over {stats['steps']} steps in {wall:.0f}s "
           f"({seen / wall:.1f} samples/s), final loss {stats['final_loss']:.3f}")
