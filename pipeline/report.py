@@ -10,6 +10,9 @@ from omegaconf import DictConfig
 from pipeline import timing
 from pipeline.files import atomic_path
 
+# Wall times differ between runs; they sit between these markers so a rebuild can compare the rest.
+TIMINGS_START = "<!-- timings: this run's wall times, the only part that differs between runs -->"
+TIMINGS_END = "<!-- /timings -->"
 STAGES = ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer", "evaluate")
 
 
@@ -138,12 +141,20 @@ def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame,
               "## Cost and agility", "",
               "| | last fine-tune | one RAG refresh |", "| --- | ---: | ---: |",
               f"| how often | every {ft['every']} | every {rf['every']} |",
-              f"| wall time | {f'{train_s:.0f} s' if train_s else 'n/a'} | {refresh_s} |",
               f"| work | {ft['samples']:,} samples seen ({ft['steps']} steps) | {rf['prompts']:,} prompts decoded of "
               f"{rf['prompts_total']:,} (the rest from the answer cache) |",
               f"| tokens | {ft['tokens']:,} (forward and backward) | {rf['tokens_est']:,} prompt tokens (forward only) |",
-              "", "## Stage wall times (last run of each, this machine)", "",
+              "", "## Findings", ""]
+    lines += [f"- {f}" for f in findings(s, m["rag_departs_from_retrieved"], study, topk, int(cfg.refresh.every_days))]
+    lines += ["", "## Wall times (this machine, the last run of each stage)", "", TIMINGS_START,
+              f"Fine-tune {f'{train_s:.0f} s' if train_s else 'n/a'} against one RAG refresh {refresh_s}.", "",
               "| stage | wall s |", "| --- | ---: |"]
     lines += [f"| {k} | {v:.1f} |" for k, v in timings(metrics).items()]
-    lines += ["", "## Findings", ""] + [f"- {f}" for f in findings(s, m["rag_departs_from_retrieved"], study, topk, int(cfg.refresh.every_days))]
+    lines += [TIMINGS_END]
     return "\n".join(lines) + "\n"
+
+
+def without_timings(text: str) -> str:
+    """The report less its wall times: the part that must be identical between runs."""
+    head, _, rest = text.partition(TIMINGS_START)
+    return head + rest.partition(TIMINGS_END)[2]

@@ -67,6 +67,17 @@ class LoraModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
 
+def normalise_config(path: Path) -> None:
+    """peft keeps target_modules as a set and writes it in hash-seed order; sorted, the adapter
+    directory has the same bytes in every process."""
+    import json
+
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def wrap(model, lora: DictConfig):
     from peft import LoraConfig, get_peft_model
 

@@ -27,10 +27,15 @@ MANIFEST = "manifest.json"
 
 
 def prepared_dir(m: DictConfig) -> Path:
-    """Where the converted copy of a gguf_wheel model lives."""
+    """Where the converted copy of a gguf_wheel model lives: <cache_dir>/<name>. A relative cache_dir
+    that does not hold it is also looked up in the enclosing directories, so experiments that DVC's
+    queue runs in temporary copies inside .dvc/tmp find the repository's prepared model."""
     smollm2 = m if m.source == "gguf_wheel" else OmegaConf.merge(m, {"source": "gguf_wheel"})
-    name = smollm2.wheel.requirement.replace("==", "-")
-    return Path(smollm2.cache_dir) / name
+    target = Path(smollm2.cache_dir) / smollm2.wheel.requirement.replace("==", "-")
+    if not target.is_absolute() and not (target / MANIFEST).exists():
+        found = next((p / target for p in Path.cwd().resolve().parents if (p / target / MANIFEST).exists()), None)
+        return found or target
+    return target
 
 
 def prepare(m: DictConfig) -> Path:

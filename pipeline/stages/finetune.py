@@ -73,6 +73,7 @@ def run(cfg: DictConfig) -> None:
     wall = time.perf_counter() - began
     with atomic_path(cfg.paths.adapter) as tmp:
         adapter.save_pretrained(tmp)
+        lora.normalise_config(tmp / "adapter_config.json")
         adapter_sha = sha256(tmp / "adapter_model.safetensors")
     with atomic_path(cfg.paths.samples) as tmp:
         samples.to_parquet(tmp, index=False)

@@ -1,0 +1,263 @@
+"""python -m pipeline.audit {release,list,show,diff,verify}: released table versions (DESIGN.md section 7).
+
+A release is an annotated git tag `tables/<period.month>` on a commit whose dvc.lock pins every
+output. Past versions are read through DVC's filesystem at that tag (`dvc.api.DVCFileSystem`),
+never by parsing its cache by hand; `verify` rebuilds a tag in a scratch git worktree and
+compares every table's hash with the one the tag recorded.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+import yaml
+
+from pipeline import config, lookup, manifest, report
+from pipeline.config import ROOT
+from pipeline.llm import prompts
+
+TAG = "tables/"
+
+
+class AuditError(ValueError):
+    pass
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    done = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True)
+    if done.returncode:
+        raise AuditError(f"git {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout.strip()
+
+
+def tags() -> list[str]:
+    return git("tag", "--list", f"{TAG}*", "--sort=creatordate").split()
+
+
+class Version:
+    """The pipeline's outputs as a git revision recorded them, read through DVC."""
+
+    def __init__(self, rev: str):
+        from dvc.api import DVCFileSystem
+
+        try:
+            self.commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+        except AuditError as exc:
+            raise AuditError(f"{rev}: not a revision of this repository (see `python -m pipeline.audit list`)") from exc
+        self.rev, self.fs = rev, DVCFileSystem(str(ROOT), rev=self.commit)
+        self.params = yaml.safe_load(self.text("params.yaml"))
+        self.tables_dir = self.params["paths"]["tables"]
+
+    def text(self, path: str) -> str:
+        try:
+            with self.fs.open(path, "r") as fh:
+                return fh.read()
+        except FileNotFoundError as exc:
+            raise AuditError(f"{path}: not in {self.rev}") from exc
+
+    def json(self, path: str) -> dict:
+        return json.loads(self.text(path))
+
+    def blob(self, path: str) -> io.BytesIO:
+        try:
+            with self.fs.open(path, "rb") as fh:
+                return io.BytesIO(fh.read())
+        except FileNotFoundError as exc:
+            raise AuditError(f"{path}: not in {self.rev}") from exc
+        except Exception as exc:  # DVC raises its own errors when the cache lacks the object
+            raise AuditError(f"{path} at {self.rev}: cannot be read from the DVC cache ({exc}); "
+                             "`dvc fetch` it from a remote, or rebuild with `audit verify`") from exc
+
+    def table_names(self) -> list[str]:
+        try:
+            return sorted(PurePosixPath(p).name for p in self.fs.ls(self.tables_dir, detail=False)
+                          if p.endswith(".parquet"))
+        except FileNotFoundError as exc:
+            raise AuditError(f"{self.rev}: has no {self.tables_dir}/") from exc
+
+    def table(self, name: str) -> tuple[pd.DataFrame, dict[str, str]]:
+        blob = self.blob(f"{self.tables_dir}/{name}")
+        return pd.read_parquet(blob), manifest.read(blob)
+
+    def recorded_md5(self, name: str) -> str:
+        return self.fs.info(f"{self.tables_dir}/{name}")["md5"]
+
+    def newest_rag(self) -> str:
+        return lookup.choose(self.table_names(), "rag", None)
+
+
+def release(cfg) -> str:
+    """Tag the current state for period.month; refuse a dirty tree, a stale dvc.lock or a failed gate."""
+    from dvc.repo import Repo
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    if dirty:
+        raise AuditError(f"the work tree has uncommitted changes; commit them (with dvc.lock) first:\n{dirty}")
+    stale = Repo(str(ROOT)).status()
+    if stale:
+        raise AuditError(f"dvc.lock is stale for {sorted(stale)}: run `dvc repro` and commit dvc.lock")
+    gate = json.loads((Path(cfg.paths.metrics) / "gate.json").read_text())
+    if not gate["passed"] and not gate["override_reason"]:
+        raise AuditError(f"the gate failed ({'; '.join(gate['failed_checks'])}) and was not overridden; "
+                         "nothing to release")
+    tag = f"{TAG}{cfg.period.month}"
+    if tag in tags():
+        raise AuditError(f"{tag} already exists (releases are immutable); roll over to the next period.month")
+    summary = {"month": str(cfg.period.month), "gate": {k: gate[k] for k in
+                                                        ("passed", "exact_match", "test_recall", "override_reason")}}
+    git("tag", "-a", tag, "-m", f"transition tables for {cfg.period.month}\n\n{json.dumps(summary, sort_keys=True)}")
+    return tag
+
+
+def listing() -> list[dict]:
+    rows = []
+    for tag in tags():
+        v = Version(tag)
+        gate = v.json(f"{v.params['paths']['metrics']}/gate.json")
+        try:
+            ev = v.json(f"{v.params['paths']['metrics']}/evaluate.json")["strategies"]
+        except AuditError:
+            ev = {}
+        rows.append({"tag": tag, "date": git("log", "-1", "--format=%cs", tag), "month": v.params["period"]["month"],
+                     "exact_match": gate["exact_match"], "test_recall": gate["test_recall"],
+                     "override": gate["override_reason"],
+                     **{f"hit_{s}": ev[s]["hit_rate"] for s in ("fixed", "rag_refreshed") if s in ev}})
+    return rows
+
+
+def show(rev: str, pair: tuple[int, int] | None) -> dict:
+    v = Version(rev)
+    name = v.newest_rag()
+    _, meta = v.table(name)
+    out = {"rev": rev, "commit": v.commit, "tables": v.table_names(),
+           "lineage": {k: meta.get(k) for k in lookup.LINEAGE if k != "gate"} | {
+               "gate": json.loads(meta["gate"]), "packages": json.loads(meta["packages"]),
+               "params": json.loads(meta["params"])}}
+    if pair:
+        found = lookup.lookup(*pair, rev=v.commit)
+        clusters = pd.read_parquet(v.blob(f"{v.params['data']['path']}/clusters.parquet"))
+        from pipeline.data import contract
+
+        names = {int(c): contract.description(list(k)) for c, k in zip(clusters.cluster_id, clusters.keywords)}
+        found["prompt"] = prompts.for_pair(names, *pair, found["retrieved"])
+        found["prompt_template_matches"] = found["lineage"]["template_hash"] == prompts.TEMPLATE_HASH
+        out["pair"] = found
+    return out
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def diff(rev1: str, rev2: str) -> dict:
+    a, b = Version(rev1), Version(rev2)
+    na, nb = a.newest_rag(), b.newest_rag()
+    (ta, ma), (tb, mb) = a.table(na), b.table(nb)
+    joined = ta.merge(tb, on=["c1", "c2"], suffixes=("_a", "_b"))
+    changed = joined[joined.c_pred_a.astype("Int64").ne(joined.c_pred_b.astype("Int64")).fillna(True)]
+    counts = (tb.c_pred.value_counts().sub(ta.c_pred.value_counts(), fill_value=0)).astype(int)
+    pa_, pb = _flatten(json.loads(ma["params"])), _flatten(json.loads(mb["params"]))
+    return {"tables": [f"{rev1}:{na}", f"{rev2}:{nb}"], "pairs": len(joined), "changed": len(changed),
+            "gained": {int(k): int(v) for k, v in counts.sort_values(ascending=False).head(5).items() if v > 0},
+            "lost": {int(k): int(v) for k, v in counts.sort_values().head(5).items() if v < 0},
+            "params": {k: [pa_.get(k), pb.get(k)] for k in sorted(set(pa_) | set(pb)) if pa_.get(k) != pb.get(k)},
+            "lineage": {k: [ma.get(k), mb.get(k)] for k in lookup.LINEAGE
+                        if k not in ("gate", "refresh_date") and ma.get(k) != mb.get(k)}}
+
+
+def md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def outputs(lock: dict) -> dict[str, str]:
+    """Every output and metric a dvc.lock pins, with its md5."""
+    return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
+
+
+def verify(rev: str) -> list[str]:
+    """Rebuild rev in a scratch worktree (DVC cache shared, nothing committed to it). Returns what differs
+    from the record: each table by name, and any other output or metric dvc.lock pins (empty: all match)."""
+    v = Version(rev)
+    names = v.table_names()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    with tempfile.TemporaryDirectory(prefix="audit-verify-") as tmp:
+        work = Path(tmp) / "checkout"
+        git("worktree", "add", "--detach", str(work), v.commit)
+        try:
+            def dvc(*args: str) -> None:
+                done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=work, env=env, capture_output=True,
+                                      text=True)
+                if done.returncode:
+                    raise AuditError(f"verify {rev}: dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+
+            dvc("config", "--local", "cache.dir", str(ROOT / ".dvc" / "cache"))
+            dvc("config", "--local", "cache.type", "copy")
+            for shared in ("models",):  # prepared base weights: content-addressed by their own manifest
+                if (ROOT / shared).exists():
+                    (work / shared).symlink_to(ROOT / shared)
+            dvc("checkout", "--quiet", *[p.name for p in work.glob("*.dvc") if p.is_file()])
+            dvc("repro", "--force", "--no-run-cache", "--no-commit")  # really rebuild: no restoring
+            bad = [f"{v.tables_dir}/{n}" for n in names if md5(work / v.tables_dir / n) != v.recorded_md5(n)]
+            recorded, rebuilt = outputs(yaml.safe_load(v.text("dvc.lock"))), outputs(
+                yaml.safe_load((work / "dvc.lock").read_text()))
+            report_path = v.params["paths"]["report"]
+            for path in sorted(recorded):
+                if path == v.tables_dir or rebuilt.get(path) == recorded[path]:
+                    continue
+                if path == report_path and report.without_timings(v.text(path)) == report.without_timings(
+                        (work / path).read_text()):
+                    continue  # the report states this machine's wall times; everything else must match
+                bad.append(path)
+            return bad
+        finally:
+            git("worktree", "remove", "--force", str(work))
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.audit", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("release", help="tag the current state as tables/<period.month>")
+    sub.add_parser("list", help="released versions")
+    s = sub.add_parser("show", help="a version's lineage, and a pair's prediction with its prompt")
+    s.add_argument("rev")
+    s.add_argument("--pair", nargs=2, type=int, metavar=("C1", "C2"))
+    d = sub.add_parser("diff", help="what changed between two versions")
+    d.add_argument("rev1")
+    d.add_argument("rev2")
+    f = sub.add_parser("verify", help="rebuild a version and compare every table's hash")
+    f.add_argument("rev")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "release":
+            print(f"released {release(config.load())}")
+        elif args.command == "list":
+            print(json.dumps(listing(), indent=2))
+        elif args.command == "show":
+            print(json.dumps(show(args.rev, tuple(args.pair) if args.pair else None), indent=2, default=str))
+        elif args.command == "diff":
+            print(json.dumps(diff(args.rev1, args.rev2), indent=2, default=str))
+        else:
+            bad = verify(args.rev)
+            if bad:
+                raise AuditError(f"verify {args.rev}: rebuilt tables differ from the recorded ones: {', '.join(bad)}")
+            print(f"verify {args.rev}: all {len(Version(args.rev).table_names())} tables rebuilt byte for byte")
+    except (AuditError, lookup.LookupFailed) as exc:
+        raise SystemExit(f"audit: {exc}") from None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
