@@ -113,6 +113,7 @@ def test_adapter_is_bit_identical_and_a_killed_run_resumes(tmp_path):
     assert list((tmp_path / "c" / "work" / ".checkpoints").glob("finetune-*/last.ckpt"))
     _, resumed = fit(tmp_path / "c")
     assert resumed["resumed"] and resumed["steps"] == 6
+    assert resumed["adapter_sha256"] == first["adapter_sha256"]  # resuming changes nothing
     assert not list((tmp_path / "c" / "work" / ".checkpoints").glob("finetune-*"))
 
 

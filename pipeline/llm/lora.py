@@ -38,6 +38,33 @@ def collate(pad_id: int):
     return pad
 
 
+class Stream(torch.utils.data.Sampler):
+    """The sample order as one seeded stream of shuffles, cut into epochs of `per_epoch` samples.
+
+    Epoch e yields the same indices whatever happened before, and checkpoints fall on epoch ends,
+    so a run resumed from its last checkpoint trains on exactly what an uninterrupted run does
+    (a shuffling DataLoader cannot restore its position inside an epoch). Lightning calls set_epoch."""
+
+    def __init__(self, n: int, per_epoch: int, seed: int):
+        super().__init__()
+        self.n, self.per_epoch, self.seed, self.epoch = n, per_epoch, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_epoch
+
+    def __iter__(self):
+        start, stop = self.epoch * self.per_epoch, (self.epoch + 1) * self.per_epoch
+        out, shuffle = [], start // self.n
+        while len(out) < self.per_epoch:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + shuffle)).tolist()
+            out += order[max(start - shuffle * self.n, 0):stop - shuffle * self.n]
+            shuffle += 1
+        return iter(out)
+
+
 class LoraModule(L.LightningModule):
     """The step logic; checkpoints hold only the trainable (adapter) weights."""
 
@@ -97,16 +124,16 @@ def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConf
     L.seed_everything(int(ft.seed), workers=True, verbose=False)
     peft_model = wrap(model, ft.lora).train()
     samples = encode(tokenizer, prompts, answers)
-    loader = DataLoader(samples, batch_size=int(ft.batch_size), shuffle=True, collate_fn=collate(tokenizer.pad_token_id),
-                        generator=torch.Generator().manual_seed(int(ft.seed)), num_workers=0)
+    every = int(ft.checkpoint_every_n_steps)
+    loader = DataLoader(samples, batch_size=int(ft.batch_size), collate_fn=collate(tokenizer.pad_token_id),
+                        sampler=Stream(len(samples), every * int(ft.batch_size), int(ft.seed)), num_workers=0)
     module = LoraModule(peft_model, ft.optim, int(ft.trainer.max_steps))
     last = ckpt_dir / "last.ckpt"
     resuming = last.exists()
     trainer = L.Trainer(
         **OmegaConf.to_container(ft.trainer),
         logger=DVCLiveLogger(dir=str(log_dir), dvcyaml=None, save_dvc_exp=False, resume=resuming),
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=int(ft.checkpoint_every_n_steps),
-                                   save_last=True, save_top_k=0)],
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every, save_last=True, save_top_k=0)],
         max_epochs=-1, default_root_dir=str(ckpt_dir))
     trainer.fit(module, loader, ckpt_path=str(last) if resuming else None)
     return peft_model, {"steps": trainer.global_step, "resumed": resuming, "samples": len(samples),

@@ -62,9 +62,10 @@ def run(cfg: DictConfig) -> None:
     samples["prompt"], samples["answer"] = texts(samples, names)
 
     base, tokenizer = model.load(cfg.model)
-    # Checkpoints belong to exactly these samples and settings; anything else starts afresh.
+    # Checkpoints belong to exactly these samples, settings and training code; anything else starts afresh.
     key = hashlib.sha256(pd.util.hash_pandas_object(samples.drop(columns="retrieved")).values.tobytes()
-                         + OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["finetune", "model"])).encode())
+                         + OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["finetune", "model"])).encode()
+                         + Path(lora.__file__).read_bytes())
     ckpt_dir = Path(cfg.paths.checkpoints) / f"finetune-{key.hexdigest()[:16]}"
     log_dir = Path(cfg.paths.metrics) / "finetune"
     began = time.perf_counter()
