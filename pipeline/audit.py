@@ -153,9 +153,10 @@ def show(rev: str, pair: tuple[int, int] | None) -> dict:
     return out
 
 
-def _flatten(tree, prefix: str = "") -> dict:
+def flatten(tree, prefix: str = "") -> dict:
+    """Nested settings as {"a.b.c": value}."""
     if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+        return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
     return {prefix.rstrip("."): tree}
 
 
@@ -166,7 +167,7 @@ def diff(rev1: str, rev2: str) -> dict:
     joined = ta.merge(tb, on=["c1", "c2"], suffixes=("_a", "_b"))
     changed = joined[joined.c_pred_a.astype("Int64").ne(joined.c_pred_b.astype("Int64")).fillna(True)]
     counts = (tb.c_pred.value_counts().sub(ta.c_pred.value_counts(), fill_value=0)).astype(int)
-    pa_, pb = _flatten(json.loads(ma["params"])), _flatten(json.loads(mb["params"]))
+    pa_, pb = flatten(json.loads(ma["params"])), flatten(json.loads(mb["params"]))
     return {"tables": [f"{rev1}:{na}", f"{rev2}:{nb}"], "pairs": len(joined), "changed": len(changed),
             "gained": {int(k): int(v) for k, v in counts.sort_values(ascending=False).head(5).items() if v > 0},
             "lost": {int(k): int(v) for k, v in counts.sort_values().head(5).items() if v < 0},
@@ -176,11 +177,9 @@ def diff(rev1: str, rev2: str) -> dict:
 
 
 def md5(path: Path) -> str:
-    digest = hashlib.md5()
+    """The hash DVC records for an output file."""
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "md5").hexdigest()
 
 
 def outputs(lock: dict) -> dict[str, str]:

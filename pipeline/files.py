@@ -39,11 +39,8 @@ def write_json(path: Path | str, payload: dict) -> None:
 
 
 def sha256(path: Path | str) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def tree_sha256(path: Path | str) -> str:

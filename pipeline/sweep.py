@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 
+from pipeline.audit import flatten
 from pipeline.config import CONF_DIR, ROOT
 
 COLUMNS = {"strategies.fixed.hit_rate": "fixed", "strategies.rag_refreshed.hit_rate": "rag_refreshed",
@@ -32,20 +33,10 @@ def run_one(overrides: list[str]) -> None:
     subprocess.run(args, cwd=ROOT, check=True)
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _record(rev: dict) -> tuple[str, dict, dict]:
     data = rev.get("data") or {}
-    params = _flat((data.get("params", {}).get("params.yaml") or {}).get("data") or {})
-    metrics = _flat((data.get("metrics", {}).get("metrics/evaluate.json") or {}).get("data") or {})
+    params = flatten((data.get("params", {}).get("params.yaml") or {}).get("data") or {})
+    metrics = flatten((data.get("metrics", {}).get("metrics/evaluate.json") or {}).get("data") or {})
     return rev.get("name") or rev["rev"][:7], params, metrics
 
 
