@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import time
 
@@ -12,11 +11,10 @@ STAGES = ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer", "eva
 def main(argv: list[str]) -> None:
     if len(argv) != 1 or argv[0] not in STAGES:
         raise SystemExit(f"usage: python -m pipeline {{{'|'.join(STAGES)}}}")
-    # Spin-waiting threads make torch and BLAS far slower on a shared CPU.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from pipeline import config, timing
+    from pipeline import config, kernels, timing
 
     cfg = config.load()
+    kernels.pin(cfg.kernels)  # before the stage imports torch
     began = time.perf_counter()
     importlib.import_module(f"pipeline.stages.{argv[0]}").run(cfg)
     wall = time.perf_counter() - began

@@ -5,7 +5,11 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 from omegaconf import DictConfig
+
+from pipeline.files import ROW_GROUP_SIZE
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 
@@ -32,14 +36,24 @@ def sql(name: str) -> str:
     return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
 
 
-def literal(path: Path | str) -> str:
-    """A path as a SQL string literal (COPY targets cannot be bound parameters)."""
-    return "'" + str(path).replace("'", "''") + "'"
-
-
 def copy(con: duckdb.DuckDBPyConnection, name: str, target: Path | str, params: dict | None = None) -> int:
     """Run pipeline/sql/<name>.sql into `target` as zstd Parquet; return its row count.
 
+    DuckDB's own parallel COPY cuts row groups where its threads happened to hand over batches
+    (ROW_GROUP_SIZE is only a target), so the bytes differ between runs at a few million rows; the
+    result is streamed in fixed-size batches into pyarrow's writer instead, one row group each.
     Callers write into an atomic_path so a failure leaves the previous output in place."""
-    return con.execute(f"COPY ({sql(name)}) TO {literal(target)} (FORMAT parquet, COMPRESSION zstd)",
-                       params).fetchone()[0]
+    reader = con.sql(sql(name), params=params).to_arrow_reader(ROW_GROUP_SIZE)
+    rows, pending = 0, []
+    with pq.ParquetWriter(target, reader.schema, compression="zstd") as out:
+        for batch in reader:
+            pending.append(batch)
+            # DuckDB's batches are only about the size asked for: cut exact row groups from them.
+            while sum(b.num_rows for b in pending) >= ROW_GROUP_SIZE:
+                whole = pa.Table.from_batches(pending)
+                out.write_table(whole.slice(0, ROW_GROUP_SIZE), row_group_size=ROW_GROUP_SIZE)
+                pending = whole.slice(ROW_GROUP_SIZE).to_batches()
+            rows += batch.num_rows
+        if pending:
+            out.write_table(pa.Table.from_batches(pending, reader.schema), row_group_size=ROW_GROUP_SIZE)
+    return rows

@@ -9,6 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+# Rows per Parquet row group, fixed for every writer: a writer left to choose batches rows by how
+# its threads happened to run, and the bytes (not the content) then differ from run to run.
+ROW_GROUP_SIZE = 122_880
+
 
 @contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
@@ -36,6 +40,12 @@ def write_json(path: Path | str, payload: dict) -> None:
     """Sorted, indented JSON: stable bytes for DVC metrics and diffs."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_parquet(frame, path: Path | str) -> None:
+    """A pandas frame as Parquet, atomically, in fixed row groups."""
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False, row_group_size=ROW_GROUP_SIZE)
 
 
 def sha256(path: Path | str) -> str:

@@ -11,18 +11,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.files import atomic_path
+from pipeline.files import ROW_GROUP_SIZE, atomic_path
 
 PACKAGES = ("torch", "transformers", "peft", "lightning", "duckdb", "pyarrow", "pandas", "numpy", "dvc")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def stage_code(stage: str) -> list[str]:
-    """The pipeline sources a stage lists among its deps in dvc.yaml: the code its outputs depend on."""
-    import yaml
+def stage_deps(stage: str) -> tuple[list[str], tuple[str, ...]]:
+    """(pipeline sources, params keys) that the stage declares in dvc.yaml, resolved by DVC itself:
+    the code its outputs depend on and the settings they are computed under."""
+    from dvc.dependency import ParamsDependency
+    from dvc.repo import Repo
 
-    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    return sorted(d for d in spec["stages"][stage]["deps"] if d.startswith("pipeline/"))
+    with Repo(str(ROOT)) as repo:
+        (found,) = repo.stage.collect(stage)
+    params = [d for d in found.deps if isinstance(d, ParamsDependency)]
+    code = sorted(d.def_path for d in found.deps if d not in params and d.def_path.startswith("pipeline/"))
+    return code, tuple(key for d in params for key in d.params)
 
 
 def code_revision(files: list[str]) -> str:
@@ -73,7 +78,14 @@ def write_table(frame, path: Path | str, fields: dict) -> None:
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **encode(fields)})
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
+
+
+def content_sha256(source) -> str:
+    """sha256 of a table's rows alone (its manifest left out): equal for equal predictions, whatever
+    the code revision or machine recorded beside them."""
+    rows = pq.read_table(source).to_pylist()
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def read(source) -> dict[str, str]:

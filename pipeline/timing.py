@@ -1,5 +1,6 @@
-"""Wall times and rates, kept apart from stage outputs and metrics: those must be byte-identical
-between runs (DVC records their hashes), and a stopwatch never is.
+"""Run records: wall times, rates, answer-cache hits, anything that depends on the machine or on
+what an earlier run left behind. They are kept apart from stage outputs and metrics, which must
+be byte-identical between runs (DVC records their hashes); a stopwatch or a warm cache never is.
 
 A stage notes what it measured; `python -m pipeline <stage>` adds the stage's wall time and writes
 metrics/timing/<stage>.json, which DVC does not track (it is git-ignored)."""
@@ -15,6 +16,13 @@ _noted: dict = {}
 
 def note(**fields) -> None:
     _noted.update(fields)
+
+
+def take() -> dict:
+    """What was noted since the last take (for callers that run a stage in-process)."""
+    noted = dict(_noted)
+    _noted.clear()
+    return noted
 
 
 def write(metrics: Path | str, stage: str, wall_s: float) -> None:

@@ -1,12 +1,13 @@
 """Shared fixtures: a composed config pointing into tmp_path, and tiny contract datasets."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
-# Before torch is imported: spin-waiting OpenMP threads make 2-core torch several times slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from pipeline import kernels
+
+# Before torch is imported: the portable kernels (the default), as every stage's entry point pins them.
+kernels.pin("portable")
 
 import pandas as pd
 import pyarrow as pa
@@ -69,10 +70,8 @@ def cfg(tmp_path):
     return compose(tmp_path)
 
 
-@pytest.fixture(scope="session")
-def world(tmp_path_factory):
+def make_world(root: Path) -> Path:
     """extract .. retrieve on a tiny synthetic world, with an untrained adapter and an overridden gate."""
-    root = tmp_path_factory.mktemp("world")
     from pipeline.data import synth
     from pipeline.stages import count, extract, finetune, gate, retrieve
 
@@ -81,6 +80,11 @@ def world(tmp_path_factory):
     for stage in (extract, count, finetune, gate, retrieve):
         stage.run(cfg)
     return root
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"))
 
 
 def build(world: Path, where: Path, *overrides: str, retrieval: bool = False):

@@ -171,8 +171,8 @@ def test_moving_the_refresh_date_reruns_retrieval_and_decodes_only_new_prompts(r
     for stage in ("extract", "count", "finetune", "gate"):
         assert f"Stage '{stage}' didn't change, skipping" in out
     m = json.loads((repo / "metrics/bulk_infer.json").read_text())
-    assert m["tables"] == 4 and m["decoded"] == m["per_table"]["rag-2024-03-05"]["decoded"]
-    assert all(m["per_table"][t]["hit_share"] == 1.0 for t in ("base", "rag-2024-03-01", "rag-2024-03-03"))
+    decoded = json.loads((repo / "metrics/timing/bulk_infer.json").read_text())["decoded"]
+    assert m["tables"] == 4 and decoded == m["per_table"]["rag-2024-03-05"]["new_prompts"] > 0
     assert "Running stage 'evaluate'" in out
     assert "metrics/evaluate.json" in sh(repo, py, "-m", "dvc", "metrics", "diff", "HEAD")
     out = sh(repo, py, "-m", "dvc", "exp", "run", "-S", "refresh.until=2024-03-05", "-S", "retrieval.method=trend")

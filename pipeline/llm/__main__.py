@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import sys
 
-from pipeline import config
-from pipeline.llm import model
+from pipeline import config, kernels
 
 
 def main(argv: list[str]) -> None:
     if not argv or argv[0] != "prepare":
         raise SystemExit("usage: python -m pipeline.llm prepare [key=value ...]")
-    m = config.compose(argv[1:]).model
+    cfg = config.compose(argv[1:])
+    kernels.pin(cfg.kernels)  # before torch is imported
+    from pipeline.llm import model
+
+    m = cfg.model
     print(f"base model ready in {model.prepare(m)}")
 
 

@@ -17,18 +17,21 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, write_parquet
 
 
 def namespace(m, adapter: Path | str | None, names: dict[int, str], llm, **decoding) -> dict:
     """Everything besides the prompt that decides an answer: weights, adapter, template, the
-    descriptions (the trie), dtype, the decoder's code and the decoding settings."""
+    descriptions (the trie), dtype, device class (kernels), the decoder's code and the decoding
+    settings; answers from different devices are never mixed."""
+    from pipeline import kernels
     from pipeline.files import tree_sha256
     from pipeline.llm import bulk, model, prompts
 
     return {"base_model_hash": model.identity(m), "adapter_hash": tree_sha256(adapter) if adapter else None,
             "template_hash": prompts.TEMPLATE_HASH, "descriptions": {str(k): v for k, v in sorted(names.items())},
-            "dtype": str(llm.dtype), "decoder": tree_sha256(bulk.__file__), **decoding}
+            "dtype": str(llm.dtype), "device_class": kernels.device_class(str(llm.device)),
+            "decoder": tree_sha256(bulk.__file__), **decoding}
 
 
 def key(prompt: str) -> str:
@@ -63,8 +66,7 @@ class AnswerCache:
     def add(self, prompts: list[str], answers: list[str]) -> None:
         frame = pd.DataFrame({"key": [key(p) for p in prompts], "prompt": prompts, "answer": answers})
         name = hashlib.sha256("".join(frame.key).encode()).hexdigest()[:24]
-        with atomic_path(self.dir / f"part-{name}.parquet") as tmp:
-            frame.to_parquet(tmp, index=False)
+        write_parquet(frame, self.dir / f"part-{name}.parquet")
 
     def fill(self, missing: list[str], decode: Callable[[list[str], Callable[[int], None]], list[str]],
              shard_size: int, label: str = "decoding") -> dict[str, str]:

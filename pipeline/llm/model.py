@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import kernels
 from pipeline.files import atomic_path, sha256
 
 MANIFEST = "manifest.json"
@@ -121,6 +122,7 @@ def load(m: DictConfig, adapter: Path | str | None = None):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    kernels.deterministic()
     return model.eval(), tokenizer
 
 

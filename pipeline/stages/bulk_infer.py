@@ -16,15 +16,13 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pipeline import manifest, retrieval, timing
+from pipeline import kernels, manifest, retrieval, timing
 from pipeline.data import contract
 from pipeline.files import atomic_path, tree_sha256, write_json
 from pipeline.llm import bulk, model, prompts
 from pipeline.llm.cache import AnswerCache, namespace
 from pipeline.period import refresh_dates
 
-# The params bulk_infer declares in dvc.yaml; the manifest records exactly these.
-PARAMS = ("data", "model", "finetune", "gate", "retrieval", "refresh", "infer", "period", "torch_threads")
 DECODINGS = ("free", "constrained")
 
 
@@ -86,7 +84,6 @@ def run(cfg: DictConfig) -> None:
     cache = AnswerCache(cfg.paths.infer_cache, ns)
     lineage = {k: ns[k] for k in ("base_model_hash", "adapter_hash", "template_hash")}
     answers = cache.load()
-    cached_at_start = set(answers)
     unique = rows.drop_duplicates("prompt")
     missing = sorted(p for p in unique.prompt if p not in answers)
     exclude = {p: (int(a), int(b)) for p, a, b in zip(unique.prompt, unique.c1, unique.c2)}
@@ -95,13 +92,15 @@ def run(cfg: DictConfig) -> None:
         llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard], advance=advance), int(inf.shard_size)))
     decode_s = time.perf_counter() - began
 
-    code = manifest.stage_code("bulk_infer")
-    fields = {**lineage, "period": str(cfg.period.month), "decoding": str(inf.decoding),
-              "data_hash": tree_sha256(cfg.data.path), "params": manifest.params(cfg, PARAMS),
+    code, declared = manifest.stage_deps("bulk_infer")
+    fields = {**lineage, **kernels.lineage(), "period": str(cfg.period.month), "decoding": str(inf.decoding),
+              "data_hash": tree_sha256(cfg.data.path), "params": manifest.params(cfg, declared),
               "code_revision": manifest.code_revision(code), "code_hash": manifest.code_hash(code),
               "packages": manifest.packages(), "gate": gate}
     fields["params_hash"] = manifest.sha256_json(fields["params"])
-    per_table, seen = {}, set(cached_at_start)
+    # Only what the tables determine goes into tracked outputs: a table's new prompts are those no
+    # earlier table of this run holds, whatever the answer cache held when the run began.
+    per_table, seen = {}, set()
     with atomic_path(cfg.paths.tables) as out:
         out.mkdir(parents=True)
         for name, part in rows.groupby("table", sort=False):
@@ -113,16 +112,15 @@ def run(cfg: DictConfig) -> None:
             prompts_here = set(part.prompt)
             new = prompts_here - seen
             seen |= prompts_here
-            per_table[name] = {"rows": len(table), "prompts": len(prompts_here), "decoded": len(new),
-                               "hit_share": round(1 - len(new) / len(prompts_here), 6),
+            per_table[name] = {"rows": len(table), "prompts": len(prompts_here), "new_prompts": len(new),
                                "valid_share": round(float(table.valid.mean()), 6),
                                "served": {k: int(v) for k, v in table.served.value_counts().sort_index().items()}}
     rate = len(missing) / decode_s if missing else 0.0
-    timing.note(decode_s=round(decode_s, 1), decoded=len(missing), prompts_per_s=round(rate, 2))
+    timing.note(decode_s=round(decode_s, 1), cached_at_start=len(unique) - len(missing), decoded=len(missing),
+                prompts_per_s=round(rate, 2))
     write_json(Path(cfg.paths.metrics) / "bulk_infer.json", {
         "decoding": str(inf.decoding), "tables": len(per_table), "pairs": int((rows.table == "base").sum()),
-        "unique_prompts": len(unique), "cached_at_start": len(set(unique.prompt) & cached_at_start),
-        "decoded": len(missing),
+        "unique_prompts": len(unique),
         "tokens_per_prompt": round(sum(len(tokenizer(p, add_special_tokens=False).input_ids)
                                        for p in unique.prompt) / len(unique), 2),
         "per_table": per_table})

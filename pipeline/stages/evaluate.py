@@ -176,8 +176,8 @@ def cost(metrics: Path, cfg: DictConfig, newest: str) -> dict:
     samples = ft["steps"] * int(cfg.finetune.batch_size)
     return {"finetune": {"samples": samples, "steps": ft["steps"],
                          "tokens": round(samples * ft["tokens_per_sample"]), "every": "month"},
-            "refresh": {"table": newest, "prompts": refresh["decoded"], "prompts_total": refresh["prompts"],
-                        "tokens_est": round(refresh["decoded"] * bi.get("tokens_per_prompt", 0)),
+            "refresh": {"table": newest, "prompts": refresh["new_prompts"], "prompts_total": refresh["prompts"],
+                        "tokens_est": round(refresh["new_prompts"] * bi["tokens_per_prompt"]),
                         "every": f"{cfg.refresh.every_days} days"}}
 
 

@@ -30,7 +30,8 @@ def build(con: duckdb.DuckDBPyConnection, params: DictConfig) -> dict:
     con.execute(db.sql("extract_deduped"))
     con.execute("DROP TABLE kept")
     cursor = con.execute(db.sql("extract_stats"), {**positive, "positive_events": counts[0], "sequences": counts[1]})
-    return dict(zip([c[0] for c in cursor.description], cursor.fetchone()))
+    (row,) = cursor.fetchall()  # drained: the connection takes no other query while a result is open
+    return dict(zip([c[0] for c in cursor.description], row))
 
 
 def run(cfg: DictConfig) -> None:

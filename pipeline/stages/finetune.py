@@ -11,9 +11,9 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import db, retrieval, timing
+from pipeline import db, kernels, retrieval, timing
 from pipeline.data import contract
-from pipeline.files import atomic_path, sha256, write_json
+from pipeline.files import atomic_path, sha256, write_json, write_parquet
 from pipeline.llm import lora, model, prompts
 from pipeline.period import windows
 
@@ -76,14 +76,13 @@ def run(cfg: DictConfig) -> None:
         adapter.save_pretrained(tmp)
         lora.normalise_config(tmp / "adapter_config.json")
         adapter_sha = sha256(tmp / "adapter_model.safetensors")
-    with atomic_path(cfg.paths.samples) as tmp:
-        samples.to_parquet(tmp, index=False)
+    write_parquet(samples, cfg.paths.samples)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     seen = stats["steps"] * int(ft.batch_size)
     timing.note(train_s=round(wall, 1), samples_per_s=round(seen / wall, 2))
     write_json(Path(cfg.paths.metrics) / "finetune.json", {
         **stats, "pairs": int(samples.groupby(["c1", "c2"]).ngroups), "rag_samples": int(samples.retrieved.map(bool).sum()),
-        "train_window": [str(w.train_start), str(w.test_start)], "adapter_sha256": adapter_sha,
+        "train_window": [str(w.train_start), str(w.test_start)], "adapter_sha256": adapter_sha, **kernels.lineage(),
         "base_model_sha256": model.identity(cfg.model), "template_sha256": prompts.TEMPLATE_HASH})
     print(f"finetune: {len(samples)} samples over {stats['steps']} steps in {wall:.0f}s "
           f"({seen / wall:.1f} samples/s), final loss {stats['final_loss']:.3f}")

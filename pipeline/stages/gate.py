@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from pipeline import db, retrieval, timing
 from pipeline.data import contract
-from pipeline.files import atomic_path, write_json
+from pipeline.files import write_json, write_parquet
 from pipeline.llm import bulk, model, prompts
 from pipeline.period import windows
 
@@ -103,8 +103,7 @@ def run(cfg: DictConfig) -> None:
     failed = verdict(metrics, g)
     metrics.update(passed=not failed, failed_checks=failed, override_reason=g.override_reason,
                    min_exact_match=g.min_exact_match, min_test_recall=g.min_test_recall)
-    with atomic_path(cfg.paths.gate_predictions) as tmp:
-        pairs.to_parquet(tmp, index=False)
+    write_parquet(pairs, cfg.paths.gate_predictions)
     write_json(Path(cfg.paths.metrics) / "gate.json", metrics)
     timing.note(decode_s=round(wall, 1), prompts_per_s=round(len(pairs) / wall, 2))
     print(f"gate: exact match {metrics['exact_match']:.3f} (>= {g.min_exact_match}), test recall "

@@ -6,7 +6,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline import db, retrieval
-from pipeline.files import atomic_path, write_json
+from pipeline.files import write_json, write_parquet
 from pipeline.period import refresh_dates
 
 
@@ -17,10 +17,8 @@ def run(cfg: DictConfig) -> None:
     daily = cfg.paths.daily_counts
     found = retrieval.successors(con, daily, days, int(r.window_days), int(r.top_n), str(r.method))
     popular = retrieval.popular(con, daily, days, int(r.window_days), int(r.popular_n))
-    with atomic_path(cfg.paths.retrieved) as tmp:
-        found.to_parquet(tmp, index=False)
-    with atomic_path(cfg.paths.popular) as tmp:
-        popular.to_parquet(tmp, index=False)
+    write_parquet(found, cfg.paths.retrieved)
+    write_parquet(popular, cfg.paths.popular)
     per_date = found.groupby(found.refresh_date.astype(str)).size()
     write_json(Path(cfg.paths.metrics) / "retrieve.json", {
         "method": str(r.method), "window_days": int(r.window_days), "top_n": int(r.top_n),

@@ -1,0 +1,69 @@
+"""Which numeric kernels torch runs, fixed at process start so float32 work has the same bits on
+every machine of one device class.
+
+Torch picks its vectorised ATen kernels by the CPU's instruction set and Intel MKL picks its GEMM
+code path the same way; each choice changes the reduction order and so the low bits of every
+result. `kernels: portable` (the default) pins both to AVX2 through environment variables that the
+libraries read once, when torch is imported, which is why `pin` must run first in every entry
+point (and in tests/conftest.py). `native` lets them use the CPU's best kernels (AVX-512, AMX):
+faster there, not reproducible elsewhere. Measured with ../shared/probes/: only these two
+variables change the result; oneDNN is not on torch's float32 path (ONEDNN_MAX_CPU_ISA changed
+nothing). MKL's conditional reproducibility holds across Intel CPUs; on AMD CPUs MKL takes a
+code path of its own, so tables built there differ in the low bits (README: "Reproduction").
+
+On CUDA the same discipline is torch's deterministic algorithms plus the cuBLAS workspace setting.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+MODES = ("portable", "native")
+PORTABLE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT"}
+# cuBLAS needs a fixed workspace for deterministic GEMMs (torch.use_deterministic_algorithms).
+CUBLAS = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+
+
+def pin(mode: str) -> None:
+    """Set the kernel environment for `mode`; must run before torch is imported."""
+    if mode not in MODES:
+        raise ValueError(f"params.yaml: kernels is {mode!r}, expected one of {MODES}")
+    wanted = PORTABLE if mode == "portable" and platform.machine().lower() in ("x86_64", "amd64") else {}
+    if "torch" in sys.modules:
+        if any(os.environ.get(k) != v for k, v in wanted.items()):
+            raise RuntimeError(f"kernels.pin({mode!r}) after torch was imported; call it first")
+        return
+    for key in PORTABLE:
+        os.environ.pop(key, None)
+    os.environ.update(wanted)
+    os.environ.update(CUBLAS)
+    # Spin-waiting OpenMP threads make torch and BLAS far slower on a shared CPU.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def deterministic() -> None:
+    """Deterministic algorithms on every device (torch raises where an op has none)."""
+    import torch
+
+    torch.use_deterministic_algorithms(True)
+
+
+def device_class(device: str = "cpu") -> str:
+    """What decides the bits besides the code and inputs: "cpu-avx2" when pinned, "cpu-native-<isa>"
+    otherwise, "cuda-<GPU name>" on a GPU. Outputs of one class are byte-identical."""
+    import torch
+
+    if device.startswith("cuda"):
+        return f"cuda-{torch.cuda.get_device_name(torch.device(device))}"
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    pinned = all(os.environ.get(k) == v for k, v in PORTABLE.items())
+    return f"cpu-{capability}" if pinned else f"cpu-native-{capability}"
+
+
+def lineage(device: str = "cpu") -> dict:
+    """The device fields every table and adapter record."""
+    import torch
+
+    return {"device_class": device_class(device), "torch_version": torch.__version__,
+            "cuda_version": torch.version.cuda if device.startswith("cuda") else None}
