@@ -187,9 +187,55 @@ def outputs(lock: dict) -> dict[str, str]:
     return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
 
 
-def verify(rev: str) -> list[str]:
-    """Rebuild rev in a scratch worktree (DVC cache shared, nothing committed to it). Returns what differs
-    from the record: each table by name, and any other output or metric dvc.lock pins (empty: all match)."""
+class Verdict:
+    """What a rebuild found: outputs whose bytes differ from the record and, for those, whether
+    their content agrees (per table, how many pairs predict another cluster; for the adapter, the
+    largest absolute weight difference), and the device classes of record and rebuild."""
+
+    def __init__(self, recorded_class: str, rebuilt_class: str):
+        self.recorded_class, self.rebuilt_class = recorded_class, rebuilt_class
+        self.bytes_differ: list[str] = []
+        self.pairs_differ: dict[str, int] = {}
+        self.adapter_max_abs_diff: float | None = None
+
+    @property
+    def predictions_agree(self) -> bool:
+        return not any(self.pairs_differ.values())
+
+    def lines(self, rev: str, tables: int) -> list[str]:
+        out = [f"verify {rev}: recorded on {self.recorded_class}, rebuilt on {self.rebuilt_class}"]
+        if not self.bytes_differ:
+            return out + [f"verify {rev}: all {tables} tables and every other output rebuilt byte for byte"]
+        out.append(f"verify {rev}: bytes differ in {', '.join(self.bytes_differ)}")
+        changed = {n: k for n, k in self.pairs_differ.items() if k}
+        out.append(f"verify {rev}: " + (f"predictions differ in {len(changed)} tables: "
+                                        + ", ".join(f"{n} ({k} pairs)" for n, k in sorted(changed.items()))
+                                        if changed else f"every prediction of all {tables} tables agrees"))
+        if self.adapter_max_abs_diff is not None:
+            out.append(f"verify {rev}: adapter weights differ by at most {self.adapter_max_abs_diff:.3g}")
+        return out
+
+
+def pairs_differ(recorded: pd.DataFrame, rebuilt: pd.DataFrame) -> int:
+    """Pairs whose served cluster differs (a pair missing on either side counts)."""
+    joined = recorded.merge(rebuilt, on=["c1", "c2"], how="outer", suffixes=("_a", "_b"), indicator=True)
+    a, b = joined.c_pred_a.astype("Int64"), joined.c_pred_b.astype("Int64")
+    same = (a == b).fillna(False) | (a.isna() & b.isna())
+    return int((~same | (joined["_merge"] != "both")).sum())
+
+
+def weights_max_abs_diff(recorded: bytes, rebuilt: bytes) -> float:
+    from safetensors.numpy import load
+
+    a, b = load(recorded), load(rebuilt)
+    if set(a) != set(b):
+        return float("inf")
+    return max((float(abs(a[k].astype("float64") - b[k].astype("float64")).max()) for k in a), default=0.0)
+
+
+def verify(rev: str) -> Verdict:
+    """Rebuild rev in a scratch worktree (DVC cache shared, nothing committed to it) by running rev's
+    own stage commands, and compare every output dvc.lock pins with the record."""
     v = Version(rev)
     names = v.table_names()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -210,18 +256,28 @@ def verify(rev: str) -> list[str]:
                     (work / shared).symlink_to(ROOT / shared)
             dvc("checkout", "--quiet", *[p.name for p in work.glob("*.dvc") if p.is_file()])
             dvc("repro", "--force", "--no-run-cache", "--no-commit")  # really rebuild: no restoring
-            bad = [f"{v.tables_dir}/{n}" for n in names if md5(work / v.tables_dir / n) != v.recorded_md5(n)]
+            newest = v.newest_rag()
+            found = Verdict(v.table(newest)[1].get("device_class", "unrecorded"),
+                            manifest.read(work / v.tables_dir / newest).get("device_class", "unrecorded"))
+            for n in names:
+                if md5(work / v.tables_dir / n) != v.recorded_md5(n):
+                    found.bytes_differ.append(f"{v.tables_dir}/{n}")
+                found.pairs_differ[n] = pairs_differ(v.table(n)[0], pd.read_parquet(work / v.tables_dir / n))
             recorded, rebuilt = outputs(yaml.safe_load(v.text("dvc.lock"))), outputs(
                 yaml.safe_load((work / "dvc.lock").read_text()))
-            report_path = v.params["paths"]["report"]
+            report_path, adapter = v.params["paths"]["report"], v.params["paths"]["adapter"]
             for path in sorted(recorded):
                 if path == v.tables_dir or rebuilt.get(path) == recorded[path]:
                     continue
                 if path == report_path and report.without_timings(v.text(path)) == report.without_timings(
                         (work / path).read_text()):
                     continue  # the report states this machine's wall times; everything else must match
-                bad.append(path)
-            return bad
+                found.bytes_differ.append(path)
+                if path == adapter:
+                    weights = f"{adapter}/adapter_model.safetensors"
+                    found.adapter_max_abs_diff = weights_max_abs_diff(v.blob(weights).getvalue(),
+                                                                      (work / weights).read_bytes())
+            return found
         finally:
             git("worktree", "remove", "--force", str(work))
 
@@ -237,8 +293,11 @@ def main(argv: list[str]) -> None:
     d = sub.add_parser("diff", help="what changed between two versions")
     d.add_argument("rev1")
     d.add_argument("rev2")
-    f = sub.add_parser("verify", help="rebuild a version and compare every table's hash")
+    f = sub.add_parser("verify", help="rebuild a version by running ITS OWN stage code (verifying an untrusted "
+                                      "revision runs its code) and compare every output with the record")
     f.add_argument("rev")
+    f.add_argument("--content", action="store_true",
+                   help="succeed when every table's predictions agree even if bytes differ (another device class)")
     args = ap.parse_args(argv)
     try:
         if args.command == "release":
@@ -250,10 +309,13 @@ def main(argv: list[str]) -> None:
         elif args.command == "diff":
             print(json.dumps(diff(args.rev1, args.rev2), indent=2, default=str))
         else:
-            bad = verify(args.rev)
-            if bad:
-                raise AuditError(f"verify {args.rev}: rebuilt tables differ from the recorded ones: {', '.join(bad)}")
-            print(f"verify {args.rev}: all {len(Version(args.rev).table_names())} tables rebuilt byte for byte")
+            found = verify(args.rev)
+            print("\n".join(found.lines(args.rev, len(Version(args.rev).table_names()))))
+            if found.bytes_differ and not (args.content and found.predictions_agree):
+                raise AuditError(f"verify {args.rev}: the rebuild differs from the record"
+                                 + ("" if found.predictions_agree else " in its predictions")
+                                 + ("; every prediction agrees: --content accepts that" if found.predictions_agree
+                                    else ""))
     except (AuditError, lookup.LookupFailed) as exc:
         raise SystemExit(f"audit: {exc}") from None
 

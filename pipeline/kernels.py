@@ -31,7 +31,7 @@ def pin(mode: str) -> None:
         raise ValueError(f"params.yaml: kernels is {mode!r}, expected one of {MODES}")
     wanted = PORTABLE if mode == "portable" and platform.machine().lower() in ("x86_64", "amd64") else {}
     if "torch" in sys.modules:
-        if any(os.environ.get(k) != v for k, v in wanted.items()):
+        if any(os.environ.get(k) != wanted.get(k) for k in PORTABLE):
             raise RuntimeError(f"kernels.pin({mode!r}) after torch was imported; call it first")
         return
     for key in PORTABLE:
@@ -40,6 +40,30 @@ def pin(mode: str) -> None:
     os.environ.update(CUBLAS)
     # Spin-waiting OpenMP threads make torch and BLAS far slower on a shared CPU.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def device(policy: str) -> str:
+    """The device a `device:` policy names here: auto takes CUDA when torch sees a GPU."""
+    import torch
+
+    if policy not in DEVICES:
+        raise ValueError(f"params.yaml: device is {policy!r}, expected one of {DEVICES}")
+    if policy == "cuda" and not torch.cuda.is_available():
+        raise ValueError("params.yaml: device is 'cuda' but torch sees no CUDA GPU (torch "
+                         f"{torch.__version__}, built for CUDA {torch.version.cuda}); use device=auto or cpu")
+    return "cuda" if policy == "cuda" or (policy == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"params.yaml: infer.dtype is {name!r}, expected one of {DTYPES}")
+    return getattr(torch, name)
 
 
 def deterministic() -> None:

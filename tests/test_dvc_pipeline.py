@@ -93,11 +93,19 @@ def test_repro_runs_then_is_a_no_op(repo):
     sh(repo, py, "-m", "dvc", "checkout", "-q")
 
 
-def fails(repo: Path, *args: str) -> str:
+def failed(repo: Path, *args: str) -> subprocess.CompletedProcess:
     done = subprocess.run(args, cwd=repo, capture_output=True, text=True,
                           env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
     assert done.returncode != 0, f"{' '.join(args)} should have failed:\n{done.stdout}"
-    return done.stderr
+    return done
+
+
+def fails(repo: Path, *args: str) -> str:
+    return failed(repo, *args).stderr
+
+
+def fails_out(repo: Path, *args: str) -> str:
+    return failed(repo, *args).stdout
 
 
 def test_release_then_audit_list_show_diff_and_verify(repo):
@@ -111,6 +119,11 @@ def test_release_then_audit_list_show_diff_and_verify(repo):
     readme.write_text(readme.read_text() + "\nedited\n")
     assert "uncommitted changes" in fails(repo, *audit, "release")
     sh(repo, "git", "checkout", "README.md")
+    # Rebuilt from a warm answer cache: the outputs keep their bytes, so the release made from them
+    # verifies below from the cold cache of a fresh worktree.
+    sh(repo, py, "-m", "dvc", "repro", "--force", "--single-item", "bulk_infer")
+    assert json.loads((repo / "metrics/timing/bulk_infer.json").read_text())["decoded"] == 0
+    assert sh(repo, "git", "status", "--porcelain", "--untracked-files=no") == ""
     assert "released tables/2024-03" in sh(repo, *audit, "release")
     assert "already exists" in fails(repo, *audit, "release")
     listed = json.loads(sh(repo, *audit, "list"))
@@ -131,9 +144,26 @@ def test_release_then_audit_list_show_diff_and_verify(repo):
     changed = json.loads(sh(repo, *audit, "diff", "tables/2024-03", "tables/tampered"))
     assert changed["changed"] == 1 and changed["pairs"] == 30
 
-    assert "all 17 tables rebuilt byte for byte" in sh(repo, *audit, "verify", "tables/2024-03")
-    assert "tables/rag-2024-03-31.parquet" in fails(repo, *audit, "verify", "tables/tampered")
+    verified = sh(repo, *audit, "verify", "tables/2024-03")
+    assert "recorded on cpu-avx2, rebuilt on cpu-avx2" in verified
+    assert "all 17 tables and every other output rebuilt byte for byte" in verified
+    assert "differs from the record in its predictions" in fails(repo, *audit, "verify", "--content", "tables/tampered")
+    assert "predictions differ in 1 tables: rag-2024-03-31.parquet (1 pairs)" in fails_out(
+        repo, *audit, "verify", "tables/tampered")
     sh(repo, "git", "tag", "-d", "tables/tampered")
+
+    # Same predictions, other bytes (as a table from another device class would be): a plain verify
+    # fails and says the content agrees; --content accepts it.
+    sh(repo, "git", "reset", "-q", "--hard", "tables/2024-03")
+    sh(repo, py, "-m", "dvc", "checkout", "-q", "-f")
+    manifest.write_table(pd.read_parquet(path), path, {**manifest.read(path), "device_class": "cpu-elsewhere"})
+    sh(repo, py, "-m", "dvc", "commit", "-f", "-q", "bulk_infer")
+    sh(repo, "git", "commit", "-qam", "same predictions, other lineage")
+    sh(repo, "git", "tag", "-a", "tables/relabelled", "-m", "relabelled")
+    assert "every prediction agrees: --content accepts that" in fails(repo, *audit, "verify", "tables/relabelled")
+    verified = sh(repo, *audit, "verify", "--content", "tables/relabelled")
+    assert "every prediction of all 17 tables agrees" in verified and "recorded on cpu-elsewhere" in verified
+    sh(repo, "git", "tag", "-d", "tables/relabelled")
     sh(repo, "git", "reset", "-q", "--hard", "tables/2024-03")
     sh(repo, py, "-m", "dvc", "checkout", "-q", "-f")
 

@@ -43,7 +43,7 @@ def plain_generate(llm, tokenizer, texts: list[str], max_new_tokens: int, batch_
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False)
+                            add_special_tokens=False).to(llm.device)
             generated = llm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             out += tokenizer.batch_decode(generated[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
@@ -88,18 +88,20 @@ def main() -> None:
     else:
         texts = sorted(random.Random(0).sample(work, args.prompts))
     pairs = dict(zip(rows.prompt, zip(rows.c1, rows.c2)))
-    llm, tokenizer = model.load(cfg.model, cfg.paths.adapter)
+    where = kernels.device(cfg.device)
+    batch = int(inf.batch_size[where])
+    llm, tokenizer = model.load(cfg.model, cfg.paths.adapter, where, inf.dtype)
     trie = bulk.Trie.build(tokenizer, names)
     n = len(texts)
     print(f"{n} prompts ({args.layout} layout, {len(work)} in the stage's work list), model {cfg.model.name}, "
-          f"{torch.get_num_threads()} threads, max_new_tokens {inf.max_new_tokens}, bulk batch {inf.batch_size}")
+          f"{torch.get_num_threads()} threads, max_new_tokens {inf.max_new_tokens}, bulk batch {batch} on {where}")
 
     plain, t_plain = timed("plain generate, batch 16", lambda: plain_generate(llm, tokenizer, texts,
                                                                             int(inf.max_new_tokens)))
     free, t_free = timed("bulk free", lambda: bulk.answers(
-        llm, tokenizer, texts, trie, bulk.Settings(False, int(inf.max_new_tokens), int(inf.batch_size))))
+        llm, tokenizer, texts, trie, bulk.Settings(False, int(inf.max_new_tokens), batch)))
     _, t_con = timed("bulk constrained", lambda: bulk.answers(
-        llm, tokenizer, texts, trie, bulk.Settings(True, int(inf.max_new_tokens), int(inf.batch_size)),
+        llm, tokenizer, texts, trie, bulk.Settings(True, int(inf.max_new_tokens), batch),
         exclude=[pairs[t] for t in texts]))
     agree = sum(a == b for a, b in zip(plain, free)) / n
     print(f"\n{'decoder':<28}{'prompts/s':>10}{'vs plain':>10}")

@@ -10,6 +10,10 @@ This is the cost centre of every table, so three things cut the work; none chang
   fed as one chunk without a choice.
 Padding is always on the right and masked, with explicit position ids, so rows of different
 lengths share a batch without shifting each other.
+
+Everything lives on the model's device. Per decoding step the host reads back one small tensor
+(each row's chosen tokens), which the trie logic needs; inputs are built on the host and moved in
+one copy per step.
 """
 from __future__ import annotations
 
@@ -142,8 +146,9 @@ class _Batch:
         self.device = self.head.weight.device
         lengths = [sum(p.shape[3] for p in past) for past in pasts]
         width = max(lengths)
-        self.mask = torch.zeros((len(pasts), width), dtype=torch.long, device=self.device)
-        self.next_pos = torch.tensor(lengths, dtype=torch.long, device=self.device)
+        self.mask = _padded([[1] * n for n in lengths], 0, width).to(self.device)
+        self.next_pos = torch.tensor(lengths, dtype=torch.long).to(self.device)
+        self.last_width, self.last_lengths = 0, []
         c = model.config.get_text_config(decoder=True)
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         kv = torch.zeros((c.num_hidden_layers, 2, len(pasts), c.num_key_value_heads, width + room, head_dim),
@@ -151,17 +156,14 @@ class _Batch:
         for row, (past, n) in enumerate(zip(pasts, lengths)):
             if past:
                 kv[:, :, row, :, :n] = torch.cat(past, dim=3)
-            self.mask[row, :n] = 1
         self.cache = Cache(layers=[_Reserved(kv[layer, 0], kv[layer, 1], width) for layer in range(len(kv))])
 
     def feed(self, rows: list[list[int]]) -> tuple[torch.Tensor, int]:
         """Run each row's new tokens; returns hidden states (rows, width, d) and the width fed."""
         width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=self.device)
-        real = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            real[i, :len(r)] = 1
+        ids = _padded(rows, self.pad_id, width).to(self.device)
+        real = _padded([[1] * len(r) for r in rows], 0, width).to(self.device)
+        self.last_width, self.last_lengths = width, [len(r) for r in rows]
         pos = self.next_pos[:, None] + torch.arange(width, device=self.device)[None, :]
         self.mask = torch.cat([self.mask, real], dim=1)
         out = self.decoder(input_ids=ids, attention_mask=self.mask, position_ids=pos, cache=self.cache,
@@ -178,18 +180,26 @@ class _Batch:
                 for row, n in enumerate(lengths)]
 
     def unfeed(self, row: int, count: int) -> None:
-        """Mask out the last `count` fed positions of row (a rejected draft) and rewind its positions."""
+        """Mask out the last `count` fed positions of row (a rejected draft) and rewind its positions.
+
+        The last feed took the mask's last `width` columns, a row's real tokens first."""
         if count:
-            real = self.mask[row].nonzero().squeeze(1)[-count:]
-            self.mask[row, real] = 0
+            end = self.mask.shape[1] - self.last_width + self.last_lengths[row]
+            self.mask[row, end - count:end] = 0
             self.next_pos[row] -= count
 
     def keep(self, rows: list[int]) -> None:
         if rows == list(range(len(self.mask))):
             return
-        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        index = torch.tensor(rows, dtype=torch.long).to(self.device)
         self.cache.batch_select_indices(index)
         self.mask, self.next_pos = self.mask[index], self.next_pos[index]
+        self.last_lengths = [self.last_lengths[r] for r in rows]
+
+
+def _padded(rows: list[list[int]], pad: int, width: int) -> torch.Tensor:
+    """Rows right-padded to width, built on the host in one call."""
+    return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 @dataclass
@@ -227,8 +237,8 @@ def decode(model, tokens: list[list[int]], trie: Trie, settings: Settings, pad_i
         room = max(len(tree.leaf_tokens[i]) for i in rows) + settings.max_new_tokens + 8
         batch = _Batch(model, pad_id, pasts, room)
         hidden, _ = batch.feed([tree.leaf_tokens[i] for i in rows])
-        last = torch.tensor([len(tree.leaf_tokens[i]) - 1 for i in rows])
-        logits = batch.head(hidden[torch.arange(len(rows)), last])
+        last = torch.tensor([len(tree.leaf_tokens[i]) - 1 for i in rows]).to(hidden.device)
+        logits = batch.head(hidden[torch.arange(len(rows), device=hidden.device), last])
         rng = [generators[i] for i in rows] if generators else None
         for i, answer in zip(rows, _answer(batch, logits, trie, settings, [exclude[i] for i in rows], rng)):
             out[i] = answer
@@ -272,18 +282,27 @@ def _answer(batch: _Batch, logits: torch.Tensor, trie: Trie, s: Settings, exclud
     out: list[list[int]] = [[] for _ in exclude]
     active = list(range(len(exclude)))
     # Per active row, the logits of each fed position and how many drafted tokens to verify.
-    per_row = [logits[r:r + 1] for r in active]
-    tops = [[t] for t in logits.argmax(-1).tolist()]
+    lengths = [1] * len(active)
     drafts: list[tuple[int, ...]] = [() for _ in active]
     while active:
+        # One read-back per step: every row's argmax (free), its choice among the tokens the trie
+        # allows (constrained; one position per row), or the logits to sample from (on the host,
+        # where each prompt's generator lives).
+        if s.constrained:
+            tops = _constrained_choices(logits, trie, [tuple(out[r]) for r in active], [exclude[r] for r in active])
+        elif rng:
+            per_row = list(logits.float().cpu().split(lengths))
+        else:
+            flat, tops = logits.argmax(-1).tolist(), []
+            for n in lengths:
+                tops.append(flat[:n])
+                flat = flat[n:]
         still, feeds, next_drafts = [], [], []
         for slot, r in enumerate(active):
             generated, done = out[r], False
             for j, draft_token in enumerate(drafts[slot] + (None,)):
-                if s.constrained:
-                    token = _constrained_choice(per_row[slot][j], trie, tuple(generated), exclude[r])
-                elif rng:
-                    probs = torch.softmax(per_row[slot][j].float() / s.temperature, dim=-1)
+                if rng:
+                    probs = torch.softmax(per_row[slot][j] / s.temperature, dim=-1)
                     token = int(torch.multinomial(probs, 1, generator=rng[r]))
                 else:
                     token = tops[slot][j]
@@ -318,23 +337,27 @@ def _answer(batch: _Batch, logits: torch.Tensor, trie: Trie, s: Settings, exclud
         lengths = [len(f) for f in feeds]
         real = torch.arange(hidden.shape[1])[None, :] < torch.tensor(lengths)[:, None]
         logits = batch.head(hidden[real.to(hidden.device)])  # none for padding
-        per_row = list(logits.split(lengths))
-        if not s.constrained:
-            tops = [t.tolist() for t in logits.argmax(-1).split(lengths)]
         active = [r for _, r in still]
         if s.constrained:  # forced tokens are taken as they are; the choice is at the last one
+            ends = torch.tensor(lengths).cumsum(0) - 1
+            logits, lengths = logits[ends.to(logits.device)], [1] * len(active)
             for i, r in enumerate(active):
                 out[r].extend(next_drafts[i])
-                per_row[i] = per_row[i][-1:]
             next_drafts = [() for _ in active]
         drafts = next_drafts
     return [tuple(t for t in answer if t != trie.eos) for answer in out]
 
 
-def _constrained_choice(logits: torch.Tensor, trie: Trie, generated: tuple[int, ...], exclude: tuple[int, ...]) -> int:
-    """The argmax over the next tokens the trie allows after generated, the excluded clusters left out."""
-    allowed = sorted({trie.paths[c][len(generated)] for c in trie.clusters(generated, exclude)})
-    return allowed[int(logits[allowed].argmax())]
+def _constrained_choices(logits: torch.Tensor, trie: Trie, generated: list[tuple[int, ...]],
+                         exclude: list[tuple[int, ...]]) -> list[list[int]]:
+    """Per row (one logits row each), the argmax over the next tokens the trie allows after its
+    generated tokens, the excluded clusters left out; as one gather and one read-back."""
+    allowed = [sorted({trie.paths[c][len(g)] for c in trie.clusters(g, x)}) for g, x in zip(generated, exclude)]
+    width = max(len(a) for a in allowed)
+    index = _padded(allowed, 0, width).to(logits.device)
+    valid = _padded([[1] * len(a) for a in allowed], 0, width).to(logits.device).bool()
+    scores = logits.gather(1, index).masked_fill(~valid, float("-inf"))
+    return [[a[k]] for a, k in zip(allowed, scores.argmax(-1).tolist())]
 
 
 

@@ -114,7 +114,7 @@ def wrap(model, lora: DictConfig):
 
 
 def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConfig, ckpt_dir: Path,
-          log_dir: Path):
+          log_dir: Path, accelerator: str = "cpu"):
     """Fit a LoRA adapter on the samples, resuming from ckpt_dir/last.ckpt when a run was killed.
 
     Returns the peft model and the run's figures."""
@@ -131,7 +131,7 @@ def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConf
     last = ckpt_dir / "last.ckpt"
     resuming = last.exists()
     trainer = L.Trainer(
-        **OmegaConf.to_container(ft.trainer),
+        **OmegaConf.to_container(ft.trainer), accelerator=accelerator,
         logger=DVCLiveLogger(dir=str(log_dir), dvcyaml=None, save_dvc_exp=False, resume=resuming),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every, save_last=True, save_top_k=0)],
         max_epochs=-1, default_root_dir=str(ckpt_dir))

@@ -98,9 +98,10 @@ def load_tokenizer(m: DictConfig):
     return AutoTokenizer.from_pretrained(_prepared_or_fail(m))
 
 
-def load(m: DictConfig, adapter: Path | str | None = None):
-    """(model, tokenizer) in float32 eval mode, from safetensors only, never remote code; a LoRA
-    adapter directory, when given, is merged into the weights (inference runs at base-model speed)."""
+def load(m: DictConfig, adapter: Path | str | None = None, device: str = "cpu", dtype: str = "float32"):
+    """(model, tokenizer) in eval mode on `device` in `dtype`, from safetensors only, never remote
+    code; a LoRA adapter directory, when given, is merged into the float32 weights first (inference
+    runs at base-model speed)."""
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     tokenizer = load_tokenizer(m)
@@ -123,7 +124,7 @@ def load(m: DictConfig, adapter: Path | str | None = None):
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     kernels.deterministic()
-    return model.eval(), tokenizer
+    return model.to(device=device, dtype=kernels.dtype(dtype)).eval(), tokenizer
 
 
 def identity(m: DictConfig) -> str:

@@ -75,10 +75,11 @@ def run(cfg: DictConfig) -> None:
     names = contract.descriptions(cfg.data.path)
     rows = table_rows(names, found, days)
 
-    llm, tokenizer = model.load(cfg.model, cfg.paths.adapter)
+    where = kernels.device(cfg.device)
+    llm, tokenizer = model.load(cfg.model, cfg.paths.adapter, where, inf.dtype)
     trie = bulk.Trie.build(tokenizer, names)
     settings = bulk.Settings(constrained=inf.decoding == "constrained", max_new_tokens=int(inf.max_new_tokens),
-                             batch_size=int(inf.batch_size))
+                             batch_size=int(inf.batch_size[where]))
     ns = namespace(cfg.model, cfg.paths.adapter, names, llm, decoding=str(inf.decoding),
                    max_new_tokens=settings.max_new_tokens)
     cache = AnswerCache(cfg.paths.infer_cache, ns)
@@ -89,11 +90,11 @@ def run(cfg: DictConfig) -> None:
     exclude = {p: (int(a), int(b)) for p, a, b in zip(unique.prompt, unique.c1, unique.c2)}
     began = time.perf_counter()
     answers.update(cache.fill(missing, lambda shard, advance: bulk.answers(
-        llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard], advance=advance), int(inf.shard_size)))
+        llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard], advance=advance), int(inf.shard_size[where])))
     decode_s = time.perf_counter() - began
 
     code, declared = manifest.stage_deps("bulk_infer")
-    fields = {**lineage, **kernels.lineage(), "period": str(cfg.period.month), "decoding": str(inf.decoding),
+    fields = {**lineage, **kernels.lineage(where), "dtype": str(inf.dtype), "period": str(cfg.period.month), "decoding": str(inf.decoding),
               "data_hash": tree_sha256(cfg.data.path), "params": manifest.params(cfg, declared),
               "code_revision": manifest.code_revision(code), "code_hash": manifest.code_hash(code),
               "packages": manifest.packages(), "gate": gate}

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pipeline import db, report, retrieval
+from pipeline import db, kernels, report, retrieval
 from pipeline.data import contract
 from pipeline.files import atomic_path, write_json
 from pipeline.llm import bulk, model, prompts
@@ -149,9 +149,10 @@ def drift(con, daily: str, days: list[date], window_days: int, ks: list[int]) ->
 def repeat_answers(cfg: DictConfig, names: dict[int, str], texts: list[str]) -> tuple[list[str], list[str]]:
     """The base prompts decoded twice with seeded sampling; cached like bulk_infer's answers."""
     e, inf = cfg.eval, cfg.infer
-    llm, tokenizer = model.load(cfg.model, cfg.paths.adapter)
+    where = kernels.device(cfg.device)
+    llm, tokenizer = model.load(cfg.model, cfg.paths.adapter, where, inf.dtype)
     trie = bulk.Trie.build(tokenizer, names)
-    settings = bulk.Settings(False, int(inf.max_new_tokens), int(inf.batch_size), float(e.repeat_temperature))
+    settings = bulk.Settings(False, int(inf.max_new_tokens), int(inf.batch_size[where]), float(e.repeat_temperature))
     out = []
     for repeat in (1, 2):
         ns = namespace(cfg.model, cfg.paths.adapter, names, llm, decoding="sample",
@@ -163,7 +164,7 @@ def repeat_answers(cfg: DictConfig, names: dict[int, str], texts: list[str]) -> 
         seed = {t: int(hashlib.sha256(f"{e.seed}:{repeat}:{t}".encode()).hexdigest()[:15], 16) for t in missing}
         answers.update(cache.fill(missing, lambda shard, advance, seed=seed: bulk.answers(
             llm, tokenizer, shard, trie, settings, advance=advance, seeds=[seed[t] for t in shard]),
-            int(inf.shard_size), f"repeat {repeat}"))
+            int(inf.shard_size[where]), f"repeat {repeat}"))
         out.append([answers[t] for t in texts])
     return out[0], out[1]
 

@@ -69,8 +69,9 @@ def run(cfg: DictConfig) -> None:
     ckpt_dir = Path(cfg.paths.checkpoints) / f"finetune-{key.hexdigest()[:16]}"
     log_dir = Path(cfg.paths.metrics) / "finetune"
     began = time.perf_counter()
+    where = kernels.device(cfg.device)
     adapter, stats = lora.train(base, tokenizer, samples["prompt"].tolist(), samples["answer"].tolist(), ft,
-                                ckpt_dir, log_dir)
+                                ckpt_dir, log_dir, accelerator="gpu" if where == "cuda" else "cpu")
     wall = time.perf_counter() - began
     with atomic_path(cfg.paths.adapter) as tmp:
         adapter.save_pretrained(tmp)
@@ -82,7 +83,7 @@ def run(cfg: DictConfig) -> None:
     timing.note(train_s=round(wall, 1), samples_per_s=round(seen / wall, 2))
     write_json(Path(cfg.paths.metrics) / "finetune.json", {
         **stats, "pairs": int(samples.groupby(["c1", "c2"]).ngroups), "rag_samples": int(samples.retrieved.map(bool).sum()),
-        "train_window": [str(w.train_start), str(w.test_start)], "adapter_sha256": adapter_sha, **kernels.lineage(),
+        "train_window": [str(w.train_start), str(w.test_start)], "adapter_sha256": adapter_sha, **kernels.lineage(where),
         "base_model_sha256": model.identity(cfg.model), "template_sha256": prompts.TEMPLATE_HASH})
     print(f"finetune: {len(samples)} samples over {stats['steps']} steps in {wall:.0f}s "
           f"({seen / wall:.1f} samples/s), final loss {stats['final_loss']:.3f}")

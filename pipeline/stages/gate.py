@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pipeline import db, retrieval, timing
+from pipeline import db, kernels, retrieval, timing
 from pipeline.data import contract
 from pipeline.files import write_json, write_parquet
 from pipeline.llm import bulk, model, prompts
@@ -40,12 +40,13 @@ def held_out_recall(con, c_pred: pd.Series, pairs: pd.DataFrame, params: dict) -
 class Scorer:
     """Decode prompts for the evaluated pairs and score them: exact match and held-out recall."""
 
-    def __init__(self, con, llm, tokenizer, pairs: pd.DataFrame, names: dict[int, str], g: DictConfig, recall: dict):
+    def __init__(self, con, llm, tokenizer, pairs: pd.DataFrame, names: dict[int, str], g: DictConfig, recall: dict,
+                 batch_size: int):
         self.con, self.llm, self.tokenizer, self.pairs, self.names, self.recall = (
             con, llm, tokenizer, pairs, names, recall)
         self.trie = bulk.Trie.build(tokenizer, names)
         self.settings = bulk.Settings(constrained=False, max_new_tokens=int(g.max_new_tokens),
-                                      batch_size=int(g.batch_size))
+                                      batch_size=batch_size)
 
     def __call__(self, retrieved: list[list[int]]) -> tuple[list[str], list[str], pd.Series, dict]:
         """(prompts, generated texts, predicted cluster or NA, scores) with these retrieved lines."""
@@ -87,10 +88,11 @@ def run(cfg: DictConfig) -> None:
     con = db.connect(cfg)
     pairs = held_out_pairs(con, Path(cfg.paths.triples), w.test_start, w.month_start, int(g.max_pairs), int(g.seed))
     names = contract.descriptions(cfg.data.path)
-    llm, tokenizer = model.load(cfg.model, cfg.paths.adapter if g.use_adapter else None)
+    where = kernels.device(cfg.device)
+    llm, tokenizer = model.load(cfg.model, cfg.paths.adapter if g.use_adapter else None, where, cfg.infer.dtype)
     recall = {"triples": str(cfg.paths.triples), "sequences": str(cfg.paths.sequences), "test_start": w.test_start,
               "month_start": w.month_start, "horizon_days": int(g.horizon_days)}
-    score = Scorer(con, llm, tokenizer, pairs, names, g, recall)
+    score = Scorer(con, llm, tokenizer, pairs, names, g, recall, int(g.batch_size[where]))
     began = time.perf_counter()
     prompt_texts, outputs, c_pred, scores = score([[] for _ in range(len(pairs))])
     wall = time.perf_counter() - began

@@ -1,0 +1,44 @@
+"""The kernel pin and the device policy: what decides the bits besides code and inputs."""
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import kernels
+from pipeline.llm import model
+from tests.conftest import ROOT, compose
+
+
+def capability(mode: str) -> str:
+    code = f"from pipeline import kernels; kernels.pin({mode!r}); import torch; print(torch.backends.cpu.get_cpu_capability())"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the AVX2 pin is for x86-64 CPUs")
+def test_portable_pins_torch_to_avx2_kernels_before_it_is_imported():
+    assert capability("portable") == "AVX2"
+    assert kernels.device_class() == "cpu-avx2"  # this test process, pinned by conftest
+    with pytest.raises(RuntimeError, match="after torch was imported"):
+        kernels.pin("native")
+
+
+def test_auto_picks_the_cpu_when_cuda_is_absent(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert kernels.device("auto") == "cpu" and kernels.device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="device is 'cuda' but torch sees no CUDA GPU"):
+        kernels.device("cuda")
+    with pytest.raises(ValueError, match="device is 'gpu', expected one of"):
+        kernels.device("gpu")
+
+
+def test_inference_dtype_is_a_setting_and_is_checked():
+    cfg = compose(Path("/nonexistent"), "model=tiny_random", f"model.cache_dir={ROOT / 'models'}")
+    llm, _ = model.load(cfg.model, device="cpu", dtype="bfloat16")
+    assert llm.dtype == torch.bfloat16 and llm.device.type == "cpu"
+    with pytest.raises(ValueError, match="infer.dtype is 'half'"):
+        kernels.dtype("half")
