@@ -202,6 +202,15 @@ class Verdict:
     def predictions_agree(self) -> bool:
         return not any(self.pairs_differ.values())
 
+    def failure(self, rev: str, content: bool) -> str | None:
+        """Why the rebuild does not pass (None when it does): any byte difference fails, unless
+        `content` is asked for and every prediction agrees."""
+        if not self.bytes_differ or (content and self.predictions_agree):
+            return None
+        if self.predictions_agree:
+            return f"verify {rev}: the rebuild differs from the record; every prediction agrees: --content accepts that"
+        return f"verify {rev}: the rebuild differs from the record in its predictions"
+
     def lines(self, rev: str, tables: int) -> list[str]:
         out = [f"verify {rev}: recorded on {self.recorded_class}, rebuilt on {self.rebuilt_class}"]
         if not self.bytes_differ:
@@ -311,11 +320,9 @@ def main(argv: list[str]) -> None:
         else:
             found = verify(args.rev)
             print("\n".join(found.lines(args.rev, len(Version(args.rev).table_names()))))
-            if found.bytes_differ and not (args.content and found.predictions_agree):
-                raise AuditError(f"verify {args.rev}: the rebuild differs from the record"
-                                 + ("" if found.predictions_agree else " in its predictions")
-                                 + ("; every prediction agrees: --content accepts that" if found.predictions_agree
-                                    else ""))
+            failure = found.failure(args.rev, args.content)
+            if failure:
+                raise AuditError(failure)
     except (AuditError, lookup.LookupFailed) as exc:
         raise SystemExit(f"audit: {exc}") from None
 

@@ -37,7 +37,8 @@ def pin(mode: str) -> None:
     for key in PORTABLE:
         os.environ.pop(key, None)
     os.environ.update(wanted)
-    os.environ.update(CUBLAS)
+    for key, value in CUBLAS.items():
+        os.environ.setdefault(key, value)
     # Spin-waiting OpenMP threads make torch and BLAS far slower on a shared CPU.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -141,8 +141,8 @@ def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame,
               "## Cost and agility", "",
               "| | last fine-tune | one RAG refresh |", "| --- | ---: | ---: |",
               f"| how often | every {ft['every']} | every {rf['every']} |",
-              f"| work | {ft['samples']:,} samples seen ({ft['steps']} steps) | {rf['prompts']:,} prompts decoded of "
-              f"{rf['prompts_total']:,} (the rest from the answer cache) |",
+              f"| work | {ft['samples']:,} samples seen ({ft['steps']} steps) | {rf['prompts']:,} new prompts of "
+              f"{rf['prompts_total']:,} (the rest are earlier tables' prompts, answered from the cache) |",
               f"| tokens | {ft['tokens']:,} (forward and backward) | {rf['tokens_est']:,} prompt tokens (forward only) |",
               "", "## Findings", ""]
     lines += [f"- {f}" for f in findings(s, m["rag_departs_from_retrieved"], study, topk, int(cfg.refresh.every_days))]

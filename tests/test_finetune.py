@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import config, db
+from pipeline import config, db, timing
 from pipeline.llm import lora, model, prompts
 from pipeline.stages import finetune, gate
 from tests.conftest import compose
@@ -86,7 +86,7 @@ def test_adapter_is_bit_identical_and_a_killed_run_resumes(tmp_path):
         daily.to_parquet(cfg.paths.daily_counts)
         write_clusters(Path(cfg.data.path))
         finetune.run(cfg)
-        return cfg, json.loads((Path(cfg.paths.metrics) / "finetune.json").read_text())
+        return timing.take(), json.loads((Path(cfg.paths.metrics) / "finetune.json").read_text())
 
     _, first = fit(tmp_path / "a")
     _, second = fit(tmp_path / "b")
@@ -111,8 +111,8 @@ def test_adapter_is_bit_identical_and_a_killed_run_resumes(tmp_path):
         with pytest.raises(Killed):
             fit(tmp_path / "c")
     assert list((tmp_path / "c" / "work" / ".checkpoints").glob("finetune-*/last.ckpt"))
-    _, resumed = fit(tmp_path / "c")
-    assert resumed["resumed"] and resumed["steps"] == 6
+    run, resumed = fit(tmp_path / "c")
+    assert run["resumed"] and "resumed" not in resumed and resumed["steps"] == 6
     assert resumed["adapter_sha256"] == first["adapter_sha256"]  # resuming changes nothing
     assert not list((tmp_path / "c" / "work" / ".checkpoints").glob("finetune-*"))
 

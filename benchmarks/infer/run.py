@@ -1,6 +1,6 @@
 """Benchmark bulk inference: plain batched `generate` against bulk_infer's decoder, in one run.
 
-    python -m benchmarks.infer.run [--prompts 500] [--layout stage|random] [--no-stage]
+    python -m benchmarks.infer.run [--prompts 500] [--layout stage|random] [--no-stage] [--profile]
 
 Needs the default pipeline's upstream outputs (`dvc repro retrieve gate` or a full `dvc repro`):
 the fine-tuned adapter, the retrieved successors and the cluster descriptions of params.yaml.
@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=500)
     ap.add_argument("--layout", choices=("stage", "random"), default="stage")
     ap.add_argument("--no-stage", action="store_true", help="skip the stage's full-table and refresh timings")
+    ap.add_argument("--profile", action="store_true",
+                    help="only profile bulk free decoding of the prompts (torch.profiler, top ops by self CPU time)")
     args = ap.parse_args()
 
     from pipeline import config, kernels
@@ -96,6 +98,13 @@ def main() -> None:
     print(f"{n} prompts ({args.layout} layout, {len(work)} in the stage's work list), model {cfg.model.name}, "
           f"{torch.get_num_threads()} threads, max_new_tokens {inf.max_new_tokens}, bulk batch {batch} on {where}")
 
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            bulk.answers(llm, tokenizer, texts, trie, bulk.Settings(False, int(inf.max_new_tokens), batch))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        return
     plain, t_plain = timed("plain generate, batch 16", lambda: plain_generate(llm, tokenizer, texts,
                                                                             int(inf.max_new_tokens)))
     free, t_free = timed("bulk free", lambda: bulk.answers(

@@ -80,7 +80,8 @@ def run(cfg: DictConfig) -> None:
     write_parquet(samples, cfg.paths.samples)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     seen = stats["steps"] * int(ft.batch_size)
-    timing.note(train_s=round(wall, 1), samples_per_s=round(seen / wall, 2))
+    # Whether a checkpoint was picked up depends on what an earlier run left: a run record, not a metric.
+    timing.note(train_s=round(wall, 1), samples_per_s=round(seen / wall, 2), resumed=stats.pop("resumed"))
     write_json(Path(cfg.paths.metrics) / "finetune.json", {
         **stats, "pairs": int(samples.groupby(["c1", "c2"]).ngroups), "rag_samples": int(samples.retrieved.map(bool).sum()),
         "train_window": [str(w.train_start), str(w.test_start)], "adapter_sha256": adapter_sha, **kernels.lineage(where),
