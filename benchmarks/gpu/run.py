@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # python benchmarks/gpu/run.py
     sys.path.insert(0, str(ROOT))
 
-from pipeline import kernels  # noqa: E402  (pins kernels before torch is imported)
+from benchmarks.infer.run import plain_generate  # noqa: E402
+from pipeline import kernels  # noqa: E402
 
 # SmolLM2-135M-Instruct's architecture (its config.json).
 SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -78,22 +79,6 @@ def build_model(device: str, dtype: str, tokenizer, layers: int, seed: int = 0):
                          **{**SMOLLM2_135M, "num_hidden_layers": layers})
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).to(device=device, dtype=kernels.dtype(dtype)).eval()
-
-
-def plain_generate(llm, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """The baseline: HF generate on batches, greedy, left padding."""
-    import torch
-
-    tokenizer.padding_side = "left"
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(llm.device)
-            generated = llm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            out += tokenizer.batch_decode(generated[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
-    return out
 
 
 def in_budget(work: list, chunk: int, budget_s: float, run, sync) -> tuple[list, float]:
@@ -169,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             llm, tokenizer, c, args.max_new_tokens, batch), sync)
         same, t_same = in_budget(sample[:len(plain)], shard, budget, bulk_run(False), sync)
         agree = sum(a == b for a, b in zip(plain, same)) / max(len(same), 1)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if cuda else "n/a"
         for label, (done, wall) in measured.items():
             rate = done / wall
             table_s = len(texts) / rate
@@ -184,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         if rate is None:
             print(f"{n:>8}  {label}")
         else:
-            print(f"{n:>8}  {label:<28}{rate:>11.1f}{table_s:>12.1f}{est:<4}{peak:>10.2f}")
+            print(f"{n:>8}  {label:<28}{rate:>11.1f}{table_s:>12.1f}{est:<4}{peak:>10}")
     targets = {300: 60.0, 1000: 600.0}
     for n, label, rate, table_s, est, _ in rows:
         if label == "bulk free" and n in targets:

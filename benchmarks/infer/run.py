@@ -35,7 +35,7 @@ TARGET_RATIO, TARGET_AGREEMENT = 4.0, 0.99
 
 
 def plain_generate(llm, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
-    """The baseline: HF generate on batches of 16 in the given order, greedy, left padding."""
+    """The baseline: HF generate on batches (16 unless told) in the given order, greedy, left padding."""
     import torch
 
     tokenizer.padding_side = "left"
