@@ -90,12 +90,13 @@ def run(cfg: DictConfig) -> None:
     exclude = {p: (int(a), int(b)) for p, a, b in zip(unique.prompt, unique.c1, unique.c2)}
     began = time.perf_counter()
     answers.update(cache.fill(missing, lambda shard, advance: bulk.answers(
-        llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard], advance=advance), int(inf.shard_size[where])))
+        llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard], advance=advance),
+        int(inf.shard_size[where])))
     decode_s = time.perf_counter() - began
 
     code, declared = manifest.stage_deps("bulk_infer")
-    fields = {**lineage, **kernels.lineage(where), "dtype": str(inf.dtype), "period": str(cfg.period.month), "decoding": str(inf.decoding),
-              "data_hash": tree_sha256(cfg.data.path), "params": manifest.params(cfg, declared),
+    fields = {**lineage, **kernels.lineage(where), "dtype": str(inf.dtype), "period": str(cfg.period.month),
+              "decoding": str(inf.decoding), "data_hash": tree_sha256(cfg.data.path), "params": manifest.params(cfg, declared),
               "code_revision": manifest.code_revision(code), "code_hash": manifest.code_hash(code),
               "packages": manifest.packages(), "gate": gate}
     fields["params_hash"] = manifest.sha256_json(fields["params"])
