@@ -1,8 +1,13 @@
 """The determinism record: content hashes of a tiny build (tiny random model, small world), committed
 in tests/golden.json and compared by tests/test_golden.py on every CI run, on whatever CPU it gets.
 
-Regenerating the record is deliberate: only after a change that is meant to change the bits (new
-training or decoding code, new pinned versions), never to make a failing machine pass:
+Records are kept per CPU vendor and device class ("GenuineIntel/cpu-avx2"): the portable kernels
+give the same bits on every Intel CPU, but Intel MKL takes a code path of its own on AMD CPUs
+(README: "The reproduction guarantee"), so AMD machines need a record of their own. A machine of
+a kind with a record must reproduce it exactly; a kind without one fails until one is added.
+
+Writing a record is deliberate: for a new kind of machine, or after a change that is meant to change
+the bits (new training or decoding code, new pinned versions), never to make a failing machine pass:
 
     .venv/bin/python -m tests.golden --write    # then commit tests/golden.json, saying why
 """
@@ -10,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -19,36 +23,40 @@ from tests.conftest import build, make_world  # pins the portable kernels before
 RECORD = Path(__file__).with_name("golden.json")
 
 
+def cpu(field: str) -> str:
+    found = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith(field)] if Path("/proc/cpuinfo").exists() else []
+    return found[0] if found else "unknown"
+
+
+def kind() -> str:
+    from pipeline import kernels
+
+    return f"{cpu('vendor_id')}/{kernels.device_class()}"
+
+
 def measure(root: Path) -> dict:
     """Build the tiny world in root (finetune .. bulk_infer) and hash what it made."""
-    from pipeline import kernels, manifest
+    from pipeline import manifest
     from pipeline.files import sha256
 
     cfg = build(make_world(root / "world"), root / "tables")
     tables = sorted(Path(cfg.paths.tables).glob("*.parquet"))
     return {"adapter_sha256": sha256(Path(cfg.paths.adapter) / "adapter_model.safetensors"),
-            "tables": {t.name: manifest.content_sha256(t) for t in tables},
-            "device_class": kernels.device_class()}
+            "tables": {t.name: manifest.content_sha256(t) for t in tables}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m tests.golden", description=__doc__.splitlines()[0])
-    ap.add_argument("--write", action="store_true", help="overwrite tests/golden.json with this machine's hashes")
+    ap.add_argument("--write", action="store_true", help="store this machine's hashes as its kind's record")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        found = measure(Path(tmp))
-    found["recorded_on"] = f"{platform.processor() or platform.machine()}, {_cpu_model()}"
-    print(json.dumps(found, indent=2))
+        found = {**measure(Path(tmp)), "recorded_on": cpu("model name")}
+    print(kind(), json.dumps(found, indent=2))
     if args.write:
-        RECORD.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
-        print(f"wrote {RECORD}")
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+        records = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+        RECORD.write_text(json.dumps({**records, kind(): found}, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {kind()} into {RECORD}")
 
 
 if __name__ == "__main__":
