@@ -42,3 +42,15 @@ def test_inference_dtype_is_a_setting_and_is_checked():
     assert llm.dtype == torch.bfloat16 and llm.device.type == "cpu"
     with pytest.raises(ValueError, match="infer.dtype is 'half'"):
         kernels.dtype("half")
+
+
+def test_a_bad_setting_stops_a_stage_with_one_line(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from pipeline import __main__ as entry, config
+
+    monkeypatch.delenv("PIPELINE_DEBUG", raising=False)
+    monkeypatch.setattr(config, "load", lambda: OmegaConf.create({"kernels": "fast"}))
+    with pytest.raises(SystemExit) as stopped:
+        entry.main(["extract"])
+    assert str(stopped.value) == "extract: params.yaml: kernels is 'fast', expected one of ('portable', 'native')"
