@@ -1,33 +1,39 @@
-"""python -m pipeline <stage>: run one DVC stage with params.yaml."""
+"""python -m pipeline STAGE: run one DVC stage with params.yaml (dvc repro runs them in order).
+
+Stages, in pipeline order:
+  extract      events -> deduped sequences and (c1, c2, c_next) triples
+  count        daily pair counts and the month-over-month drift metric
+  finetune     LoRA fine-tune of the base model on (c1, c2) -> c_next
+  gate         the fine-tune's accuracy check before any table is built
+  retrieve     each pair's recent successors and the popular clusters, per refresh date
+  bulk_infer   the transition tables: one answer per cluster pair, base and per refresh date
+  evaluate     hit rates of the strategies on held-out users, reports/evaluate.md
+"""
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import time
+
+from pipeline import cli
 
 STAGES = ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer", "evaluate")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 1 or argv[0] not in STAGES:
-        raise SystemExit(f"usage: python -m pipeline {{{'|'.join(STAGES)}}}")
+    ap = cli.parser("python -m pipeline", __doc__)
+    ap.add_argument("stage", choices=STAGES, metavar="STAGE", help="one of: " + ", ".join(STAGES))
+    stage = ap.parse_args(argv).stage
     from pipeline import config, kernels, timing
 
     began = time.perf_counter()
-    try:
+    with cli.user_errors(stage):
         cfg = config.load()
         kernels.pin(cfg.kernels)  # before the stage imports torch
-        importlib.import_module(f"pipeline.stages.{argv[0]}").run(cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        # The stages raise these for a user's mistake (bad data, settings, missing input), each
-        # message naming file, key and value: one line, unless PIPELINE_DEBUG asks for the traceback.
-        if os.environ.get("PIPELINE_DEBUG"):
-            raise
-        raise SystemExit(f"{argv[0]}: {exc}") from None
+        importlib.import_module(f"pipeline.stages.{stage}").run(cfg)
     wall = time.perf_counter() - began
-    timing.write(cfg.paths.metrics, argv[0], wall)
-    print(f"{argv[0]}: done in {wall:.1f}s", file=sys.stderr)
+    timing.write(cfg.paths.metrics, stage, wall)
+    print(f"{stage}: done in {wall:.1f}s", file=sys.stderr)
 
 
 if __name__ == "__main__":

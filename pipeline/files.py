@@ -48,6 +48,18 @@ def write_parquet(frame, path: Path | str) -> None:
         frame.to_parquet(tmp, index=False, row_group_size=ROW_GROUP_SIZE)
 
 
+def write_annotated(frame, path: Path | str, metadata: dict[bytes, bytes]) -> None:
+    """A pandas frame as Parquet carrying key-value metadata, atomically, in fixed row groups: the
+    metadata lands in the same file as the rows it describes, so neither exists without the other."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
+
+
 def sha256(path: Path | str) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()

@@ -7,11 +7,10 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.files import ROW_GROUP_SIZE, atomic_path
+from pipeline.files import write_annotated
 
 PACKAGES = ("torch", "transformers", "peft", "lightning", "duckdb", "pyarrow", "pandas", "numpy", "dvc")
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,10 +74,7 @@ def encode(fields: dict) -> dict[bytes, bytes]:
 
 
 def write_table(frame, path: Path | str, fields: dict) -> None:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **encode(fields)})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
+    write_annotated(frame, path, encode(fields))
 
 
 def content_sha256(source) -> str:

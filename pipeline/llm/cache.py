@@ -5,6 +5,12 @@ the description set, decoding settings, the decoder's code) names the namespace 
 prompt's sha256 is the key inside it. Entries are only ever added, as whole Parquet parts written
 atomically, so a killed run keeps every finished part and a hit is the answer a fresh run gives.
 It lives outside DVC's outputs, which DVC deletes before rerunning a stage.
+
+Each part carries in its Parquet metadata a sha256 over its rows and its namespace directory's
+name, checked on every load: a part whose answers were edited, or one copied in from another
+namespace, stops the stage with a one-line error naming it. Nothing is recomputed behind the
+user's back: `python -m pipeline.llm cache --drop-corrupt` deletes the parts that fail, and the
+next run decodes their prompts again.
 """
 from __future__ import annotations
 
@@ -14,10 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from pipeline.files import atomic_path, write_parquet
+from pipeline.files import atomic_path, write_annotated
+
+CHECKSUM = b"answer_cache_sha256"
+DROP = "python -m pipeline.llm cache --drop-corrupt"
 
 
 def namespace(m, adapter: Path | str | None, names: dict[int, str], llm, **decoding) -> dict:
@@ -49,24 +59,21 @@ class AnswerCache:
                 tmp.write_text(blob + "\n", encoding="utf-8")
 
     def load(self) -> dict[str, str]:
-        """prompt -> answer for every stored entry."""
+        """prompt -> answer for every stored entry; a part that fails its checksum stops the run."""
         found: dict[str, str] = {}
         for part in sorted(self.dir.glob("part-*.parquet")):
-            try:
-                frame = pd.read_parquet(part, columns=["key", "prompt", "answer"])
-            except Exception as exc:  # a damaged part must not pass silently as a miss
-                raise ValueError(f"{part}: unreadable answer-cache part ({exc}); delete it to recompute") from exc
-            bad = frame.key != frame.prompt.map(key)
-            if bad.any():
-                raise ValueError(f"{part}: row {int(bad.idxmax())} has a key that is not its prompt's sha256; "
-                                 "delete the part to recompute")
+            frame, problem = read_part(part)
+            if problem:
+                raise ValueError(f"{part}: answer-cache part {problem}; `{DROP}` deletes it and the next run "
+                                 "recomputes its answers")
             found.update(zip(frame.prompt, frame.answer))
         return found
 
     def add(self, prompts: list[str], answers: list[str]) -> None:
         frame = pd.DataFrame({"key": [key(p) for p in prompts], "prompt": prompts, "answer": answers})
         name = hashlib.sha256("".join(frame.key).encode()).hexdigest()[:24]
-        write_parquet(frame, self.dir / f"part-{name}.parquet")
+        write_annotated(frame, self.dir / f"part-{name}.parquet",
+                        {CHECKSUM: checksum(self.dir.name, frame).encode()})
 
     def fill(self, missing: list[str], decode: Callable[[list[str], Callable[[int], None]], list[str]],
              shard_size: int, label: str = "decoding") -> dict[str, str]:
@@ -83,6 +90,38 @@ class AnswerCache:
                 self.add(shard, outputs)
                 done.update(zip(shard, outputs))
         return done
+
+
+def checksum(namespace_dir: str, frame: pd.DataFrame) -> str:
+    """sha256 over the namespace directory's name and every row: the same rows stored under another
+    namespace (other weights, template or decoding) do not pass."""
+    rows = [frame.key.tolist(), frame.prompt.tolist(), frame.answer.tolist()]
+    return hashlib.sha256(json.dumps([namespace_dir, rows]).encode()).hexdigest()
+
+
+def read_part(part: Path) -> tuple[pd.DataFrame | None, str | None]:
+    """(rows, None) for a part whose checksum holds, else (None, what is wrong with it)."""
+    try:
+        table = pq.read_table(part, columns=["key", "prompt", "answer"])
+    except Exception as exc:  # pyarrow raises several types for a truncated or foreign file
+        return None, f"is unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    stored = (table.schema.metadata or {}).get(CHECKSUM)
+    frame = table.to_pandas()
+    if stored is None:
+        return None, "carries no checksum (written before checksums, or not by the pipeline)"
+    if stored.decode() != checksum(part.parent.name, frame):
+        return None, "fails its checksum (its content changed, or it was copied from another namespace)"
+    return frame, None
+
+
+def corrupt_parts(root: Path | str) -> list[tuple[Path, str]]:
+    """Every part under the cache root that fails its check, with the reason."""
+    found = []
+    for part in sorted(Path(root).glob("*/part-*.parquet")):
+        problem = read_part(part)[1]
+        if problem:
+            found.append((part, problem))
+    return found
 
 
 class _Rate(ProgressColumn):

@@ -1,0 +1,45 @@
+"""What every entry point (python -m pipeline, pipeline.data, pipeline.llm, pipeline.config,
+pipeline.lookup, pipeline.audit, pipeline.sweep) shares: argparse, and how a user's mistake ends.
+
+A user's mistake (bad data, a bad setting or override, a missing input, an unknown revision) is
+raised as ValueError or FileNotFoundError (ContractError, LookupFailed and AuditError are
+ValueErrors), or by Hydra for an override it cannot compose; each message already names the file,
+key and value. It ends as one line on stderr and exit status 1 (argparse's usage errors exit 2).
+Anything else is our bug and keeps its traceback; PIPELINE_DEBUG=1 shows the traceback of a
+user's mistake too.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+DEBUG = "PIPELINE_DEBUG"
+
+
+def parser(prog: str, doc: str, **kwargs) -> argparse.ArgumentParser:
+    """An argument parser whose --help shows the module's docstring: its first line as the
+    description, the rest (usage examples) as the epilog, kept as written."""
+    first, _, rest = doc.strip().partition("\n")
+    return argparse.ArgumentParser(prog=prog, description=first, epilog=rest.strip() or None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+
+    return ValueError, FileNotFoundError, HydraException
+
+
+@contextmanager
+def user_errors(prog: str) -> Iterator[None]:
+    """Turn a user's mistake raised inside the block into `prog: message` and exit status 1."""
+    try:
+        yield
+    except Exception as exc:
+        if os.environ.get(DEBUG) or not isinstance(exc, _user_errors()):
+            raise
+        # Hydra and DVC messages can span lines; the user gets one.
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise SystemExit(f"{prog}: {message or type(exc).__name__}") from None
