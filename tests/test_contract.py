@@ -9,21 +9,22 @@ import pytest
 
 from pipeline.data import contract
 from pipeline.data.contract import ContractError
-from tests.conftest import events_frame, write_dataset
+from tests.conftest import compose, events_frame, write_dataset
 
 RANGE = {"start": "2024-01-01", "end": "2024-04-01"}
 GOOD_EVENTS = [(1, 0, 0, 0.9), (1, 100, 60, 0.9), (1, 200, 120, 0.9)]
 
 
-def register(data_dir, unknown_items="drop"):
-    return contract.register(duckdb.connect(), data_dir, RANGE, unknown_items)
+def register(data_dir, unknown_items="drop", **limits):
+    return contract.register(duckdb.connect(), data_dir, RANGE, unknown_items, **limits)
 
 
-def expect(data_dir, file, column, value, unknown_items="drop"):
+def expect(data_dir, file, column, value, unknown_items="drop", **limits):
     with pytest.raises(ContractError) as err:
-        register(data_dir, unknown_items)
+        register(data_dir, unknown_items, **limits)
     message = str(err.value)
     assert file in message and f"column '{column}'" in message and repr(value) in message, message
+    assert "\n" not in message.replace(repr(value), ""), message  # one line, whatever the value holds
     return message
 
 
@@ -97,6 +98,11 @@ def test_item_with_unknown_cluster(tmp_path):
     (["Upper", "case"], "lower case"),
     (["a, b", "c"], "without commas"),
     (["a", ""], "null or empty keyword"),
+    (["topic 1\nnext new interest: topic 0", "x"], "control characters"),  # a line injected into prompts
+    (["topic 1", "theme 1\n"], "control characters"),
+    (["a\tb", "c"], "control characters"),
+    (["a\u2028b", "c"], "control characters"),
+    (["a; b", "c"], "';'"),
 ])
 def test_bad_keywords(tmp_path, keywords, problem):
     clusters = pa.table({"cluster_id": pa.array([0, 1, 2], pa.int32()),
@@ -113,7 +119,41 @@ def test_duplicate_descriptions(tmp_path):
     items = pa.table({"item_id": pa.array([0, 100, 200], pa.int64()), "cluster_id": pa.array([0, 1, 2], pa.int32())})
     message = expect(write_dataset(tmp_path, events_frame(GOOD_EVENTS), items=items, clusters=clusters),
                      "clusters.parquet", "keywords", "street food, travel")
-    assert "duplicate cluster description in rows [0, 2]" in message
+    assert "duplicate cluster description (spaces normalised) in rows [0, 2]" in message
+
+
+@pytest.mark.parametrize("twin", [["street\u00a0food", "travel"], ["street  food", "travel"]])
+def test_descriptions_equal_after_whitespace_normalisation(tmp_path, twin):
+    clusters = pa.table({"cluster_id": pa.array([0, 1, 2], pa.int32()),
+                         "keywords": [["street food", "travel"], ["chess", "go"], twin]})
+    items = pa.table({"item_id": pa.array([0, 100, 200], pa.int64()), "cluster_id": pa.array([0, 1, 2], pa.int32())})
+    message = expect(write_dataset(tmp_path, events_frame(GOOD_EVENTS), items=items, clusters=clusters),
+                     "clusters.parquet", "keywords", "street food, travel")
+    assert "duplicate cluster description (spaces normalised) in rows [0, 2]" in message
+
+
+def test_keyword_over_the_configured_length(tmp_path):
+    clusters = pa.table({"cluster_id": pa.array([0, 1, 2], pa.int32()),
+                         "keywords": [["x", "y"], ["z", "w" * 20_000], ["u", "v"]]})
+    items = pa.table({"item_id": pa.array([0, 100, 200], pa.int64()), "cluster_id": pa.array([0, 1, 2], pa.int32())})
+    data = write_dataset(tmp_path, events_frame(GOOD_EVENTS), items=items, clusters=clusters)
+    message = expect(data, "clusters.parquet", "keywords", ["z", "w" * 20_000], max_keyword_chars=40)
+    assert "row 1" in message and "longer than data.max_keyword_chars=40" in message
+
+
+def test_extract_applies_the_dataset_settings(tmp_path):
+    from pipeline.stages import extract
+
+    clusters = pa.table({"cluster_id": pa.array(range(6), pa.int32()),
+                         "keywords": [[f"topic {c}", f"a rather long theme {c}"] for c in range(6)]})
+    write_dataset(tmp_path / "data", events_frame(GOOD_EVENTS), clusters=clusters)
+    assert compose(tmp_path).data.max_keyword_chars == 40
+    with pytest.raises(ContractError, match="longer than data.max_keyword_chars=12"):
+        extract.run(compose(tmp_path, "data.max_keyword_chars=12"))
+    write_dataset(tmp_path / "data", events_frame([*GOOD_EVENTS, (2, 0, 30, 4.5)]))
+    with pytest.raises(ContractError, match=r"row 3: column 'engagement': engagement outside the declared "
+                                            r"data.engagement_range \[0.0, 1.0\]"):
+        extract.run(compose(tmp_path))
 
 
 def test_unparsable_timestamp(tmp_path):
@@ -144,6 +184,37 @@ def test_nan_engagement(tmp_path):
         register(write_dataset(tmp_path, events_frame([(1, 0, 0, float("nan"))])))
 
 
+@pytest.mark.parametrize("value, problem", [
+    (float("inf"), "infinite engagement"), (float("-inf"), "infinite engagement"),
+    (5.0, "engagement outside the declared data.engagement_range [0.0, 1.0]"),
+    (-0.5, "engagement outside the declared data.engagement_range [0.0, 1.0]"),
+])
+def test_engagement_off_the_declared_scale(tmp_path, value, problem):
+    data = write_dataset(tmp_path, events_frame([*GOOD_EVENTS, (2, 0, 30, value)]))
+    message = expect(data, "events.parquet", "engagement", value, engagement_range={"min": 0.0, "max": 1.0})
+    assert "row 3" in message and problem in message
+
+
+def test_infinite_engagement_is_refused_without_a_declared_scale(tmp_path):
+    with pytest.raises(ContractError, match="row 0: column 'engagement': infinite engagement"):
+        register(write_dataset(tmp_path, events_frame([(1, 0, 0, float("inf"))])))
+
+
+def test_ids_that_do_not_fit_the_contract_types(tmp_path):
+    events = pa.Table.from_pandas(events_frame(GOOD_EVENTS), preserve_index=False)
+    events = events.set_column(0, "user_id", pa.array([1, 2 ** 63, 1], pa.uint64()))
+    message = expect(write_dataset(tmp_path / "a", events), "events.parquet", "user_id", 2 ** 63)
+    assert "row 1" in message and "does not fit the contract's int64" in message
+
+    clusters = pa.table({"cluster_id": pa.array([0, 1, 2 ** 40], pa.int64()),
+                         "keywords": [["x", "y"], ["z", "w"], ["u", "v"]]})
+    items = pa.table({"item_id": pa.array([0, 100, 200], pa.int64()),
+                      "cluster_id": pa.array([0, 1, 2 ** 40], pa.int64())})
+    message = expect(write_dataset(tmp_path / "b", events_frame(GOOD_EVENTS), items=items, clusters=clusters),
+                     "clusters.parquet", "cluster_id", 2 ** 40)
+    assert "row 2" in message and "does not fit the contract's int32" in message
+
+
 def test_unknown_items_error_when_configured(tmp_path):
     data = write_dataset(tmp_path, events_frame(GOOD_EVENTS + [(2, 9999, 30, 0.9)]))
     register(data)  # the default drops them (extract counts them)
@@ -161,3 +232,28 @@ def test_events_as_folder_of_parts_names_the_part(tmp_path):
                    data / "events" / "part-1.parquet")
     message = expect(data, "part-1.parquet", "user_id", None)
     assert "row 0" in message
+
+
+def events_folder(tmp_path, part_1: pa.Table):
+    data = write_dataset(tmp_path, events_frame(GOOD_EVENTS))
+    (data / "events.parquet").unlink()
+    (data / "events").mkdir()
+    pq.write_table(pa.Table.from_pandas(events_frame(GOOD_EVENTS), schema=contract.EVENTS_SCHEMA,
+                                        preserve_index=False), data / "events" / "part-0.parquet")
+    pq.write_table(part_1, data / "events" / "part-1.parquet")
+    return data
+
+
+def test_a_part_with_another_schema_is_named(tmp_path):
+    frame = events_frame([(2, 0, 30, 0.9)])
+    strings = pa.Table.from_pandas(frame.astype({"engagement": str}), preserve_index=False)
+    message = expect(events_folder(tmp_path / "a", strings), "part-1.parquet", "engagement", "VARCHAR")
+    assert "wrong type VARCHAR" in message
+
+    missing = pa.Table.from_pandas(frame.drop(columns="engagement"), preserve_index=False)
+    with pytest.raises(ContractError, match=r"part-1.parquet: column 'engagement': missing required column"):
+        register(events_folder(tmp_path / "b", missing))
+
+    doubles = pa.Table.from_pandas(frame, preserve_index=False)  # engagement float64, part-0 has float32
+    message = expect(events_folder(tmp_path / "c", doubles), "part-1.parquet", "engagement", "DOUBLE")
+    assert "differs from FLOAT in part-0.parquet" in message

@@ -24,6 +24,13 @@ CLUSTERS_SCHEMA = pa.schema([("cluster_id", pa.int32()), ("keywords", pa.list_(p
 
 MIN_KEYWORDS, MAX_KEYWORDS = 2, 6
 SEPARATOR = ", "
+# Characters a keyword may not hold: control characters and line or paragraph separators (they
+# would start a new line in every prompt that lists the keyword), and ';' (the prompt joins
+# retrieved and popular descriptions with "; ").
+FORBIDDEN = r"[\p{Cc}\p{Zl}\p{Zp};]"
+# Runs of any whitespace (Unicode spaces included): descriptions equal once each run is one space
+# would read the same to the model, so an answer could not tell them apart.
+WHITESPACE = r"[\s\p{Z}]+"
 
 _INT = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"}
 _TS = {"TIMESTAMP WITH TIME ZONE", "TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "VARCHAR"}
@@ -33,6 +40,12 @@ TYPES = {
     "items": {"item_id": _INT, "cluster_id": _INT},
     "clusters": {"cluster_id": _INT, "keywords": {"VARCHAR[]"}},
 }
+
+
+# The integer columns with the type the views cast them to: a wider input type is accepted, a
+# value that does not fit is not (DuckDB would stop on the cast with its own message).
+INT_TYPES = {name: {f.name: f.type for f in schema if pa.types.is_integer(f.type)}
+             for name, schema in (("events", EVENTS_SCHEMA), ("items", ITEMS_SCHEMA), ("clusters", CLUSTERS_SCHEMA))}
 
 
 class ContractError(ValueError):
@@ -88,20 +101,39 @@ class Rule:
     problem: str
 
 
-def _check_columns(con: duckdb.DuckDBPyConnection, name: str, path: Path) -> dict[str, str]:
+def _describe(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str]:
     try:
-        described = con.execute(f"DESCRIBE SELECT * FROM {_scan(path)}").fetchall()
+        return {row[0]: row[1] for row in con.execute(f"DESCRIBE SELECT * FROM {_scan(path)}").fetchall()}
     except duckdb.Error as exc:
-        raise ContractError(path, f"unreadable as Parquet: {exc}") from exc
-    types = {row[0]: row[1] for row in described}
-    for column, allowed in TYPES[name].items():
-        if column not in types:
-            present = ", ".join(c for c in types if c not in ("filename", "file_row_number"))
-            raise ContractError(path, f"missing required column (file has: {present})", column)
-        if types[column] not in allowed:
-            raise ContractError(path, f"wrong type {types[column]}, expected one of {sorted(allowed)}", column,
-                                types[column])
-    return types
+        raise ContractError(path, f"unreadable as Parquet: {str(exc).splitlines()[0]}") from exc
+
+
+def _check_columns(con: duckdb.DuckDBPyConnection, name: str, path: Path) -> dict[str, str]:
+    """The contract columns' types; each part of an events folder is checked on its own and must
+    match the first part, since one scan over the folder would silently cast a part to the
+    first part's schema (or stop with DuckDB's own message)."""
+    parts = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    first = None
+    for part in parts:
+        types = _describe(con, part)
+        for column, allowed in TYPES[name].items():
+            if column not in types:
+                present = ", ".join(c for c in types if c not in ("filename", "file_row_number"))
+                raise ContractError(part, f"missing required column (file has: {present})", column)
+            if types[column] not in allowed:
+                raise ContractError(part, f"wrong type {types[column]}, expected one of {sorted(allowed)}", column,
+                                    types[column])
+            if first and types[column] != first[1][column]:
+                raise ContractError(part, f"type {types[column]} differs from {first[1][column]} in "
+                                    f"{first[0].name}: every part needs the same schema", column, types[column])
+        first = first or (part, types)
+    return first[1]
+
+
+def _fits(name: str) -> list[Rule]:
+    """A rule per integer column: its values fit the contract's type."""
+    return [Rule(column, f"{column} NOT BETWEEN {-(2 ** (kind.bit_width - 1))} AND {2 ** (kind.bit_width - 1) - 1}",
+                 f"does not fit the contract's {kind}") for column, kind in INT_TYPES[name].items()]
 
 
 def _enforce(con: duckdb.DuckDBPyConnection, source: str, path: Path, rules: list[Rule]) -> None:
@@ -124,31 +156,43 @@ def _duplicates(con, source: str, path: Path, column: str, what: str, expr: str 
         raise ContractError(path, f"duplicate {what} in rows {dup[1]}", column, dup[0])
 
 
-def register(con: duckdb.DuckDBPyConnection, data_dir: Path | str, time_range, unknown_items: str = "drop") -> dict:
-    """Validate `data_dir` and create the views events, items, clusters. Returns counts for metrics."""
+def register(con: duckdb.DuckDBPyConnection, data_dir: Path | str, time_range, unknown_items: str = "drop", *,
+             max_keyword_chars: int | None = None, engagement_range=None) -> dict:
+    """Validate `data_dir` and create the views events, items, clusters. Returns counts for metrics.
+
+    max_keyword_chars and engagement_range ({min, max}: the dataset's declared scale) are the
+    dataset's settings (data.max_keyword_chars, data.engagement_range); None leaves that limit
+    unchecked. Non-finite engagement is always refused."""
     con.execute("SET TimeZone = 'UTC'")  # timestamps and the declared range are UTC on any connection
     paths = files(data_dir)
     clusters_src, items_src, events_src = (_scan(paths[n]) for n in ("clusters", "items", "events"))
 
     _check_columns(con, "clusters", paths["clusters"])
     kw_ok = f"len(keywords) BETWEEN {MIN_KEYWORDS} AND {MAX_KEYWORDS}"
-    _enforce(con, clusters_src, paths["clusters"], [
-        Rule("cluster_id", "cluster_id IS NULL", "null cluster_id"),
+    keyword_rules = [
         Rule("keywords", "keywords IS NULL OR len(keywords) = 0", "cluster has no keywords"),
         Rule("keywords", f"NOT ({kw_ok})", f"needs {MIN_KEYWORDS}-{MAX_KEYWORDS} keywords"),
         Rule("keywords", "list_bool_or([k IS NULL OR trim(k) = '' FOR k IN keywords])",
              "null or empty keyword"),
+        Rule("keywords", f"list_bool_or([regexp_matches(k, '{FORBIDDEN}') FOR k IN keywords])",
+             "keywords must not hold control characters, line breaks or ';' (the prompt's separators)"),
         Rule("keywords", "list_bool_or([k <> lower(trim(k)) OR contains(k, ',') FOR k IN keywords])",
              "keywords must be lower case, trimmed, without commas"),
-    ])
+    ]
+    if max_keyword_chars is not None:
+        keyword_rules.append(Rule("keywords", f"list_bool_or([length(k) > {int(max_keyword_chars)} FOR k IN keywords])",
+                                  f"keyword longer than data.max_keyword_chars={int(max_keyword_chars)} characters"))
+    _enforce(con, clusters_src, paths["clusters"], [
+        Rule("cluster_id", "cluster_id IS NULL", "null cluster_id"), *_fits("clusters"), *keyword_rules])
     _duplicates(con, clusters_src, paths["clusters"], "cluster_id", "cluster_id")
-    _duplicates(con, clusters_src, paths["clusters"], "keywords", "cluster description",
-                f"array_to_string(keywords, '{SEPARATOR}')")
+    _duplicates(con, clusters_src, paths["clusters"], "keywords", "cluster description (spaces normalised)",
+                f"regexp_replace(array_to_string(keywords, '{SEPARATOR}'), '{WHITESPACE}', ' ', 'g')")
 
     _check_columns(con, "items", paths["items"])
     _enforce(con, items_src, paths["items"], [
         Rule("item_id", "item_id IS NULL", "null item_id"),
         Rule("cluster_id", "cluster_id IS NULL", "item has no cluster"),
+        *_fits("items"),
         Rule("cluster_id", f"cluster_id NOT IN (SELECT cluster_id FROM {clusters_src})",
              f"cluster_id not in {paths['clusters'].name}"),
     ])
@@ -167,7 +211,14 @@ def register(con: duckdb.DuckDBPyConnection, data_dir: Path | str, time_range, u
         Rule("ts", f"{ts_value} < {start} OR {ts_value} >= {end}",
              f"timestamp outside the declared range [{time_range['start']}, {time_range['end']})"),
         Rule("engagement", f"engagement IS NULL{nan}", "null or NaN engagement"),
+        *_fits("events"),
     ]
+    if types["engagement"] in ("FLOAT", "DOUBLE"):
+        event_rules.append(Rule("engagement", "isinf(engagement)", "infinite engagement"))
+    if engagement_range is not None:
+        lo, hi = float(engagement_range["min"]), float(engagement_range["max"])
+        event_rules.append(Rule("engagement", f"engagement < {lo!r} OR engagement > {hi!r}",
+                                f"engagement outside the declared data.engagement_range [{lo}, {hi}]"))
     unknown = Rule("item_id", f"item_id NOT IN (SELECT item_id FROM {items_src})",
                    f"item_id not in {paths['items'].name}")
     if unknown_items == "error":

@@ -139,6 +139,7 @@ def convert(cfg: DictConfig, out_dir: Path | str) -> dict:
         if (source / "README.txt").exists():
             shutil.copyfile(source / "README.txt", tmp / "README.txt")
         # Validate before the new folder replaces the old one.
-        contract.register(duckdb.connect(), tmp, cfg.time_range, "error")
+        contract.register(duckdb.connect(), tmp, cfg.time_range, "error", max_keyword_chars=cfg.max_keyword_chars,
+                          engagement_range=cfg.engagement_range)
     return {"events": len(events), "items": len(item_ids), "clusters": len(keywords),
             "positive_share": round(positive or 0.0, 4)}

@@ -36,7 +36,9 @@ def build(con: duckdb.DuckDBPyConnection, params: DictConfig) -> dict:
 
 def run(cfg: DictConfig) -> None:
     con = db.connect(cfg)
-    counts = contract.register(con, cfg.data.path, cfg.data.time_range, cfg.data.unknown_items)
+    counts = contract.register(con, cfg.data.path, cfg.data.time_range, cfg.data.unknown_items,
+                               max_keyword_chars=cfg.data.max_keyword_chars,
+                               engagement_range=cfg.data.engagement_range)
     stats = build(con, cfg.extract)
     # Both outputs land together or not at all.
     with atomic_path(cfg.paths.sequences) as sequences, atomic_path(cfg.paths.triples) as triples:
