@@ -1,6 +1,7 @@
 """Writing outputs so that a crash never leaves a half-written file behind."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -16,9 +17,17 @@ ROW_GROUP_SIZE = 122_880
 
 @contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
-    """Yield a temporary sibling of `target`; it replaces `target` only if the block succeeds."""
+    """Yield a temporary sibling of `target`; it replaces `target` only if the block succeeds.
+
+    The sibling is `.<name>.tmp-<pid>`: on the same filesystem, so the replace is atomic, and
+    git-ignored (.gitignore: `.*.tmp-*`). A process killed inside the block cannot clean up after
+    itself, so every call first removes the temporaries of `target` whose process is gone."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
+        pid = stale.name.rpartition("-")[2]
+        if not (pid.isdigit() and _alive(int(pid))):
+            _remove(stale)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     _remove(tmp)
     try:
@@ -27,6 +36,17 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         _remove(tmp)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs (another user's counts: its temporary is not ours to remove)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:
