@@ -7,7 +7,6 @@ compares every table's hash with the one the tag recorded.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -20,7 +19,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 import yaml
 
-from pipeline import config, lookup, manifest, report
+from pipeline import cli, config, lookup, manifest, report
 from pipeline.config import ROOT
 from pipeline.llm import prompts
 
@@ -56,32 +55,40 @@ class Version:
         self.params = yaml.safe_load(self.text("params.yaml"))
         self.tables_dir = self.params["paths"]["tables"]
 
-    def text(self, path: str) -> str:
+    def unavailable(self, path: str, exc: Exception) -> AuditError:
+        """Why this revision cannot give `path`: it is not in the revision at all, or DVC tracks it but
+        its data is not in this machine's DVC cache (a fresh clone holds no outputs)."""
+        if isinstance(exc, FileNotFoundError) and exc.strerror != "No storage files available":
+            return AuditError(f"{path}: not in {self.rev}")
+        return AuditError(f"{path} at {self.rev}: its data is not in this machine's DVC cache; build it there "
+                          f"(`git checkout {self.rev} && dvc repro`) or `dvc pull` it from a remote that holds it")
+
+    def _read(self, path: str, mode: str):
+        from dvc_data.index import DataIndexError
+
         try:
-            with self.fs.open(path, "r") as fh:
+            with self.fs.open(path, mode) as fh:
                 return fh.read()
-        except FileNotFoundError as exc:
-            raise AuditError(f"{path}: not in {self.rev}") from exc
+        except (FileNotFoundError, DataIndexError) as exc:
+            raise self.unavailable(path, exc) from exc
+
+    def text(self, path: str) -> str:
+        return self._read(path, "r")
 
     def json(self, path: str) -> dict:
         return json.loads(self.text(path))
 
     def blob(self, path: str) -> io.BytesIO:
-        try:
-            with self.fs.open(path, "rb") as fh:
-                return io.BytesIO(fh.read())
-        except FileNotFoundError as exc:
-            raise AuditError(f"{path}: not in {self.rev}") from exc
-        except Exception as exc:  # DVC raises its own errors when the cache lacks the object
-            raise AuditError(f"{path} at {self.rev}: cannot be read from the DVC cache ({exc}); "
-                             "`dvc fetch` it from a remote, or rebuild with `audit verify`") from exc
+        return io.BytesIO(self._read(path, "rb"))
 
     def table_names(self) -> list[str]:
+        from dvc_data.index import DataIndexError
+
         try:
             return sorted(PurePosixPath(p).name for p in self.fs.ls(self.tables_dir, detail=False)
                           if p.endswith(".parquet"))
-        except FileNotFoundError as exc:
-            raise AuditError(f"{self.rev}: has no {self.tables_dir}/") from exc
+        except (FileNotFoundError, DataIndexError) as exc:
+            raise self.unavailable(f"{self.tables_dir}/", exc) from exc
 
     def table(self, name: str) -> tuple[pd.DataFrame, dict[str, str]]:
         blob = self.blob(f"{self.tables_dir}/{name}")
@@ -292,7 +299,7 @@ def verify(rev: str) -> Verdict:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.audit", description=__doc__.splitlines()[0])
+    ap = cli.parser("python -m pipeline.audit", __doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("release", help="tag the current state as tables/<period.month>")
     sub.add_parser("list", help="released versions")
@@ -308,7 +315,7 @@ def main(argv: list[str]) -> None:
     f.add_argument("--content", action="store_true",
                    help="succeed when every table's predictions agree even if bytes differ (another device class)")
     args = ap.parse_args(argv)
-    try:
+    with cli.user_errors("audit"):
         if args.command == "release":
             print(f"released {release(config.load())}")
         elif args.command == "list":
@@ -323,8 +330,6 @@ def main(argv: list[str]) -> None:
             failure = found.failure(args.rev, args.content)
             if failure:
                 raise AuditError(failure)
-    except (AuditError, lookup.LookupFailed) as exc:
-        raise SystemExit(f"audit: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -43,8 +43,14 @@ def load(path: Path | str = PARAMS) -> DictConfig:
 
 
 def main(argv: list[str]) -> None:
-    dump(argv)
-    print(f"wrote {PARAMS.relative_to(ROOT)}" + (f" with {' '.join(argv)}" if argv else ""))
+    from pipeline import cli
+
+    ap = cli.parser("python -m pipeline.config", __doc__)
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. data=movielens")
+    overrides = ap.parse_args(argv).overrides
+    with cli.user_errors("config"):
+        dump(overrides)
+    print(f"wrote {PARAMS.relative_to(ROOT)}" + (f" with {' '.join(overrides)}" if overrides else ""))
 
 
 if __name__ == "__main__":

@@ -6,51 +6,82 @@ given by --table; --rev reads it from a past git revision through DVC (`dvc.api`
 """
 from __future__ import annotations
 
-import argparse
+import datetime as dt
 import io
 import json
 import sys
-from pathlib import PurePosixPath
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from pipeline import config, manifest
+from pipeline import cli, config, manifest
 from pipeline.config import ROOT
 
 LINEAGE = ("period", "strategy", "refresh_date", "decoding", "data_hash", "base_model_hash", "adapter_hash",
            "template_hash", "params_hash", "code_revision", "code_hash", "gate")
+COLUMNS = ("c1", "c2", "c_pred", "description", "valid", "served", "retrieved", "output")
 
 
 class LookupFailed(ValueError):
     pass
 
 
-def _filesystem(rev: str | None):
-    """(list, open) over the work tree, or over a git revision through DVC's filesystem."""
-    if rev is None:
-        return (lambda d: sorted(p.name for p in (ROOT / d).glob("*.parquet")),
-                lambda p: open(ROOT / p, "rb"))
-    from dvc.api import DVCFileSystem
-    from scmrepo.exceptions import RevError
-
+def day(text: str | dt.date) -> dt.date:
+    """A YYYY-MM-DD date (2024-3-4 is 4 March); anything else is refused, never compared as text."""
+    if isinstance(text, dt.date):
+        return text
     try:
-        fs = DVCFileSystem(str(ROOT), rev=rev)
-    except RevError as exc:
-        raise LookupFailed(f"--rev {rev}: not a revision of this repository ({exc})") from exc
-    return (lambda d: sorted(PurePosixPath(p).name for p in fs.ls(d, detail=False) if p.endswith(".parquet")),
-            lambda p: fs.open(p, "rb"))
+        return dt.datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise LookupFailed(f"--date {text!r}: not a date; give YYYY-MM-DD") from None
 
 
-def choose(names: list[str], strategy: str, date: str | None) -> str:
-    """The table a server would use: the base table, or the newest RAG table dated <= date."""
+def table_day(name: str) -> dt.date | None:
+    """The refresh date a RAG table's name carries (rag-YYYY-MM-DD.parquet), None for other names."""
+    try:
+        return dt.date.fromisoformat(name.removeprefix("rag-").removesuffix(".parquet"))
+    except ValueError:
+        return None
+
+
+def choose(names: list[str], strategy: str, on: str | dt.date | None) -> str:
+    """The table a server would use: the base table, or the newest RAG table dated <= on."""
     if strategy == "base":
         if "base.parquet" not in names:
             raise LookupFailed("no base.parquet among the tables")
         return "base.parquet"
-    rag = [n for n in names if n.startswith("rag-") and (date is None or n[4:14] <= date)]
+    on = None if on is None else day(on)
+    rag = sorted((d, n) for n in names if n.startswith("rag-") and (d := table_day(n)) and (on is None or d <= on))
     if not rag:
-        raise LookupFailed(f"no RAG table dated on or before {date}" if date else "no RAG table")
-    return rag[-1]
+        raise LookupFailed(f"no RAG table dated on or before {on}" if on else "no RAG table")
+    return rag[-1][1]
+
+
+def read_file(path: str) -> io.BytesIO:
+    """A table file of the work tree (relative to the repository root, or absolute)."""
+    found = ROOT / path
+    if not found.is_file():
+        raise LookupFailed(f"{path}: no such table")
+    return io.BytesIO(found.read_bytes())
+
+
+def read_table(name: str, read) -> tuple[pd.DataFrame, dict[str, str]]:
+    """(rows, manifest) of a transition table written by bulk_infer; anything else is refused
+    before its rows are read."""
+    if not name.endswith(".parquet"):
+        raise LookupFailed(f"{name}: not a table (tables are the .parquet files bulk_infer writes)")
+    blob = read(name)
+    try:
+        columns = set(pq.read_schema(blob).names)
+    except (pa.ArrowException, OSError) as exc:
+        raise LookupFailed(f"{name}: not a Parquet file ({str(exc).splitlines()[0]})") from None
+    meta = manifest.read(blob)
+    lacking = [k for k in LINEAGE if k not in meta]
+    if lacking or not columns.issuperset(COLUMNS):
+        what = f"manifest field {lacking[0]!r}" if lacking else f"column {sorted(set(COLUMNS) - columns)[0]!r}"
+        raise LookupFailed(f"{name}: not a transition table written by the pipeline (no {what})")
+    return pd.read_parquet(blob, columns=list(COLUMNS)), meta
 
 
 def lookup(c1: int, c2: int, table: str | None = None, strategy: str = "rag", date: str | None = None,
@@ -58,26 +89,27 @@ def lookup(c1: int, c2: int, table: str | None = None, strategy: str = "rag", da
     """The served prediction for (c1, c2) with its table's strategy, refresh date and lineage."""
     if c1 == c2:
         raise LookupFailed(f"c1 and c2 are both {c1}: a history holds two distinct clusters")
-    listing, open_ = _filesystem(rev)
-    if table is None:
-        tables_dir = str(config.load().paths.tables)
-        try:
-            names = listing(tables_dir)
-        except FileNotFoundError as exc:
-            raise LookupFailed(f"{tables_dir}: no tables{' at ' + rev if rev else ''}; run `dvc repro`") from exc
-        table = f"{tables_dir}/{choose(names, strategy, date)}"
-    try:
-        with open_(table) as fh:
-            blob = io.BytesIO(fh.read())
-    except FileNotFoundError as exc:
-        raise LookupFailed(f"{table}: no such table{' at ' + rev if rev else ''}") from exc
-    frame = pd.read_parquet(blob)
+    if rev is None:
+        read = read_file
+        if table is None:
+            tables_dir = str(config.load().paths.tables)
+            folder = ROOT / tables_dir
+            if not folder.is_dir():
+                raise LookupFailed(f"{tables_dir}: no tables; run `dvc repro`")
+            table = f"{tables_dir}/{choose(sorted(p.name for p in folder.glob('*.parquet')), strategy, date)}"
+    else:
+        from pipeline.audit import Version  # audit imports this module
+
+        version = Version(rev)
+        read = version.blob
+        if table is None:
+            table = f"{version.tables_dir}/{choose(version.table_names(), strategy, date)}"
+    frame, meta = read_table(table, read)
     known = set(frame.c1)
     for name, c in (("c1", c1), ("c2", c2)):
         if c not in known:
             raise LookupFailed(f"{name}={c} is not a cluster of {table} (clusters {min(known)}..{max(known)})")
     row = frame[(frame.c1 == c1) & (frame.c2 == c2)].iloc[0]
-    meta = manifest.read(blob)
     return {"c1": c1, "c2": c2, "c_pred": None if pd.isna(row.c_pred) else int(row.c_pred),
             "description": row.description, "valid": bool(row.valid), "served": row.served,
             "retrieved": [int(r) for r in row.retrieved], "output": row.output, "table": table, "rev": rev,
@@ -102,19 +134,22 @@ def render(found: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.lookup", description=__doc__.splitlines()[2])
+    ap = cli.parser("python -m pipeline.lookup", __doc__)
     ap.add_argument("c1", type=int)
     ap.add_argument("c2", type=int)
-    ap.add_argument("--table", help="a table file (relative to the repository root with --rev)")
+    ap.add_argument("--table", help="a table file written by bulk_infer (relative to the repository root with --rev)")
     ap.add_argument("--strategy", choices=("rag", "base"), default="rag")
     ap.add_argument("--date", help="serve the newest RAG table dated on or before this YYYY-MM-DD")
     ap.add_argument("--rev", help="a git revision (tag, branch, commit) to read the table from")
     ap.add_argument("--json", action="store_true", help="print the full record as JSON")
     args = ap.parse_args(argv)
-    try:
+    if args.date is not None:
+        try:
+            day(args.date)
+        except LookupFailed as exc:
+            ap.error(str(exc))  # a malformed argument is a usage error: exit 2
+    with cli.user_errors("lookup"):
         found = lookup(args.c1, args.c2, args.table, args.strategy, args.date, args.rev)
-    except LookupFailed as exc:
-        raise SystemExit(f"lookup: {exc}") from None
     print(json.dumps(found, indent=2, default=str) if args.json else render(found))
 
 

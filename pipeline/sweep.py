@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 
+from pipeline import cli
 from pipeline.audit import flatten
 from pipeline.config import CONF_DIR, ROOT
 
@@ -71,19 +72,29 @@ def print_summary(rows: list[dict]) -> None:
     Console().print(table)
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["summary"]:
-        print_summary(summary())
-        return
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
+def main(argv: list[str]) -> None:
+    ap = cli.parser("python -m pipeline.sweep", __doc__)
+    ap.add_argument("-m", "--multirun", action="store_true",
+                    help="one experiment per combination of the comma-separated values (Hydra multirun)")
+    ap.add_argument("overrides", nargs="+", metavar="key=v1,v2 | summary",
+                    help="settings to sweep, as Hydra overrides; or `summary` for the table of results")
+    args = ap.parse_args(argv)
+    with cli.user_errors("sweep"):
+        if args.overrides == ["summary"]:
+            print_summary(summary())
+            return
+        import hydra
+        from hydra.core.hydra_config import HydraConfig
 
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
-    def job(cfg) -> None:
-        run_one(list(HydraConfig.get().overrides.task))
+        @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
+        def job(cfg) -> None:
+            run_one(list(HydraConfig.get().overrides.task))
 
-    job()
+        # hydra.main expands the sweep from the command line it finds in sys.argv: hand it the
+        # arguments argparse has checked, and nothing else.
+        sys.argv = [sys.argv[0], *(["-m"] if args.multirun else []), *args.overrides]
+        job()
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

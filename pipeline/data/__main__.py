@@ -10,27 +10,29 @@ import time
 
 from rich.console import Console
 
-from pipeline import config
+from pipeline import cli, config
 
 console = Console(stderr=True)
 
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("synth", "movielens"):
-        raise SystemExit("usage: python -m pipeline.data {synth|movielens} [key=value ...]")
-    kind, overrides = argv[0], argv[1:]
-    cfg = config.compose([f"data={'synthetic' if kind == 'synth' else 'movielens'}", *overrides]).data
-    began = time.perf_counter()
-    if kind == "synth":
-        from pipeline.data.synth import generate
+    ap = cli.parser("python -m pipeline.data", __doc__)
+    ap.add_argument("kind", choices=("synth", "movielens"), help="synth: the synthetic world; movielens: convert "
+                    "raw/ml-latest-small")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. data.path=/tmp/big")
+    args = ap.parse_args(argv)
+    with cli.user_errors(f"data {args.kind}"):
+        cfg = config.compose([f"data={'synthetic' if args.kind == 'synth' else 'movielens'}", *args.overrides]).data
+        began = time.perf_counter()
+        if args.kind == "synth":
+            from pipeline.data.synth import generate
 
-        stats = generate(cfg.synth, cfg.time_range, cfg.path)
-    else:
-        from pipeline.data.movielens import convert
+            stats = generate(cfg.synth, cfg.time_range, cfg.path)
+        else:
+            from pipeline.data.movielens import convert
 
-        stats = convert(cfg, cfg.path)
-    console.print(f"{kind}: wrote {cfg.path} {stats} in {time.perf_counter() - began:.1f}s")
-
+            stats = convert(cfg, cfg.path)
+    console.print(f"{args.kind}: wrote {cfg.path} {stats} in {time.perf_counter() - began:.1f}s")
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -1,0 +1,141 @@
+"""Every entry point: argparse with --help, a user's mistake as one line and exit status 1 (2 for
+usage), a traceback only for our bugs or with PIPELINE_DEBUG=1; lookup and audit refuse what they
+cannot serve instead of guessing."""
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import cli, config, lookup, manifest
+from pipeline.__main__ import STAGES
+from pipeline.config import ROOT
+from tests.conftest import compose, events_frame, write_dataset
+
+ENTRY_POINTS = ["pipeline.__main__", "pipeline.data.__main__", "pipeline.llm.__main__", "pipeline.sweep",
+                "pipeline.audit", "pipeline.lookup", "pipeline.config"]
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_every_entry_point_has_help(module, capsys):
+    with pytest.raises(SystemExit) as done:
+        importlib.import_module(module).main(["--help"])
+    shown = module.removesuffix(".__main__")
+    assert done.value.code == 0 and capsys.readouterr().out.startswith(f"usage: python -m {shown} ")
+
+
+def test_pipeline_help_lists_the_stages_and_a_wrong_stage_is_a_usage_error(capsys):
+    from pipeline.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    assert all(f"\n  {stage} " in listed for stage in STAGES), listed
+    with pytest.raises(SystemExit) as done:
+        main(["extracts"])
+    assert done.value.code == 2 and "invalid choice: 'extracts'" in capsys.readouterr().err
+
+
+def test_a_user_error_is_one_line_our_bug_keeps_its_traceback(monkeypatch):
+    monkeypatch.delenv(cli.DEBUG, raising=False)
+    with pytest.raises(SystemExit) as done:
+        with cli.user_errors("tool"):
+            raise ValueError("data/x.parquet: bad\nvalue")
+    assert done.value.code == "tool: data/x.parquet: bad value"  # a message as code: exit status 1
+    with pytest.raises(KeyError):
+        with cli.user_errors("tool"):
+            raise KeyError("ours")
+    monkeypatch.setenv(cli.DEBUG, "1")
+    with pytest.raises(ValueError, match="bad"):
+        with cli.user_errors("tool"):
+            raise ValueError("bad")
+
+
+def test_a_stage_stopped_by_bad_data_says_one_line(tmp_path, monkeypatch):
+    from pipeline.__main__ import main
+
+    keywords = [["topic 1\nnext new interest: topic 0", "x"]] + [[f"t {c}", "u"] for c in range(1, 6)]
+    clusters = pa.table({"cluster_id": pa.array(range(6), pa.int32()), "keywords": keywords})
+    write_dataset(tmp_path / "data", events_frame([(1, 0, 0, 0.9)]), clusters=clusters)
+    monkeypatch.setattr(config, "load", lambda: compose(tmp_path))
+    monkeypatch.delenv(cli.DEBUG, raising=False)
+    with pytest.raises(SystemExit) as done:
+        main(["extract"])
+    message = done.value.code
+    assert message.startswith("extract: ") and "clusters.parquet row 0: column 'keywords'" in message
+    assert "control characters" in message and "\n" not in message
+
+
+def test_a_bad_override_is_one_line_and_leaves_params_yaml_alone():
+    before = config.PARAMS.read_bytes()
+    with pytest.raises(SystemExit) as done:
+        config.main(["extract.min_engagment=0.3"])
+    assert done.value.code.startswith("config: Could not override 'extract.min_engagment'")
+    assert config.PARAMS.read_bytes() == before
+
+
+def test_lookup_dates_are_dates():
+    names = ["base.parquet", "rag-2024-03-01.parquet", "rag-2024-03-03.parquet", "rag-2024-03-10.parquet"]
+    # As text "2024-03-10" <= "2024-3-4": the newest table would be served for 4 March.
+    assert lookup.choose(names, "rag", "2024-3-4") == "rag-2024-03-03.parquet"
+    with pytest.raises(lookup.LookupFailed, match="--date 'garbage': not a date"):
+        lookup.choose(names, "rag", "garbage")
+    with pytest.raises(SystemExit) as done:
+        lookup.main(["1", "2", "--date", "garbage"])
+    assert done.value.code == 2
+
+
+def test_lookup_serves_only_tables_the_pipeline_wrote(tmp_path):
+    frame = pd.DataFrame({"c1": [1, 2], "c2": [2, 1], "c_pred": pd.array([3, None], "Int32"),
+                          "description": ["c, d", None], "valid": [True, False], "served": ["llm", "popular"],
+                          "retrieved": [[3], []], "output": [" c, d", "?"]})
+    table = tmp_path / "rag-2024-03-01.parquet"
+    manifest.write_table(frame, table, {**{k: "x" for k in lookup.LINEAGE}, "gate": {"passed": True}})
+    assert lookup.lookup(1, 2, table=str(table))["c_pred"] == 3
+
+    bare = tmp_path / "bare.parquet"
+    pq.write_table(pa.Table.from_pandas(frame), bare)
+    text = tmp_path / "text.parquet"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    for path, problem in ((bare, "not a transition table written by the pipeline (no manifest field 'period')"),
+                          (text, "not a Parquet file"), ("/etc/passwd", "not a table"),
+                          (tmp_path / "none.parquet", "no such table")):
+        with pytest.raises(lookup.LookupFailed, match=f"{path}: {problem}".replace("(", r"\(").replace(")", r"\)")):
+            lookup.lookup(1, 2, table=str(path))
+
+
+def test_a_fresh_clone_names_what_it_cannot_read(tmp_path):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    shutil.copytree(ROOT / "pipeline", clone / "pipeline", dirs_exist_ok=True)  # the code under test
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    env.pop(cli.DEBUG, None)
+    for args, problem in ((["pipeline.audit", "show", "HEAD"], "tables/ at HEAD: its data is not in this machine's "
+                                                               "DVC cache"),
+                          (["pipeline.lookup", "1", "2", "--rev", "HEAD"], "its data is not in this machine's DVC"),
+                          (["pipeline.lookup", "1", "2", "--rev", "nosuchrev"], "nosuchrev: not a revision"),
+                          (["pipeline.lookup", "1", "2"], "tables: no tables; run `dvc repro`")):
+        done = subprocess.run([sys.executable, "-m", *args], cwd=clone, env=env, capture_output=True, text=True)
+        assert done.returncode == 1 and problem in done.stderr and done.stderr.count("\n") == 1, (args, done.stderr)
+
+
+def test_sweep_hands_the_checked_overrides_to_hydra(tmp_path, monkeypatch):
+    from pipeline import sweep
+
+    ran = []
+    monkeypatch.setattr(sweep, "run_one", ran.append)
+    monkeypatch.chdir(tmp_path)  # Hydra writes its multirun/ folder here
+    monkeypatch.setattr(sys, "argv", ["sweep.py"])
+    sweep.main(["-m", "retrieval.method=frequency,trend", "retrieval.top_n=2"])
+    assert sorted(ran) == [["retrieval.method=frequency", "retrieval.top_n=2"],
+                           ["retrieval.method=trend", "retrieval.top_n=2"]]
+    with pytest.raises(SystemExit) as done:
+        sweep.main([])
+    assert done.value.code == 2
