@@ -3,12 +3,15 @@ another namespace, stops the run with one line naming it, and is recomputed only
 drops it (python -m pipeline.llm cache --drop-corrupt)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.llm import __main__ as llm_cli
 from pipeline.llm.cache import AnswerCache
+from tests.conftest import build
 
 NS = {"base_model_hash": "b", "decoding": "free"}
 PROMPTS = [f"prompt {i}" for i in range(6)]
@@ -91,3 +94,16 @@ def test_only_drop_corrupt_deletes_a_bad_part_and_the_next_fill_recomputes_it(tm
     kept.update(cache.fill(missing, decode, shard_size=4))
     assert AnswerCache(tmp_path, NS).load() == kept == {p: f"answer to {p}" for p in PROMPTS}
     llm_cli.main(["cache", "--root", str(tmp_path)])  # clean again: exits normally
+
+
+def test_bulk_infer_stops_on_a_forged_part_and_rebuilds_the_same_tables_once_it_is_dropped(world, tmp_path):
+    cfg = build(world, tmp_path / "a")
+    tables = {p.name: p.read_bytes() for p in Path(cfg.paths.tables).glob("*.parquet")}
+    part = sorted(Path(cfg.paths.infer_cache).rglob("part-*.parquet"))[0]
+    forge(part, " topic 0, theme 0")
+    with pytest.raises(ValueError, match=f"{part}: answer-cache part fails its checksum"):
+        build(world, tmp_path / "a")
+    assert {p.name: p.read_bytes() for p in Path(cfg.paths.tables).glob("*.parquet")} == tables
+    llm_cli.main(["cache", "--root", cfg.paths.infer_cache, "--drop-corrupt"])
+    build(world, tmp_path / "a")
+    assert {p.name: p.read_bytes() for p in Path(cfg.paths.tables).glob("*.parquet")} == tables
