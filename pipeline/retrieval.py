@@ -22,7 +22,8 @@ def _over_dates(con: duckdb.DuckDBPyConnection, query: str, days, params: dict) 
 
 def successors(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[date], window_days: int,
                top_n: int, method: str = "frequency") -> pd.DataFrame:
-    """(refresh_date, c1, c2, retrieved): per day and pair, the top_n successors of [day - window_days, day).
+    """(refresh_date, c1, c2, retrieved, support): per day and pair, the top_n successors of
+    [day - window_days, day) and how often each followed the pair there.
 
     Pairs with nothing retrieved are absent."""
     if method not in METHODS:
@@ -30,6 +31,7 @@ def successors(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[dat
     found = _over_dates(con, "retrieve", days, {"daily": str(daily), "window_days": int(window_days),
                                                 "top_n": int(top_n), "method": method})
     found["retrieved"] = found["retrieved"].map(list)
+    found["support"] = found["support"].map(list)
     return found
 
 
@@ -42,12 +44,13 @@ def popular(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[date],
     return found
 
 
-def attach(frame: pd.DataFrame, found: pd.DataFrame, day_column: str) -> pd.Series:
-    """Each row's retrieved list (empty when nothing was found), matched on (c1, c2, day)."""
+def attach(frame: pd.DataFrame, found: pd.DataFrame, day_column: str, min_support: int = 1) -> pd.Series:
+    """Each row's retrieved successors with at least min_support in the window (empty when none),
+    matched on (c1, c2, day)."""
     keyed = frame[["c1", "c2", day_column]].rename(columns={day_column: "refresh_date"})
     keyed["refresh_date"] = pd.to_datetime(keyed["refresh_date"])
     found = found.assign(refresh_date=pd.to_datetime(found["refresh_date"]))
     merged = keyed.merge(found, on=["c1", "c2", "refresh_date"], how="left")
     # Lists come back as arrays from Parquet and as NaN where nothing matched.
-    return pd.Series([[int(c) for c in r] if hasattr(r, "__len__") else [] for r in merged["retrieved"]],
-                     index=frame.index)
+    return pd.Series([[int(c) for c, n in zip(r, s) if n >= min_support] if hasattr(r, "__len__") else []
+                      for r, s in zip(merged["retrieved"], merged["support"])], index=frame.index)

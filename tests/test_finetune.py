@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from pipeline import config, db, timing
 from pipeline.llm import lora, model, prompts
@@ -65,7 +67,7 @@ def test_curation_is_balanced_deterministic_and_stays_in_the_training_days(tmp_p
 
 
 def test_rag_lines_only_read_days_before_the_sample(tmp_path):
-    cfg = compose(tmp_path, "finetune.rag_share=1.0", "finetune.rag_window_days=3")
+    cfg = compose(tmp_path, "finetune.rag_share=1.0", "finetune.rag_window_days=3", "finetune.rag_min_support=1")
     daily = daily_frame([("2024-02-01", 0, 1, 7, 2), ("2024-02-09", 0, 1, 8, 1),
                          ("2024-02-10", 0, 1, 9, 50),  # the sample's own day: planted future data
                          ("2024-02-11", 0, 1, 9, 50)])
@@ -75,6 +77,9 @@ def test_rag_lines_only_read_days_before_the_sample(tmp_path):
                             "c_next": [3, 3]}).astype({"day": "datetime64[us]"})
     retrieved = finetune.with_rag(db.connect(cfg), path, samples, cfg.finetune)
     assert retrieved.tolist() == [[8], []]
+    # A successor seen once in the window is too thin for a line at rag_min_support=2.
+    thin = compose(tmp_path, "finetune.rag_share=1.0", "finetune.rag_window_days=3", "finetune.rag_min_support=2")
+    assert finetune.with_rag(db.connect(thin), path, samples, thin.finetune).tolist() == [[], []]
 
 
 def test_adapter_is_bit_identical_and_a_killed_run_resumes(tmp_path):
@@ -150,3 +155,35 @@ def test_gate_halts_on_a_failing_adapter_and_an_override_is_recorded(tmp_path):
 def test_parse_is_exact_match():
     names = {0: "street food, night market", 1: "chess, go"}
     assert prompts.parse([" chess, go", "chess, go, poker", "Chess, go", ""], names) == [1, None, None, None]
+
+
+def tiny_batch():
+    cfg = config.compose(["model=tiny_random", f"model.cache_dir={ROOT / 'models'}"])
+    llm, tokenizer = model.load(cfg.model)
+    samples = lora.encode(tokenizer, ["Recent interests:\n- a, b\n- c, d\nNext new interest:", "Recent interests:\n- e\n- f\n"
+                                      "Recently followed by: g, h\nNext new interest:"], [" g, h", " i"])
+    return cfg, llm.train(), lora.collate(tokenizer.pad_token_id)(samples)
+
+
+def test_answer_loss_is_the_models_own_loss():
+    _, llm, batch = tiny_batch()
+    own = llm(**batch).loss
+    assert torch.allclose(lora.answer_loss(llm, batch), own, rtol=1e-5, atol=1e-6)
+    # A different answer token changes it: the loss reads the labels, not a constant.
+    batch["labels"][batch["labels"] != lora.IGNORE] = 5
+    assert not torch.allclose(lora.answer_loss(llm, batch), own)
+
+
+def test_top_layers_adapt_only_the_top_and_the_layers_below_run_without_autograd():
+    cfg, llm, batch = tiny_batch()
+    wrapped = lora.wrap(llm, OmegaConf.merge(cfg.finetune.lora, {"top_layers": 1}))
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert adapted == {"1"}  # the tiny model has layers 0 and 1
+    recorded = []
+    wrapped.get_base_model().get_decoder().layers[0].register_forward_hook(
+        lambda module, args, out: recorded.append((out[0] if isinstance(out, tuple) else out).requires_grad))
+    lora.answer_loss(wrapped, batch).backward()
+    assert recorded == [False]
+    assert all(p.grad is not None for p in wrapped.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="finetune.lora.top_layers is 0"):
+        lora.wrap(model.load(cfg.model)[0], OmegaConf.merge(cfg.finetune.lora, {"top_layers": 0}))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
@@ -65,6 +66,18 @@ class Stream(torch.utils.data.Sampler):
         return iter(out)
 
 
+def answer_loss(model, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens: the loss a causal LM computes from `labels`, with
+    the output head (a vocabulary-sized matmul, a fifth of the forward pass) run only at the
+    positions that predict an answer token instead of at every prompt position."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    target = batch["labels"][:, 1:]
+    keep = target != IGNORE
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), target[keep])
+
+
 class LoraModule(L.LightningModule):
     """The step logic; checkpoints hold only the trainable (adapter) weights."""
 
@@ -76,7 +89,7 @@ class LoraModule(L.LightningModule):
         self.strict_loading = False  # the frozen base is not in the checkpoint
 
     def training_step(self, batch, batch_idx):
-        loss = self.model(**batch).loss
+        loss = answer_loss(self.model, batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -106,10 +119,21 @@ def normalise_config(path: Path) -> None:
 
 
 def wrap(model, lora: DictConfig):
+    """The model with LoRA adapters on lora.target_modules of its top lora.top_layers layers (all
+    when null or when the model has fewer).
+
+    Below the lowest adapted layer nothing needs a gradient, so autograd records nothing there: the
+    frozen lower layers run forward only and the backward pass stops at the first adapted layer."""
     from peft import LoraConfig, get_peft_model
 
+    layers = int(model.config.num_hidden_layers)
+    top = layers if lora.top_layers is None else min(int(lora.top_layers), layers)
+    if top < 1:
+        raise ValueError(f"params.yaml: finetune.lora.top_layers is {lora.top_layers}, expected at least 1 "
+                         "or null for all layers")
     config = LoraConfig(r=int(lora.r), lora_alpha=int(lora.alpha), lora_dropout=float(lora.dropout),
-                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+                        layers_to_transform=list(range(layers - top, layers)))
     return get_peft_model(model, config)
 
 

@@ -2,7 +2,8 @@
 -- [d - $window_days, d), never day d or later, never c1 or c2.
 --   frequency: ranked by count in the window;
 --   trend:     ranked by the count's increase over the window before it (increases only).
--- Ties go to the lower cluster id. Reads the view `refresh_dates` (day).
+-- Ties go to the lower cluster id; `support` is each successor's count in the window.
+-- Reads the view `refresh_dates` (day).
 -- Parameters: $daily, $window_days, $top_n, $method.
 WITH dates AS (SELECT DISTINCT day::DATE AS refresh_date FROM refresh_dates),
 counts AS (
@@ -19,7 +20,8 @@ scored AS (
     SELECT *, CASE WHEN $method = 'trend' THEN recent - previous ELSE recent END AS score
     FROM counts
 )
-SELECT refresh_date, c1, c2, list(c_next ORDER BY score DESC, c_next)[1:$top_n] AS retrieved
+SELECT refresh_date, c1, c2, list(c_next ORDER BY score DESC, c_next)[1:$top_n] AS retrieved,
+       list(recent ORDER BY score DESC, c_next)[1:$top_n]::INTEGER[] AS support
 FROM scored
 WHERE score > 0
 GROUP BY ALL

@@ -36,7 +36,7 @@ def with_rag(con, daily: Path, samples: pd.DataFrame, ft: DictConfig) -> pd.Seri
     chosen = np.random.default_rng([int(ft.seed), 1]).random(len(samples)) < float(ft.rag_share)
     days = sorted(pd.to_datetime(samples.loc[chosen, "day"]).dt.date.unique())
     found = retrieval.successors(con, daily, days, int(ft.rag_window_days), int(ft.rag_top_n))
-    retrieved = retrieval.attach(samples, found, "day")
+    retrieved = retrieval.attach(samples, found, "day", int(ft.rag_min_support))
     return retrieved.where(chosen, pd.Series([[]] * len(samples), index=samples.index))
 
 

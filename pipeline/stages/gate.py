@@ -64,7 +64,7 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w) -> di
     ft = cfg.finetune
     found = retrieval.successors(con, cfg.paths.daily_counts, [w.test_start], int(ft.rag_window_days),
                                  int(ft.rag_top_n))
-    retrieved = retrieval.attach(pairs.assign(day=w.test_start), found, "day")
+    retrieved = retrieval.attach(pairs.assign(day=w.test_start), found, "day", int(ft.rag_min_support))
     _, _, c_pred, scores = score(retrieved.tolist())
     copied = [not pd.isna(p) and p == got[0] for p, got in zip(c_pred, retrieved) if got]
     return {"exact_match": scores["exact_match"], "test_recall": scores["test_recall"],
