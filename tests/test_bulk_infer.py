@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ from pipeline import manifest, timing
 from pipeline.data import contract
 from pipeline.llm import bulk, model, prompts
 from pipeline.llm.cache import AnswerCache
+from pipeline.stages import bulk_infer
 from tests.conftest import ROOT, TINY_WORLD as TINY, build, compose
 
 NAMES = {c: contract.description([f"topic {c}", f"theme {c}"]) for c in range(5)}
@@ -223,3 +225,15 @@ def test_lookup_serves_a_pair_with_its_lineage_and_names_bad_input(world, tmp_pa
     assert lookup.choose(names, "base", None) == "base.parquet"
     with pytest.raises(lookup.LookupFailed, match="no RAG table dated on or before 2024-02-28"):
         lookup.choose(names, "rag", "2024-02-28")
+
+
+def test_a_thin_rag_line_leaves_the_pair_its_base_prompt():
+    days = [date(2024, 3, 1)]
+    found = pd.DataFrame({"refresh_date": pd.to_datetime(days * 2), "c1": [0, 1], "c2": [1, 0],
+                          "retrieved": [[2], [3]], "support": [[5], [4]]})
+    rows = bulk_infer.table_rows(NAMES, found, days, min_support=5).set_index(["table", "c1", "c2"])
+    base, rag = rows.loc["base"], rows.loc["rag-2024-03-01"]
+    assert rag.loc[(0, 1), "retrieved"] == [2] and NAMES[2] in rag.loc[(0, 1), "prompt"]
+    assert rag.loc[(1, 0), "retrieved"] == [] and rag.loc[(1, 0), "prompt"] == base.loc[(1, 0), "prompt"]
+    assert bulk_infer.table_rows(NAMES, found, days, min_support=4).set_index(["table", "c1", "c2"]).loc[
+        ("rag-2024-03-01", 1, 0), "retrieved"] == [3]

@@ -23,20 +23,31 @@ def table(rows: list[tuple]) -> pd.DataFrame:
 
 def test_each_strategy_serves_its_newest_table_dated_on_or_before_the_day():
     base = table([(0, 1, 5, []), (1, 0, 6, [])])
+    # On Mar 3 the pair (0, 1) was followed by 3 only twice: too thin for its prompt's RAG line.
     rag = pd.concat([table([(0, 1, 7, [8]), (1, 0, 9, [])]).assign(refresh_date=D1),
-                     table([(0, 1, 2, [3]), (1, 0, 4, [])]).assign(refresh_date=D3)])
+                     table([(0, 1, 2, []), (1, 0, 4, [])]).assign(refresh_date=D3)])
+    found = pd.DataFrame({"refresh_date": pd.to_datetime([D1, D3]), "c1": [0, 0], "c2": [1, 1],
+                          "retrieved": [[8], [3]], "support": [[9], [2]]})
     popular = {D1: [0, 1, 6], D3: [3, 1, 0]}
     events = pd.DataFrame({"day": [D1, date(2024, 3, 2), D3, date(2024, 3, 9)], "c1": [0, 0, 0, 1],
                            "c2": [1, 1, 1, 0]})
-    served = evaluate.serve(events, base, rag, popular, [D1, D3])
+    served = evaluate.serve(events, base, rag, popular, found, [D1, D3])
     assert served.fixed.tolist() == [5, 5, 5, 6]
     assert served.rag_refreshed.tolist() == [7, 7, 2, 4]
     assert served.rag_day1.tolist() == [7, 7, 7, 9]
-    # nothing retrieved for (1, 0) on Mar 3: the top-1 baseline falls back to popularity
+    # the top-1 baseline serves what retrieval found, thin or not; nothing for (1, 0): popularity
     assert served.retrieved_top1.tolist() == [8, 8, 3, 3]
     assert served.popular.tolist() == [6, 6, 3, 3]
     with pytest.raises(ValueError, match="before the first refresh date"):
-        evaluate.serve(events.assign(day=date(2024, 2, 28)), base, rag, popular, [D1, D3])
+        evaluate.serve(events.assign(day=date(2024, 2, 28)), base, rag, popular, found, [D1, D3])
+
+
+def test_the_repeat_sample_is_seeded_and_keeps_the_prompt_order():
+    texts = [f"prompt {i:03d}" for i in range(50)]
+    sample = evaluate.repeat_sample(texts, 10, seed=7)
+    assert len(set(sample)) == 10 and sample == sorted(sample) and sample == evaluate.repeat_sample(texts, 10, 7)
+    assert sample != evaluate.repeat_sample(texts, 10, 8)
+    assert evaluate.repeat_sample(texts, None, 7) == texts == evaluate.repeat_sample(texts, 50, 7)
 
 
 def test_a_hit_is_membership_and_a_missing_prediction_never_hits():
@@ -103,5 +114,7 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
         assert section in text
     assert f"{100 * m['strategies']['rag_refreshed']['hit_rate']:.2f} %" in text
     first = (Path(cfg.paths.metrics) / "evaluate.json").read_bytes()
-    evaluate.run(cfg)  # the sampled repeats now come from the answer cache
+    with pytest.MonkeyPatch.context() as patch:  # the sampled repeats now come from the answer cache
+        patch.setattr(evaluate.model, "load", lambda *a, **k: pytest.fail("loaded the model with every answer cached"))
+        evaluate.run(cfg)
     assert (Path(cfg.paths.metrics) / "evaluate.json").read_bytes() == first

@@ -83,7 +83,8 @@ def main() -> None:
     torch.set_num_threads(int(cfg.torch_threads))
     inf = cfg.infer
     names = contract.descriptions(cfg.data.path)
-    rows = bulk_infer.table_rows(names, pd.read_parquet(cfg.paths.retrieved), refresh_dates(cfg))
+    rows = bulk_infer.table_rows(names, pd.read_parquet(cfg.paths.retrieved), refresh_dates(cfg),
+                                  int(cfg.retrieval.min_support))
     work = sorted(set(rows.prompt))
     if args.layout == "stage":
         texts = work[:args.prompts]

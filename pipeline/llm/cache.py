@@ -30,17 +30,18 @@ CHECKSUM = b"answer_cache_sha256"
 DROP = "python -m pipeline.llm cache --drop-corrupt"
 
 
-def namespace(m, adapter: Path | str | None, names: dict[int, str], llm, **decoding) -> dict:
+def namespace(m, adapter: Path | str | None, names: dict[int, str], dtype: str, device: str, **decoding) -> dict:
     """Everything besides the prompt that decides an answer: weights, adapter, template, the
-    descriptions (the trie), dtype, device class (kernels), the decoder's code and the decoding
-    settings; answers from different devices are never mixed."""
+    descriptions (the trie), dtype (infer.dtype), device class (kernels), the decoder's code and the
+    decoding settings; answers from different devices are never mixed. Known before the model is
+    loaded, so a run whose answers are all cached never loads it."""
     from pipeline import kernels
     from pipeline.files import tree_sha256
     from pipeline.llm import bulk, model, prompts
 
     return {"base_model_hash": model.identity(m), "adapter_hash": tree_sha256(adapter) if adapter else None,
             "template_hash": prompts.TEMPLATE_HASH, "descriptions": {str(k): v for k, v in sorted(names.items())},
-            "dtype": str(llm.dtype), "device_class": kernels.device_class(str(llm.device)),
+            "dtype": str(kernels.dtype(dtype)), "device_class": kernels.device_class(device),
             "decoder": tree_sha256(bulk.__file__), **decoding}
 
 

@@ -1,7 +1,7 @@
 """bulk_infer: decode every ordered pair c1 != c2 into transition tables (paper section 2.3).
 
-One base table (no RAG) and one RAG table per refresh date; a pair with nothing retrieved on a
-date gets the base prompt. Answers come from the content-addressed cache when an identical prompt
+One base table (no RAG) and one RAG table per refresh date; a pair with nothing retrieved at least
+retrieval.min_support times on a date gets the base prompt. Answers come from the content-addressed cache when an identical prompt
 was decoded before under the same model, adapter and settings; the rest are decoded in shards of
 sorted prompts, each stored as soon as it is done, so a killed run resumes where it stopped and
 computes exactly the batches an uninterrupted run would.
@@ -26,14 +26,15 @@ from pipeline.period import refresh_dates
 DECODINGS = ("free", "constrained")
 
 
-def table_rows(names: dict[int, str], found: pd.DataFrame, days: list) -> pd.DataFrame:
-    """(table, refresh_date, c1, c2, retrieved, prompt): every ordered pair, base table first."""
+def table_rows(names: dict[int, str], found: pd.DataFrame, days: list, min_support: int) -> pd.DataFrame:
+    """(table, refresh_date, c1, c2, retrieved, prompt): every ordered pair, base table first; a RAG
+    line names the successors retrieved at least min_support times."""
     clusters = sorted(names)
     pairs = pd.DataFrame([(a, b) for a in clusters for b in clusters if a != b], columns=["c1", "c2"])
     frames = [pairs.assign(table="base", refresh_date=days[0], retrieved=[[] for _ in range(len(pairs))])]
     for day in days:
         frames.append(pairs.assign(table=f"rag-{day}", refresh_date=day,
-                                   retrieved=retrieval.attach(pairs.assign(day=day), found, "day")))
+                                   retrieved=retrieval.attach(pairs.assign(day=day), found, "day", min_support)))
     rows = pd.concat(frames, ignore_index=True)
     rows["prompt"] = [prompts.for_pair(names, a, b, got) for a, b, got in zip(rows.c1, rows.c2, rows.retrieved)]
     return rows
@@ -73,14 +74,14 @@ def run(cfg: DictConfig) -> None:
                          f"{[str(d) for d in days]}; rerun the retrieve stage (dvc repro)")
     popular = {d.date(): list(p) for d, p in pd.read_parquet(cfg.paths.popular).itertuples(index=False)}
     names = contract.descriptions(cfg.data.path)
-    rows = table_rows(names, found, days)
+    rows = table_rows(names, found, days, int(cfg.retrieval.min_support))
 
     where = kernels.device(cfg.device)
-    llm, tokenizer = model.load(cfg.model, cfg.paths.adapter, where, inf.dtype)
+    tokenizer = model.load_tokenizer(cfg.model)
     trie = bulk.Trie.build(tokenizer, names)
     settings = bulk.Settings(constrained=inf.decoding == "constrained", max_new_tokens=int(inf.max_new_tokens),
                              batch_size=int(inf.batch_size[where]))
-    ns = namespace(cfg.model, cfg.paths.adapter, names, llm, decoding=str(inf.decoding),
+    ns = namespace(cfg.model, cfg.paths.adapter, names, str(inf.dtype), where, decoding=str(inf.decoding),
                    max_new_tokens=settings.max_new_tokens)
     cache = AnswerCache(cfg.paths.infer_cache, ns)
     lineage = {k: ns[k] for k in ("base_model_hash", "adapter_hash", "template_hash")}
@@ -89,9 +90,11 @@ def run(cfg: DictConfig) -> None:
     missing = sorted(p for p in unique.prompt if p not in answers)
     exclude = {p: (int(a), int(b)) for p, a, b in zip(unique.prompt, unique.c1, unique.c2)}
     began = time.perf_counter()
-    answers.update(cache.fill(missing, lambda shard, advance: bulk.answers(
-        llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard], advance=advance),
-        int(inf.shard_size[where])))
+    if missing:  # a build whose answers are all cached never loads the model
+        llm, _ = model.load(cfg.model, cfg.paths.adapter, where, inf.dtype)
+        answers.update(cache.fill(missing, lambda shard, advance: bulk.answers(
+            llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard], advance=advance),
+            int(inf.shard_size[where])))
     decode_s = time.perf_counter() - began
 
     code, declared = manifest.stage_deps("bulk_infer")

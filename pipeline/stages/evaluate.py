@@ -49,9 +49,12 @@ def first_popular(popular: dict, day: date, c1: int, c2: int):
     return next((c for c in popular.get(day, []) if c != c1 and c != c2), None)
 
 
-def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: dict,
+def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: dict, found: pd.DataFrame,
           days: list[date]) -> pd.DataFrame:
-    """The cluster each strategy serves to each event, from the newest table dated <= its day."""
+    """The cluster each strategy serves to each event, from the newest table dated <= its day.
+
+    retrieved_top1 serves the top successor `found` holds for that date however thin its support:
+    the no-LLM baseline does not depend on which lines the prompts carry (retrieval.min_support)."""
     stamps = np.array(days, dtype="datetime64[D]")
     on = np.array(events.day.tolist(), dtype="datetime64[D]")
     if (on < stamps[0]).any():
@@ -63,7 +66,8 @@ def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: 
     day1 = table.reindex(pd.MultiIndex.from_frame(keyed[["first", "c1", "c2"]]))
     fixed = base.set_index(["c1", "c2"]).reindex(pd.MultiIndex.from_frame(keyed[["c1", "c2"]]))
     pop = [first_popular(popular, d, a, b) for d, a, b in zip(active, events.c1, events.c2)]
-    top1 = [got[0] if len(got) else p for got, p in zip(now.retrieved, pop)]
+    retrieved = retrieval.attach(keyed, found, "active")
+    top1 = [got[0] if got else p for got, p in zip(retrieved, pop)]
     return pd.DataFrame({"fixed": fixed.c_pred.to_numpy(), "rag_refreshed": now.c_pred.to_numpy(),
                          "rag_day1": day1.c_pred.to_numpy(), "retrieved_top1": top1, "popular": pop},
                         index=events.index)
@@ -136,7 +140,8 @@ def drift(con, daily: str, days: list[date], window_days: int, ks: list[int]) ->
     out = pd.DataFrame({"refresh_date": [str(d) for d in days]})
     for k in ks:
         found = retrieval.successors(con, daily, days, window_days, int(k), "frequency")
-        sets = {(d.date(), a, b): frozenset(r) for d, a, b, r in found.itertuples(index=False)}
+        lines = found[["refresh_date", "c1", "c2", "retrieved"]].itertuples(index=False)
+        sets = {(d.date(), a, b): frozenset(r) for d, a, b, r in lines}
         first = {(a, b): s for (d, a, b), s in sets.items() if d == days[0]}
         rates = []
         for d in days:
@@ -146,27 +151,34 @@ def drift(con, daily: str, days: list[date], window_days: int, ks: list[int]) ->
     return out
 
 
+def repeat_sample(texts: list[str], pairs: int | None, seed: int) -> list[str]:
+    """A seeded sample of `pairs` of the base prompts, in their order (all of them when None)."""
+    if pairs is None or pairs >= len(texts):
+        return texts
+    return [texts[i] for i in np.sort(np.random.default_rng(seed).choice(len(texts), size=pairs, replace=False))]
+
+
 def repeat_answers(cfg: DictConfig, names: dict[int, str], texts: list[str]) -> tuple[list[str], list[str]]:
-    """The base prompts decoded twice with seeded sampling; cached like bulk_infer's answers."""
+    """The prompts decoded twice with seeded sampling; cached like bulk_infer's answers, and the
+    model is loaded only when one is missing."""
     e, inf = cfg.eval, cfg.infer
     where = kernels.device(cfg.device)
-    llm, tokenizer = model.load(cfg.model, cfg.paths.adapter, where, inf.dtype)
-    trie = bulk.Trie.build(tokenizer, names)
     settings = bulk.Settings(False, int(inf.max_new_tokens), int(inf.batch_size[where]), float(e.repeat_temperature))
-    out = []
-    for repeat in (1, 2):
-        ns = namespace(cfg.model, cfg.paths.adapter, names, llm, decoding="sample",
-                       max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                       seed=int(e.seed), repeat=repeat)
-        cache = AnswerCache(cfg.paths.infer_cache, ns)
-        answers = cache.load()
-        missing = sorted(t for t in texts if t not in answers)
-        seed = {t: int(hashlib.sha256(f"{e.seed}:{repeat}:{t}".encode()).hexdigest()[:15], 16) for t in missing}
-        answers.update(cache.fill(missing, lambda shard, advance, seed=seed: bulk.answers(
-            llm, tokenizer, shard, trie, settings, advance=advance, seeds=[seed[t] for t in shard]),
-            int(inf.shard_size[where]), f"repeat {repeat}"))
-        out.append([answers[t] for t in texts])
-    return out[0], out[1]
+    caches = [AnswerCache(cfg.paths.infer_cache, namespace(
+        cfg.model, cfg.paths.adapter, names, str(inf.dtype), where, decoding="sample",
+        max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=int(e.seed), repeat=repeat))
+        for repeat in (1, 2)]
+    found = [cache.load() for cache in caches]
+    if any(t not in answers for answers in found for t in texts):
+        llm, tokenizer = model.load(cfg.model, cfg.paths.adapter, where, inf.dtype)
+        trie = bulk.Trie.build(tokenizer, names)
+        for repeat, cache, answers in zip((1, 2), caches, found):
+            missing = sorted(t for t in texts if t not in answers)
+            seed = {t: int(hashlib.sha256(f"{e.seed}:{repeat}:{t}".encode()).hexdigest()[:15], 16) for t in missing}
+            answers.update(cache.fill(missing, lambda shard, advance, seed=seed: bulk.answers(
+                llm, tokenizer, shard, trie, settings, advance=advance, seeds=[seed[t] for t in shard]),
+                int(inf.shard_size[where]), f"repeat {repeat}"))
+    return [found[0][t] for t in texts], [found[1][t] for t in texts]
 
 
 def cost(metrics: Path, cfg: DictConfig, newest: str) -> dict:
@@ -194,14 +206,15 @@ def run(cfg: DictConfig) -> None:
     events["day"] = pd.to_datetime(events.day).dt.date
     base, rag = load_tables(Path(cfg.paths.tables), days)
     popular = {d.date(): list(p) for d, p in pd.read_parquet(cfg.paths.popular).itertuples(index=False)}
-    served = serve(events, base, rag, popular, days)
+    served = serve(events, base, rag, popular, pd.read_parquet(cfg.paths.retrieved), days)
     hit = hits(served, events.future)
     by_day = hit.groupby(events.day.astype(str)).mean().round(6).rename_axis("day").reset_index()
     strategies = bootstrap(hit, events.user_id, int(e.bootstrap), int(e.seed))
 
     names = contract.descriptions(cfg.data.path)
     base_prompts = [prompts.for_pair(names, a, b) for a, b in zip(base.c1, base.c2)]
-    study = overlap(base, rag, repeat_answers(cfg, names, base_prompts), names)
+    repeated = repeat_sample(base_prompts, None if e.repeat_pairs is None else int(e.repeat_pairs), int(e.seed))
+    study = overlap(base, rag, repeat_answers(cfg, names, repeated), names)
     topk = drift(con, str(cfg.paths.daily_counts), days, int(cfg.retrieval.window_days), list(e.drift_k))
     spend = cost(Path(cfg.paths.metrics), cfg, f"rag-{days[-1]}")
 
