@@ -41,19 +41,48 @@ def copy(con: duckdb.DuckDBPyConnection, name: str, target: Path | str, params: 
 
     DuckDB's own parallel COPY cuts row groups where its threads happened to hand over batches
     (ROW_GROUP_SIZE is only a target), so the bytes differ between runs at a few million rows; the
-    result is streamed in fixed-size batches into pyarrow's writer instead, one row group each.
-    Callers write into an atomic_path so a failure leaves the previous output in place."""
+    result is streamed into write_batches instead. Callers write into an atomic_path so a failure
+    leaves the previous output in place."""
     reader = con.sql(sql(name), params=params).to_arrow_reader(ROW_GROUP_SIZE)
+    return write_batches(reader, reader.schema, target)
+
+
+def write_batches(batches, schema: pa.Schema, target: Path | str) -> int:
+    """Write Arrow batches into `target` as zstd Parquet in row groups of exactly ROW_GROUP_SIZE
+    rows (the last one shorter), whatever sizes the engine handed over; return the row count.
+    Every engine writes through here, so equal rows give equal bytes."""
     rows, pending = 0, []
-    with pq.ParquetWriter(target, reader.schema, compression="zstd") as out:
-        for batch in reader:
+    with pq.ParquetWriter(target, schema, compression="zstd") as out:
+        for batch in batches:
             pending.append(batch)
-            # DuckDB's batches are only about the size asked for: cut exact row groups from them.
+            # Engines' batches are only about the size asked for: cut exact row groups from them.
             while sum(b.num_rows for b in pending) >= ROW_GROUP_SIZE:
                 whole = pa.Table.from_batches(pending)
                 out.write_table(whole.slice(0, ROW_GROUP_SIZE), row_group_size=ROW_GROUP_SIZE)
                 pending = whole.slice(ROW_GROUP_SIZE).to_batches()
             rows += batch.num_rows
         if pending:
-            out.write_table(pa.Table.from_batches(pending, reader.schema), row_group_size=ROW_GROUP_SIZE)
+            out.write_table(pa.Table.from_batches(pending, schema), row_group_size=ROW_GROUP_SIZE)
     return rows
+
+
+class DuckDB:
+    """The stages' SQL on DuckDB: named tables built from pipeline/sql/ files (the interface
+    pipeline.spark.Spark shares, so a stage runs on either engine)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+
+    def table(self, name: str, query: str, params: dict | None = None) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql(query)}", params)
+
+    def drop(self, name: str) -> None:
+        self.con.execute(f"DROP TABLE {name}")
+
+    def rows(self, query: str, params: dict | None = None) -> list[dict]:
+        cursor = self.con.execute(sql(query), params)
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def copy(self, query: str, target: Path | str, params: dict | None = None) -> int:
+        return copy(self.con, query, target, params)

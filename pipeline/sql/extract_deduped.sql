@@ -1,20 +1,23 @@
--- Each kept visit with its position in the sequence, its two predecessors (c1, c2), and
--- whether its sequence is long enough: >= 3 visits (sequences are contiguous runs of `seq`
--- in `kept`) and, where visits may repeat a cluster, >= 3 distinct clusters (`enough`).
-CREATE OR REPLACE TEMP TABLE deduped AS
-WITH around AS (
-    SELECT *, row_number() OVER () AS k,
-           lag(seq, 1) OVER () AS seq_1, lag(seq, 2) OVER () AS seq_2,
-           lead(seq, 1) OVER () AS seq_n1, lead(seq, 2) OVER () AS seq_n2,
-           lag(cluster_id, 1) OVER () AS prev_1, lag(cluster_id, 2) OVER () AS prev_2
-    FROM kept
+-- Each kept visit with its global sequence number seq (1, 2, ... in (user, time) order), its
+-- position in the sequence, its two predecessors (c1, c2), and whether its sequence is long
+-- enough: >= 3 visits (seen from the visit's neighbours, in the one window w) and, where visits
+-- may repeat a cluster, >= 3 distinct clusters (`enough`).
+WITH users AS (
+    SELECT user_id, max(s) AS sequences FROM kept GROUP BY user_id
 ),
-positioned AS (
-    SELECT *, max(CASE WHEN seq_1 IS DISTINCT FROM seq THEN k END) OVER (ROWS UNBOUNDED PRECEDING) AS first_k
-    FROM around
+offsets AS (
+    -- one row per user: the sequences of the users before it
+    SELECT user_id, sum(sequences) OVER (ORDER BY user_id ROWS UNBOUNDED PRECEDING) - sequences AS base
+    FROM users
+),
+around AS (
+    SELECT user_id, s, ts, cluster_id, enough, row_number() OVER w AS k,
+           lag(cluster_id, 2) OVER w AS c1, lag(cluster_id, 1) OVER w AS c2,
+           lead(cluster_id, 1) OVER w AS next_1, lead(cluster_id, 2) OVER w AS next_2
+    FROM kept
+    WINDOW w AS (PARTITION BY user_id, s ORDER BY g)
 )
-SELECT user_id, seq, (k - first_k)::INTEGER AS pos, ts, cluster_id,
-       CASE WHEN seq_2 = seq THEN prev_2 END AS c1,
-       CASE WHEN seq_1 = seq THEN prev_1 END AS c2,
-       enough AND coalesce(seq_2 = seq OR (seq_1 = seq AND seq_n1 = seq) OR seq_n2 = seq, false) AS long_enough
-FROM positioned;
+SELECT a.user_id, CAST(o.base + a.s AS BIGINT) AS seq, CAST(a.k - 1 AS INTEGER) AS pos, a.ts, a.cluster_id, a.c1, a.c2,
+       a.enough AND (a.c1 IS NOT NULL OR (a.c2 IS NOT NULL AND a.next_1 IS NOT NULL) OR a.next_2 IS NOT NULL)
+           AS long_enough
+FROM around AS a JOIN offsets AS o ON a.user_id = o.user_id

@@ -2,3 +2,4 @@
 SELECT user_id, seq, pos, ts, cluster_id
 FROM deduped
 WHERE long_enough
+ORDER BY seq, pos
