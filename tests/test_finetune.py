@@ -187,3 +187,35 @@ def test_top_layers_adapt_only_the_top_and_the_layers_below_run_without_autograd
     assert all(p.grad is not None for p in wrapped.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="finetune.lora.top_layers is 0"):
         lora.wrap(model.load(cfg.model)[0], OmegaConf.merge(cfg.finetune.lora, {"top_layers": 0}))
+
+
+def test_length_batches_cover_each_epoch_with_little_padding_and_follow_the_epoch():
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DataLoader
+
+    lengths = [30 + (7 * i) % 25 for i in range(100)]
+    stream = lora.Stream(len(lengths), per_epoch=40, seed=3)
+    batches = lora.LengthBatches(stream, lengths, batch_size=8)
+    epoch0 = list(batches)
+    assert len(epoch0) == len(batches) == 5 and sorted(sum(epoch0, [])) == sorted(stream)
+    assert all(max(lengths[i] for i in b) - min(lengths[i] for i in b) <= 8 for b in epoch0)  # sorted, not random
+    assert list(batches) == epoch0
+    # Lightning moves the epoch through the batch sampler's `.sampler`, as it does for a plain sampler.
+    _set_sampler_epoch(DataLoader(range(100), batch_sampler=batches), 1)
+    assert stream.epoch == 1 and list(batches) != epoch0 and sorted(sum(list(batches), [])) == sorted(stream)
+
+
+def test_tau_is_the_candidate_with_the_best_held_out_recall_the_smallest_on_a_tie():
+    truth = pd.array([4, 1, 5], dtype="Int32")
+
+    class Score:  # held-out hits: the pair's answer is its true successor
+        def hits(self, c_pred):
+            return 3, int((c_pred.array == truth).fillna(False).sum())
+
+    c_pred = pd.Series(pd.array([pd.NA, 1, 2], dtype="Int32"))
+    trusted = {1: [[4], [3], [5]], 2: [[4], [], [5]], 5: [[], [], []], 8: [[4], [], [5]]}
+    got = gate.choose_tau(Score(), c_pred, trusted)
+    assert got == {"tau": 2, "candidates": [{"tau": 1, "test_recall": 0.666667}, {"tau": 2, "test_recall": 1.0},
+                                            {"tau": 5, "test_recall": 0.333333}, {"tau": 8, "test_recall": 1.0}]}
+    with pytest.raises(ValueError, match=r"gate.hybrid_taus is \[0, 3\]"):
+        gate.hybrid_taus(OmegaConf.create({"hybrid_taus": [0, 3]}))

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import cpu_name
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -68,9 +70,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.child, args.steps, args.prompts)))
         return
-    model_name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                       if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "?"
-    print(f"CPU: {model_name}")
+    print(f"CPU: {cpu_name()}")
     found = {}
     for mode in ("native", "portable"):
         done = subprocess.run([sys.executable, "-m", "benchmarks.kernels.run", "--child", mode, "--steps",
