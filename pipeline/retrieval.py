@@ -22,10 +22,11 @@ def _over_dates(con: duckdb.DuckDBPyConnection, query: str, days, params: dict) 
 
 def successors(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[date], window_days: int,
                top_n: int, method: str = "frequency") -> pd.DataFrame:
-    """(refresh_date, c1, c2, retrieved, support): per day and pair, the top_n successors of
-    [day - window_days, day) and how often each followed the pair there.
+    """(refresh_date, c1, c2, retrieved, support, pair_support): per day and pair, the top_n
+    successors of [day - window_days, day), how often each followed the pair there, and how often
+    anything did.
 
-    Pairs with nothing retrieved are absent."""
+    Pairs with no triple in the window are absent."""
     if method not in METHODS:
         raise ValueError(f"params.yaml: retrieval.method is {method!r}, expected one of {METHODS}")
     found = _over_dates(con, "retrieve", days, {"daily": str(daily), "window_days": int(window_days),

@@ -73,3 +73,19 @@ def test_successors_never_return_c1_or_c2(tmp_path):
     daily_frame([("2024-02-28", 0, 1, 0, 9), ("2024-02-28", 0, 1, 1, 9), ("2024-02-28", 0, 1, 4, 1)]).to_parquet(path)
     found = retrieval.successors(db.connect(cfg), path, [date(2024, 3, 1)], 7, 3)
     assert [list(r) for r in found.retrieved] == [[4]]
+
+
+def test_pair_support_counts_every_successor_in_the_window(tmp_path):
+    cfg = compose(tmp_path)
+    path = tmp_path / "daily.parquet"
+    daily_frame([("2024-02-27", 0, 1, 2, 3), ("2024-02-28", 0, 1, 4, 2), ("2024-02-28", 0, 1, 1, 9),  # c2: not a successor
+                 ("2024-02-16", 0, 1, 5, 40),  # before the window
+                 ("2024-02-20", 2, 1, 3, 5), ("2024-02-26", 2, 1, 3, 1)]).to_parquet(path)
+    con = db.connect(cfg)
+    found = retrieval.successors(con, path, [date(2024, 3, 1)], 7, 1).set_index(["c1", "c2"])
+    assert found.loc[(0, 1), "retrieved"] == [2] and found.loc[(0, 1), "support"] == [3]
+    assert found.loc[(0, 1), "pair_support"] == 5 and found.loc[(2, 1), "pair_support"] == 1
+    # trend: (2, 1)'s only successor fell (5 -> 1); nothing is retrieved, yet its support stays known
+    trend = retrieval.successors(con, path, [date(2024, 3, 1)], 7, 1, "trend").set_index(["c1", "c2"])
+    assert trend.loc[(2, 1), "retrieved"] == [] and trend.loc[(2, 1), "pair_support"] == 1
+    assert trend.loc[(0, 1), "retrieved"] == [2] and len(trend) == 2

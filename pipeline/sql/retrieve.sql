@@ -2,7 +2,10 @@
 -- [d - $window_days, d), never day d or later, never c1 or c2.
 --   frequency: ranked by count in the window;
 --   trend:     ranked by the count's increase over the window before it (increases only).
--- Ties go to the lower cluster id; `support` is each successor's count in the window.
+-- Ties go to the lower cluster id; `support` is each successor's count in the window and
+-- `pair_support` the pair's count over all its successors there (evaluation buckets pairs by it).
+-- A pair with no triple in the window is absent; under trend, a pair whose successors all fell
+-- keeps its row with nothing retrieved, so its pair_support still counts.
 -- Reads the view `refresh_dates` (day).
 -- Parameters: $daily, $window_days, $top_n, $method.
 WITH dates AS (SELECT DISTINCT day::DATE AS refresh_date FROM refresh_dates),
@@ -20,9 +23,11 @@ scored AS (
     SELECT *, CASE WHEN $method = 'trend' THEN recent - previous ELSE recent END AS score
     FROM counts
 )
-SELECT refresh_date, c1, c2, list(c_next ORDER BY score DESC, c_next)[1:$top_n] AS retrieved,
-       list(recent ORDER BY score DESC, c_next)[1:$top_n]::INTEGER[] AS support
+SELECT refresh_date, c1, c2,
+       coalesce(list(c_next ORDER BY score DESC, c_next) FILTER (WHERE score > 0), [])[1:$top_n] AS retrieved,
+       coalesce(list(recent ORDER BY score DESC, c_next) FILTER (WHERE score > 0), [])[1:$top_n]::INTEGER[] AS support,
+       sum(recent)::INTEGER AS pair_support
 FROM scored
-WHERE score > 0
 GROUP BY ALL
+HAVING sum(recent) > 0
 ORDER BY refresh_date, c1, c2

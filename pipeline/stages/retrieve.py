@@ -19,7 +19,9 @@ def run(cfg: DictConfig) -> None:
     popular = retrieval.popular(con, daily, days, int(r.window_days), int(r.popular_n))
     write_parquet(found, cfg.paths.retrieved)
     write_parquet(popular, cfg.paths.popular)
-    per_date = found.groupby(found.refresh_date.astype(str)).size()
+    # Under trend a pair can have window support and nothing retrieved: it counts as no retrieval.
+    hit = found[found.retrieved.map(bool)]
+    per_date = hit.groupby(hit.refresh_date.astype(str)).size()
     write_json(Path(cfg.paths.metrics) / "retrieve.json", {
         "method": str(r.method), "window_days": int(r.window_days), "top_n": int(r.top_n),
         "refresh_dates": [str(d) for d in days],
