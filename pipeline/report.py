@@ -39,6 +39,44 @@ def figures(by_day: pd.DataFrame, topk: pd.DataFrame, out: Path) -> None:
         plt.close(fig)
 
 
+def support_figure(m: dict, strategies: list[str], out: Path) -> None:
+    """Grouped bars: each strategy's hit rate with its 95 % CI, per support bucket and overall."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups = [(f"{name}\n{_pct(b['share'])} of events", b["strategies"]) for name, b in buckets_of(m).items()
+              if b["strategies"]] + [("all", m["strategies"])]
+    width = 0.8 / len(strategies)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for i, name in enumerate(strategies):
+        rate = np.array([g[name]["hit_rate"] for _, g in groups])
+        ci = np.array([g[name]["hit_rate_ci"] for _, g in groups]).T
+        ax.bar(np.arange(len(groups)) + (i - (len(strategies) - 1) / 2) * width, rate, width, label=name,
+               yerr=[rate - ci[0], ci[1] - rate], capsize=2)
+    ax.set_xticks(np.arange(len(groups)), [label for label, _ in groups], fontsize=8)
+    ax.set_title("Hit rate by the pair's support in the retrieval window (95 % CI)")
+    ax.set_ylabel("hit rate")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3, axis="y")
+    with atomic_path(out / "hit_rate_by_support.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def buckets_of(m: dict) -> dict:
+    """The support buckets in ascending order (metrics JSON keeps keys sorted by name)."""
+    return dict(sorted(m["by_support"].items(), key=lambda kv: kv[1]["min_support"]))
+
+
+def bucket_label(name: str, low: int, following: int | None) -> str:
+    """cold (0), tail (1-4), head (>= 30): a bucket with its support range."""
+    span = f">= {low}" if following is None else str(low) if following == low + 1 else f"{low}-{following - 1}"
+    return f"{name} ({span})"
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f} %"
 
@@ -52,7 +90,7 @@ def timings(metrics: Path) -> dict[str, float]:
     return {stage: t["wall_s"] for stage in STAGES if (t := timing.read(metrics, stage))}
 
 
-def findings(s: dict, apart: dict, study: dict, topk: pd.DataFrame, every: int) -> list[str]:
+def findings(s: dict, apart: dict, study: dict, topk: pd.DataFrame, every: int, by_support: dict) -> list[str]:
     rag, day1 = s["rag_refreshed"], s["rag_day1"]
     lo, hi = rag["diff_ci"]
     verdict = ("the interval excludes zero: refreshing the RAG table helps" if lo > 0 else
@@ -76,6 +114,17 @@ def findings(s: dict, apart: dict, study: dict, topk: pd.DataFrame, every: int) 
            f"of the time (paper: 37.5 %). The model copies the retrieved cluster in "
            f"{_pct(study['rag_copies_retrieved'])} of RAG answers and gives a cluster that is neither the retrieved "
            f"one nor its no-RAG answer in {_pct(study['rag_differs_from_both'])}."]
+    backoff = s["backoff"]
+    out.append(f"The back-off frequency baseline (no LLM) scores {_pct(backoff['hit_rate'])}; the hybrid (retrieved "
+               f"successor where its support reaches tau, else the RAG table's answer) {_pct(s['hybrid']['hit_rate'])}.")
+    for name, b in by_support.items():
+        if b["strategies"]:
+            x = b["strategies"]
+            top = max(v["hit_rate"] for v in x.values())
+            best = ", ".join(k for k, v in x.items() if v["hit_rate"] == top)
+            out.append(f"On {name} pairs ({_pct(b['share'])} of events) the best: {best} ({_pct(top)}); "
+                       f"the refreshed RAG table scores {_pct(x['rag_refreshed']['hit_rate'])} "
+                       f"and back-off {_pct(x['backoff']['hit_rate'])}.")
     last = topk.iloc[-1]
     out.append("Successors drift: by " + str(last.refresh_date) + ", the share of pairs whose top-k successor set "
                "is unchanged since the first refresh date is " +
@@ -116,7 +165,24 @@ def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame,
         vs = "" if name == "fixed" else f"{_pts(x['diff_vs_fixed'])} ({_pts(x['diff_ci'][0])} to {_pts(x['diff_ci'][1])})"
         lines.append(f"| {name} | {what} | {_pct(x['hit_rate'])} ({_pct(x['hit_rate_ci'][0])} to "
                      f"{_pct(x['hit_rate_ci'][1])}) | {vs} |")
+    buckets = buckets_of(m)
+    lows = [b["min_support"] for b in buckets.values()]
+    labels = [bucket_label(name, low, nxt) for name, low, nxt in zip(buckets, lows, lows[1:] + [None])]
     lines += ["", "![hit rate by day](../metrics/evaluate/hit_rate_by_day.png)", "",
+              "## Hit rate by pair support", "",
+              f"Each event's pair (c1, c2) by its support: the triples of (c1, c2) to any successor in the {r.window_days} "
+              "days before the event's refresh date. The hybrid serves the retrieved successor where its support "
+              f"reaches tau = {m['hybrid_tau']} (chosen on the gate's held-out days, before the month), else the RAG "
+              f"table's LLM answer. {_pct(m['unseen_in_training'])} of events have a pair that never occurs in the "
+              "fine-tune's sample days. Hit rate (95 % CI over the bucket's users):", "",
+              "| strategy | " + " | ".join(labels) + " |", "| --- | " + " | ".join("---:" for _ in labels) + " |",
+              "| share of events | " + " | ".join(f"{_pct(b['share'])} ({b['events']:,})" for b in buckets.values()) + " |"]
+    for name in strategies:
+        lines.append(f"| {name} | " + " | ".join(
+            "" if not b["strategies"] else f"{_pct(b['strategies'][name]['hit_rate'])} "
+            f"({_pct(b['strategies'][name]['hit_rate_ci'][0])} to {_pct(b['strategies'][name]['hit_rate_ci'][1])})"
+            for b in buckets.values()) + " |")
+    lines += ["", "![hit rate by support](../metrics/evaluate/hit_rate_by_support.png)", "",
               "## How RAG changes the answers", "",
               "| measure | this run | paper |", "| --- | ---: | ---: |",
               f"| RAG answer identical to the no-RAG answer (same pair) | {_pct(study['rag_identical_to_base'])} | 7.8 % |",
@@ -145,7 +211,8 @@ def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame,
               f"{rf['prompts_total']:,} (the rest are earlier tables' prompts, answered from the cache) |",
               f"| tokens | {ft['tokens']:,} (forward and backward) | {rf['tokens_est']:,} prompt tokens (forward only) |",
               "", "## Findings", ""]
-    lines += [f"- {f}" for f in findings(s, m["rag_departs_from_retrieved"], study, topk, int(cfg.refresh.every_days))]
+    lines += [f"- {f}" for f in findings(s, m["rag_departs_from_retrieved"], study, topk, int(cfg.refresh.every_days),
+                                         buckets_of(m))]
     lines += ["", "## Wall times (this machine, the last run of each stage)", "", TIMINGS_START,
               f"Fine-tune {f'{train_s:.0f} s' if train_s else 'n/a'} against one RAG refresh {refresh_s}.", "",
               "| stage | wall s |", "| --- | ---: |"]

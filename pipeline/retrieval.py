@@ -12,7 +12,8 @@ from pipeline import db
 METHODS = ("frequency", "trend")
 
 
-def _over_dates(con: duckdb.DuckDBPyConnection, query: str, days, params: dict) -> pd.DataFrame:
+def over_dates(con: duckdb.DuckDBPyConnection, query: str, days, params: dict) -> pd.DataFrame:
+    """The SQL file `query` run with the view `refresh_dates` (day) holding `days`."""
     con.register("refresh_dates", pd.DataFrame({"day": pd.to_datetime(pd.Series(list(days), dtype=object))}))
     try:
         return con.execute(db.sql(query), params).df()
@@ -29,7 +30,7 @@ def successors(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[dat
     Pairs with no triple in the window are absent."""
     if method not in METHODS:
         raise ValueError(f"params.yaml: retrieval.method is {method!r}, expected one of {METHODS}")
-    found = _over_dates(con, "retrieve", days, {"daily": str(daily), "window_days": int(window_days),
+    found = over_dates(con, "retrieve", days, {"daily": str(daily), "window_days": int(window_days),
                                                 "top_n": int(top_n), "method": method})
     found["retrieved"] = found["retrieved"].map(list)
     found["support"] = found["support"].map(list)
@@ -39,7 +40,7 @@ def successors(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[dat
 def popular(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[date], window_days: int,
             top_n: int) -> pd.DataFrame:
     """(refresh_date, popular): per day, the top_n clusters most often reached in [day - window_days, day)."""
-    found = _over_dates(con, "popular", days, {"daily": str(daily), "window_days": int(window_days),
+    found = over_dates(con, "popular", days, {"daily": str(daily), "window_days": int(window_days),
                                                "top_n": int(top_n)})
     found["popular"] = found["popular"].map(list)
     return found
@@ -55,3 +56,9 @@ def attach(frame: pd.DataFrame, found: pd.DataFrame, day_column: str, min_suppor
     # Lists come back as arrays from Parquet and as NaN where nothing matched.
     return pd.Series([[int(c) for c, n in zip(r, s) if n >= min_support] if hasattr(r, "__len__") else []
                       for r, s in zip(merged["retrieved"], merged["support"])], index=frame.index)
+
+
+def hybrid(answers, trusted) -> pd.arrays.IntegerArray:
+    """Hybrid serving: the top retrieved successor where one has enough support (`trusted`: the
+    rows' attach(..., min_support=tau)), else the LLM's answer (NA stays NA)."""
+    return pd.array([got[0] if got else answer for got, answer in zip(trusted, answers)], dtype="Int32")

@@ -107,9 +107,12 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
     cfg = build(world, tmp_path / "a")
     assert sorted(tables(cfg)) == ["base.parquet", "rag-2024-03-01.parquet", "rag-2024-03-03.parquet",
                                    "rag-2024-03-05.parquet"]
+    tau = json.loads((Path(cfg.paths.metrics) / "gate.json").read_text())["hybrid"]["tau"]
+    found = pd.read_parquet(cfg.paths.retrieved)
     for path in sorted(Path(cfg.paths.tables).glob("*.parquet")):
         table = pd.read_parquet(path)
-        assert list(table.columns) == ["c1", "c2", "c_pred", "description", "valid", "served", "retrieved", "output"]
+        columns = ["c1", "c2", "c_pred", "description", "valid", "served", "retrieved", "output"]
+        assert list(table.columns) == columns + (["hybrid"] if path.name.startswith("rag") else [])
         assert len(table) == 20 and (table.c1 != table.c2).all()
         assert table[["c1", "c2"]].drop_duplicates().shape[0] == 20
         assert not ((table.c_pred == table.c1) | (table.c_pred == table.c2)).any()
@@ -125,9 +128,16 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
         assert json.loads(meta["gate"])["override_reason"] == "tiny random model"
         assert set(json.loads(meta["params"])) == set(manifest.stage_deps("bulk_infer")[1])
         assert meta["device_class"] == "cpu-avx2" and meta["torch_version"] == torch.__version__
+        assert json.loads(meta["hybrid_tau"]) == tau
         if path.name.startswith("rag"):
             assert meta["strategy"] == "rag" and path.name == f"rag-{meta['refresh_date']}.parquet"
             assert table.retrieved.map(len).sum() > 0
+            # hybrid: the top successor where its window support reaches tau, else the table's answer
+            day = found[found.refresh_date == pd.Timestamp(meta["refresh_date"])]
+            top = {(a, b): (r[0], n[0]) for a, b, r, n in zip(day.c1, day.c2, day.retrieved, day.support) if len(r)}
+            want = [top[p][0] if p in top and top[p][1] >= tau else c
+                    for p, c in zip(zip(table.c1, table.c2), table.c_pred)]
+            assert table.hybrid.tolist() == want
         else:
             assert table.retrieved.map(len).sum() == 0
     run = timing.take()
@@ -237,3 +247,11 @@ def test_a_thin_rag_line_leaves_the_pair_its_base_prompt():
     assert rag.loc[(1, 0), "retrieved"] == [] and rag.loc[(1, 0), "prompt"] == base.loc[(1, 0), "prompt"]
     assert bulk_infer.table_rows(NAMES, found, days, min_support=4).set_index(["table", "c1", "c2"]).loc[
         ("rag-2024-03-01", 1, 0), "retrieved"] == [3]
+
+
+def test_hybrid_serves_a_trusted_successor_else_the_answer():
+    from pipeline import retrieval
+
+    got = retrieval.hybrid(pd.array([5, pd.NA, 7], dtype="Int32"), [[2], [3], []])
+    assert got.tolist() == [2, 3, 7]
+    assert retrieval.hybrid(pd.array([5, pd.NA], dtype="Int32"), [[], []]).tolist() == [5, pd.NA]

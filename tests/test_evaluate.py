@@ -24,22 +24,61 @@ def table(rows: list[tuple]) -> pd.DataFrame:
 def test_each_strategy_serves_its_newest_table_dated_on_or_before_the_day():
     base = table([(0, 1, 5, []), (1, 0, 6, [])])
     # On Mar 3 the pair (0, 1) was followed by 3 only twice: too thin for its prompt's RAG line.
-    rag = pd.concat([table([(0, 1, 7, [8]), (1, 0, 9, [])]).assign(refresh_date=D1),
-                     table([(0, 1, 2, []), (1, 0, 4, [])]).assign(refresh_date=D3)])
+    rag = pd.concat([table([(0, 1, 7, [8]), (1, 0, 9, [])]).assign(refresh_date=D1, hybrid=[8, 9]),
+                     table([(0, 1, 2, []), (1, 0, 4, [])]).assign(refresh_date=D3, hybrid=[2, 4])])
     found = pd.DataFrame({"refresh_date": pd.to_datetime([D1, D3]), "c1": [0, 0], "c2": [1, 1],
                           "retrieved": [[8], [3]], "support": [[9], [2]]})
+    # what followed c2 alone: on Mar 3, 0 was followed most by 1 (the pair (1, 0)'s own c1), then by 4
+    fallback = pd.DataFrame({"refresh_date": pd.to_datetime([D1, D3, D3]), "c2": [1, 0, 1],
+                             "backoff": [[2, 3], [1, 4], [5]]})
     popular = {D1: [0, 1, 6], D3: [3, 1, 0]}
-    events = pd.DataFrame({"day": [D1, date(2024, 3, 2), D3, date(2024, 3, 9)], "c1": [0, 0, 0, 1],
-                           "c2": [1, 1, 1, 0]})
-    served = evaluate.serve(events, base, rag, popular, found, [D1, D3])
-    assert served.fixed.tolist() == [5, 5, 5, 6]
-    assert served.rag_refreshed.tolist() == [7, 7, 2, 4]
-    assert served.rag_day1.tolist() == [7, 7, 7, 9]
+    events = pd.DataFrame({"day": [D1, date(2024, 3, 2), D3, date(2024, 3, 9), D1], "c1": [0, 0, 0, 1, 1],
+                           "c2": [1, 1, 1, 0, 0]})
+    served = evaluate.serve(events, base, rag, popular, found, fallback, [D1, D3])
+    assert served.fixed.tolist() == [5, 5, 5, 6, 6]
+    assert served.rag_refreshed.tolist() == [7, 7, 2, 4, 9]
+    assert served.rag_day1.tolist() == [7, 7, 7, 9, 9]
+    assert served.hybrid.tolist() == [8, 8, 2, 4, 9]
     # the top-1 baseline serves what retrieval found, thin or not; nothing for (1, 0): popularity
-    assert served.retrieved_top1.tolist() == [8, 8, 3, 3]
-    assert served.popular.tolist() == [6, 6, 3, 3]
+    assert served.retrieved_top1.tolist() == [8, 8, 3, 3, 6]
+    # back-off: the pair's own successor first; for (1, 0) on Mar 3 c2's second (its first is c1);
+    # on Mar 1 nothing followed 0 at all: popularity
+    assert served.backoff.tolist() == [8, 8, 3, 4, 6]
+    assert served.popular.tolist() == [6, 6, 3, 3, 6]
     with pytest.raises(ValueError, match="before the first refresh date"):
-        evaluate.serve(events.assign(day=date(2024, 2, 28)), base, rag, popular, found, [D1, D3])
+        evaluate.serve(events.assign(day=date(2024, 2, 28)), base, rag, popular, found, fallback, [D1, D3])
+
+
+def test_backoff_sql_ranks_what_followed_c2_alone_in_the_window(tmp_path):
+    from tests.test_finetune import daily_frame
+
+    cfg = compose(tmp_path)
+    path = tmp_path / "daily.parquet"
+    daily_frame([("2024-02-27", 0, 1, 2, 3), ("2024-02-28", 3, 1, 2, 2), ("2024-02-28", 0, 1, 4, 4),
+                 ("2024-02-20", 0, 1, 5, 50),  # before the 7-day window
+                 ("2024-03-01", 0, 1, 6, 99)]).to_parquet(path)  # the refresh day itself: never read
+    got = evaluate.backoff_successors(db.connect(cfg), str(path), [D1], 7)
+    # 2 followed c2=1 five times over two different c1, 4 four times
+    assert got.c2.tolist() == [1] and got.backoff.tolist() == [[2, 4]]
+
+
+def test_events_fall_in_the_bucket_of_their_pairs_support_at_the_active_refresh_date():
+    found = pd.DataFrame({"refresh_date": pd.to_datetime([D1, D3, D3]), "c1": [0, 0, 1], "c2": [1, 1, 0],
+                          "pair_support": [4, 30, 5]})
+    events = pd.DataFrame({"day": [D1, date(2024, 3, 2), D3, D1, date(2024, 3, 4)], "c1": [0, 0, 0, 1, 1],
+                           "c2": [1, 1, 1, 0, 0]})
+    bounds = {"cold": 0, "tail": 1, "torso": 5, "head": 30}
+    got = evaluate.support_buckets(events, found, [D1, D3], bounds)
+    assert got.tolist() == ["tail", "tail", "head", "cold", "torso"]
+    with pytest.raises(ValueError, match="eval.support_buckets is .*must start at 0 and ascend"):
+        evaluate.support_buckets(events, found, [D1, D3], {"tail": 1, "head": 30})
+    hit = pd.DataFrame({"fixed": [True, False, True, False, True], "backoff": [True, True, False, False, True]})
+    out = evaluate.by_support(hit, pd.Series([1, 1, 2, 3, 3]), got, bounds, 50, seed=1)
+    assert out["tail"]["events"] == 2 and out["tail"]["share"] == 0.4 and out["cold"]["share"] == 0.2
+    assert out["tail"]["strategies"]["fixed"]["hit_rate"] == 0.5 and out["tail"]["strategies"]["backoff"]["hit_rate"] == 1
+    assert out["head"]["strategies"]["backoff"]["hit_rate"] == 0 and out["torso"]["min_support"] == 5
+    assert evaluate.by_support(hit, pd.Series([1, 1, 2, 3, 3]), got, {**bounds, "huge": 100}, 50, 1)["huge"] == {
+        "min_support": 100, "events": 0, "share": 0.0, "strategies": None}
 
 
 def test_the_repeat_sample_is_seeded_and_keeps_the_prompt_order():
@@ -102,6 +141,16 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
     evaluate.run(cfg)
     m = json.loads((Path(cfg.paths.metrics) / "evaluate.json").read_text())
     assert set(m["strategies"]) == set(evaluate.STRATEGIES) and m["events"] > 100
+    buckets = m["by_support"]
+    assert set(buckets) == {"cold", "tail", "torso", "head"}
+    assert sum(b["events"] for b in buckets.values()) == m["events"]
+    assert abs(sum(b["share"] for b in buckets.values()) - 1) < 1e-5 and 0 <= m["unseen_in_training"] <= 1
+    assert all(set(b["strategies"]) == set(evaluate.STRATEGIES) for b in buckets.values() if b["events"])
+    assert m["hybrid_tau"] == json.loads((Path(cfg.paths.metrics) / "gate.json").read_text())["hybrid"]["tau"]
+    by_support = pd.read_csv(Path(cfg.paths.plots) / "hit_rate_by_support.csv")
+    assert by_support.bucket.tolist() == ["cold", "tail", "torso", "head"]
+    assert by_support.min_support.tolist() == [0, 1, 5, 30]
+    assert (Path(cfg.paths.plots) / "hit_rate_by_support.png").stat().st_size > 1000
     assert 0 <= m["overlap"]["base_repeats_identical"] <= 1 and m["overlap"]["repeat_prompts"] == 20
     by_day = pd.read_csv(Path(cfg.paths.plots) / "hit_rate_by_day.csv")
     assert list(by_day.columns) == ["day", *evaluate.STRATEGIES] and len(by_day) == m["days"]
@@ -109,7 +158,8 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
     assert topk.top1.iloc[0] == 1.0 and len(topk) == 3
     assert (Path(cfg.paths.plots) / "hit_rate_by_day.png").stat().st_size > 1000
     text = Path(cfg.paths.report).read_text()
-    for section in ("## Setup", "## Hit rate by strategy", "## How RAG changes the answers", "## Successor drift",
+    for section in ("## Setup", "## Hit rate by strategy", "## Hit rate by pair support", "| backoff |", "| hybrid |",
+                    "cold (0) | tail (1-4) | torso (5-29) | head (>= 30)", "## How RAG changes the answers", "## Successor drift",
                     "## Cost and agility", "## Findings"):
         assert section in text
     assert f"{100 * m['strategies']['rag_refreshed']['hit_rate']:.2f} %" in text

@@ -1,7 +1,8 @@
 """bulk_infer: decode every ordered pair c1 != c2 into transition tables (paper section 2.3).
 
 One base table (no RAG) and one RAG table per refresh date; a pair with nothing retrieved at least
-retrieval.min_support times on a date gets the base prompt. Answers come from the content-addressed cache when an identical prompt
+retrieval.min_support times on a date gets the base prompt. Each RAG table's hybrid column serves the retrieved successor where its
+window support reaches the gate's tau, else the table's LLM answer. Answers come from the content-addressed cache when an identical prompt
 was decoded before under the same model, adapter and settings; the rest are decoded in shards of
 sorted prompts, each stored as soon as it is done, so a killed run resumes where it stopped and
 computes exactly the batches an uninterrupted run would.
@@ -66,7 +67,7 @@ def run(cfg: DictConfig) -> None:
     if inf.decoding not in DECODINGS:
         raise ValueError(f"params.yaml: infer.decoding is {inf.decoding!r}, expected one of {DECODINGS}")
     days = refresh_dates(cfg)
-    gate = _gate(Path(cfg.paths.metrics) / "gate.json")
+    gate, tau = _gate(Path(cfg.paths.metrics) / "gate.json")
     found = pd.read_parquet(cfg.paths.retrieved)
     stale = set(found.refresh_date.dt.date) - set(days)
     if stale:
@@ -101,7 +102,7 @@ def run(cfg: DictConfig) -> None:
     fields = {**lineage, **kernels.lineage(where), "dtype": str(inf.dtype), "period": str(cfg.period.month),
               "decoding": str(inf.decoding), "data_hash": tree_sha256(cfg.data.path), "params": manifest.params(cfg, declared),
               "code_revision": manifest.code_revision(code), "code_hash": manifest.code_hash(code),
-              "packages": manifest.packages(), "gate": gate}
+              "packages": manifest.packages(), "gate": gate, "hybrid_tau": tau}
     fields["params_hash"] = manifest.sha256_json(fields["params"])
     # Only what the tables determine goes into tracked outputs: a table's new prompts are those no
     # earlier table of this run holds, whatever the answer cache held when the run began.
@@ -111,6 +112,8 @@ def run(cfg: DictConfig) -> None:
         for name, part in rows.groupby("table", sort=False):
             table = serve(part, [answers[p] for p in part.prompt], names, popular)
             day = part.refresh_date.iloc[0]
+            if name != "base":
+                table["hybrid"] = retrieval.hybrid(table.c_pred, retrieval.attach(part.assign(day=day), found, "day", tau))
             manifest.write_table(table, out / f"{name}.parquet", {
                 **fields, "strategy": "base" if name == "base" else "rag", "refresh_date": str(day),
                 "rows": len(table)})
@@ -134,12 +137,16 @@ def run(cfg: DictConfig) -> None:
           f"{rate:.1f} prompts/s")
 
 
-def _gate(path: Path) -> dict:
-    """The gate's verdict and figures the tables are built under; a failed gate without an override stops here."""
+def _gate(path: Path) -> tuple[dict, int]:
+    """(the gate's verdict and figures the tables are built under, its hybrid tau); a failed gate
+    without an override stops here."""
     if not path.exists():
         raise ValueError(f"{path}: no gate verdict; run the gate stage first (dvc repro)")
     g = json.loads(path.read_text())
     if not g["passed"] and not g["override_reason"]:
         raise ValueError(f"{path}: the gate failed ({'; '.join(g['failed_checks'])}) and was not overridden; "
                          "no table is built from this adapter")
-    return {k: g[k] for k in ("passed", "exact_match", "test_recall", "override_reason", "failed_checks")}
+    if "hybrid" not in g:
+        raise ValueError(f"{path}: no hybrid tau; rerun the gate stage (dvc repro)")
+    return {k: g[k] for k in ("passed", "exact_match", "test_recall", "override_reason", "failed_checks")}, int(
+        g["hybrid"]["tau"])

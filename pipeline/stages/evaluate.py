@@ -2,7 +2,8 @@
 
 Every triple of the month is a user with history (c1, c2) on day t; each strategy serves the
 cluster its newest table dated <= t holds for (c1, c2), and hits when that cluster is among the
-user's next eval.horizon distinct clusters. Then the overlap study, successor drift and cost.
+user's next eval.horizon distinct clusters, overall and per bucket of the pair's support in the
+retrieval window. Then the overlap study, successor drift and cost.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pipeline import db, kernels, report, retrieval
+from pipeline import db, kernels, manifest, report, retrieval
 from pipeline.data import contract
 from pipeline.files import atomic_path, write_json
 from pipeline.llm import bulk, model, prompts
@@ -27,7 +28,11 @@ STRATEGIES = {
     "fixed": "fine-tuned model, no RAG (base table all month)",
     "rag_refreshed": "RAG table refreshed every refresh.every_days",
     "rag_day1": "RAG table of the month's first day, held fixed",
+    "hybrid": "RAG table's hybrid column: the retrieved successor where its window support reaches tau "
+              "(chosen on the gate's held-out days), else the LLM's RAG answer",
     "retrieved_top1": "no LLM: the retrieved top-1 successor served directly",
+    "backoff": "no LLM: the pair's top retrieved successor, else the top successor of c2 alone over the same "
+               "window, else popular",
     "popular": "no LLM: the most popular recent cluster that is neither c1 nor c2",
 }
 
@@ -49,17 +54,24 @@ def first_popular(popular: dict, day: date, c1: int, c2: int):
     return next((c for c in popular.get(day, []) if c != c1 and c != c2), None)
 
 
-def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: dict, found: pd.DataFrame,
-          days: list[date]) -> pd.DataFrame:
-    """The cluster each strategy serves to each event, from the newest table dated <= its day.
-
-    retrieved_top1 serves the top successor `found` holds for that date however thin its support:
-    the no-LLM baseline does not depend on which lines the prompts carry (retrieval.min_support)."""
+def active_dates(events: pd.DataFrame, days: list[date]) -> list[date]:
+    """Each event's active refresh date: the newest dated on or before its day."""
     stamps = np.array(days, dtype="datetime64[D]")
     on = np.array(events.day.tolist(), dtype="datetime64[D]")
     if (on < stamps[0]).any():
         raise ValueError(f"events before the first refresh date {days[0]}")
-    active = [days[i] for i in np.searchsorted(stamps, on, side="right") - 1]
+    return [days[i] for i in np.searchsorted(stamps, on, side="right") - 1]
+
+
+def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: dict, found: pd.DataFrame,
+          fallback: pd.DataFrame, days: list[date]) -> pd.DataFrame:
+    """The cluster each strategy serves to each event, from the newest table dated <= its day.
+
+    retrieved_top1 serves the top successor `found` holds for that date however thin its support:
+    the no-LLM baseline does not depend on which lines the prompts carry (retrieval.min_support).
+    backoff serves the same where the pair has one, else c2's top successor (`fallback`:
+    backoff_successors) other than c1, else popular."""
+    active = active_dates(events, days)
     keyed = events[["c1", "c2"]].assign(active=active, first=days[0])
     table = rag.set_index(["refresh_date", "c1", "c2"])
     now = table.reindex(pd.MultiIndex.from_frame(keyed[["active", "c1", "c2"]]))
@@ -68,9 +80,57 @@ def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: 
     pop = [first_popular(popular, d, a, b) for d, a, b in zip(active, events.c1, events.c2)]
     retrieved = retrieval.attach(keyed, found, "active")
     top1 = [got[0] if got else p for got, p in zip(retrieved, pop)]
+    ranked = fallback.assign(active=fallback.refresh_date.dt.date, top=fallback.backoff.str[0],
+                             runner_up=fallback.backoff.str[1])[["active", "c2", "top", "runner_up"]]
+    level2 = keyed[["active", "c1", "c2"]].merge(ranked, on=["active", "c2"], how="left")
+    c2_top = level2.top.where(level2.top != level2.c1, level2.runner_up).astype("Int32")
+    back = [got[0] if got else (c if pd.notna(c) else p) for got, c, p in zip(retrieved, c2_top, pop)]
     return pd.DataFrame({"fixed": fixed.c_pred.to_numpy(), "rag_refreshed": now.c_pred.to_numpy(),
-                         "rag_day1": day1.c_pred.to_numpy(), "retrieved_top1": top1, "popular": pop},
-                        index=events.index)
+                         "rag_day1": day1.c_pred.to_numpy(), "hybrid": now.hybrid.to_numpy(),
+                         "retrieved_top1": top1, "backoff": back, "popular": pop}, index=events.index)
+
+
+def backoff_successors(con, daily: str, days: list[date], window_days: int) -> pd.DataFrame:
+    """(refresh_date, c2, backoff): per day and last cluster, its two most frequent successors of
+    [day - window_days, day) whatever came before it (the back-off baseline's second level)."""
+    found = retrieval.over_dates(con, "backoff", days, {"daily": daily, "window_days": int(window_days)})
+    found["backoff"] = found["backoff"].map(list)
+    return found
+
+
+def support_buckets(events: pd.DataFrame, found: pd.DataFrame, days: list[date], bounds: dict[str, int]) -> pd.Series:
+    """Each event's bucket (a key of `bounds`, lower bounds of the pair's window support) by the
+    pair's pair_support at its active refresh date; a pair absent from `found` has support 0."""
+    lows = list(bounds.values())
+    if not lows or lows[0] != 0 or any(a >= b for a, b in zip(lows, lows[1:])):
+        raise ValueError(f"params.yaml: eval.support_buckets is {dict(bounds)}: lower bounds must start at 0 "
+                         "and ascend")
+    keyed = events[["c1", "c2"]].assign(refresh_date=pd.to_datetime(pd.Series(active_dates(events, days),
+                                                                               index=events.index)))
+    at = found[["refresh_date", "c1", "c2", "pair_support"]].assign(refresh_date=pd.to_datetime(found.refresh_date))
+    support = keyed.merge(at, on=["refresh_date", "c1", "c2"], how="left").pair_support.fillna(0).to_numpy()
+    names = np.array(list(bounds))
+    return pd.Series(names[np.searchsorted(np.array(lows), support, side="right") - 1], index=events.index)
+
+
+def by_support(hit: pd.DataFrame, users: pd.Series, bucket: pd.Series, bounds: dict[str, int], reps: int,
+               seed: int) -> dict:
+    """Per support bucket: its share of events and every strategy's hit rate with bootstrap CIs
+    over the bucket's users (null for a bucket without events)."""
+    out = {}
+    for name, low in bounds.items():
+        inside = (bucket == name).to_numpy()
+        out[name] = {"min_support": int(low), "events": int(inside.sum()), "share": share(inside),
+                     "strategies": bootstrap(hit[inside], users[inside], reps, seed) if inside.any() else None}
+    return out
+
+
+def unseen_in_training(con, daily: str, events: pd.DataFrame, w) -> float | None:
+    """The share of events whose pair has no triple in the fine-tune's sample days [train_start, test_start)."""
+    rows = con.execute(db.sql("finetune_rows"), {"daily": daily, "train_start": w.train_start,
+                                                  "test_start": w.test_start, "min_support": 1}).df()
+    seen = rows[["c1", "c2"]].drop_duplicates().assign(seen=True)
+    return share(events[["c1", "c2"]].merge(seen, on=["c1", "c2"], how="left").seen.isna())
 
 
 def hits(served: pd.DataFrame, future: pd.Series) -> pd.DataFrame:
@@ -206,28 +266,41 @@ def run(cfg: DictConfig) -> None:
     events["day"] = pd.to_datetime(events.day).dt.date
     base, rag = load_tables(Path(cfg.paths.tables), days)
     popular = {d.date(): list(p) for d, p in pd.read_parquet(cfg.paths.popular).itertuples(index=False)}
-    served = serve(events, base, rag, popular, pd.read_parquet(cfg.paths.retrieved), days)
+    found = pd.read_parquet(cfg.paths.retrieved)
+    daily = str(cfg.paths.daily_counts)
+    fallback = backoff_successors(con, daily, days, int(cfg.retrieval.window_days))
+    served = serve(events, base, rag, popular, found, fallback, days)
     hit = hits(served, events.future)
     by_day = hit.groupby(events.day.astype(str)).mean().round(6).rename_axis("day").reset_index()
     strategies = bootstrap(hit, events.user_id, int(e.bootstrap), int(e.seed))
+    bounds = {str(k): int(v) for k, v in e.support_buckets.items()}
+    buckets = by_support(hit, events.user_id, support_buckets(events, found, days, bounds), bounds,
+                         int(e.bootstrap), int(e.seed))
+    support_rates = pd.DataFrame([{"bucket": name, "min_support": b["min_support"], "share": b["share"],
+                                   **{s: b["strategies"][s]["hit_rate"] if b["strategies"] else None for s in STRATEGIES}}
+                                  for name, b in buckets.items()])
 
     names = contract.descriptions(cfg.data.path)
     base_prompts = [prompts.for_pair(names, a, b) for a, b in zip(base.c1, base.c2)]
     repeated = repeat_sample(base_prompts, None if e.repeat_pairs is None else int(e.repeat_pairs), int(e.seed))
     study = overlap(base, rag, repeat_answers(cfg, names, repeated), names)
-    topk = drift(con, str(cfg.paths.daily_counts), days, int(cfg.retrieval.window_days), list(e.drift_k))
+    topk = drift(con, daily, days, int(cfg.retrieval.window_days), list(e.drift_k))
     spend = cost(Path(cfg.paths.metrics), cfg, f"rag-{days[-1]}")
 
     metrics = {"horizon": int(e.horizon), "events": len(events), "users": int(events.user_id.nunique()),
-               "days": int(events.day.nunique()), "strategies": strategies,
+               "days": int(events.day.nunique()), "strategies": strategies, "by_support": buckets,
+               "unseen_in_training": unseen_in_training(con, daily, events, w),
+               "hybrid_tau": json.loads(manifest.read(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet")["hybrid_tau"]),
                "rag_departs_from_retrieved": departures(served, hit), "overlap": study,
                "drift_last_date": {c: topk[c].iloc[-1] for c in topk.columns if c != "refresh_date"}, "cost": spend}
     plots = Path(cfg.paths.plots)
     plots.mkdir(parents=True, exist_ok=True)
-    for frame, name in ((by_day, "hit_rate_by_day.csv"), (topk, "topk_overlap.csv")):
+    for frame, name in ((by_day, "hit_rate_by_day.csv"), (topk, "topk_overlap.csv"),
+                        (support_rates, "hit_rate_by_support.csv")):
         with atomic_path(plots / name) as tmp:
             frame.to_csv(tmp, index=False)
     report.figures(by_day, topk, plots)
+    report.support_figure(metrics, list(STRATEGIES), plots)
     write_json(Path(cfg.paths.metrics) / "evaluate.json", metrics)
     with atomic_path(cfg.paths.report) as tmp:
         tmp.write_text(report.markdown(cfg, metrics, by_day, topk, STRATEGIES, Path(cfg.paths.metrics)),

@@ -1,4 +1,6 @@
-"""gate: greedy free decoding on held-out pairs; halt the pipeline unless both checks pass."""
+"""gate: greedy free decoding on held-out pairs; halt the pipeline unless both checks pass.
+
+It also chooses the hybrid's tau on the same held-out days (never on the month the tables serve)."""
 from __future__ import annotations
 
 import sys
@@ -53,23 +55,50 @@ class Scorer:
         texts = [prompts.for_pair(self.names, a, b, got) for a, b, got in zip(self.pairs.c1, self.pairs.c2, retrieved)]
         outputs = bulk.answers(self.llm, self.tokenizer, texts, self.trie, self.settings)
         c_pred = pd.Series(pd.array(prompts.parse(outputs, self.names), dtype="Int32"), index=self.pairs.index)
-        triples, hits = held_out_recall(self.con, c_pred, self.pairs, self.recall)
+        triples, hits = self.hits(c_pred)
         scores = {"exact_match": round(float(c_pred.notna().mean()), 6), "test_recall": round(hits / max(triples, 1), 6),
                   "test_triples": int(triples), "hits": int(hits)}
         return texts, outputs, c_pred, scores
 
+    def hits(self, c_pred) -> tuple[int, int]:
+        """(held-out triples of the evaluated pairs, hits) when they are served c_pred."""
+        return held_out_recall(self.con, c_pred, self.pairs, self.recall)
 
-def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w) -> dict:
-    """Exact match, recall and copy rate of RAG prompts (retrieval as in fine-tuning, dated test_start)."""
+
+def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, taus: list[int]) -> tuple[dict, dict]:
+    """Exact match, recall and copy rate of RAG prompts (retrieval as in fine-tuning, dated test_start),
+    and the hybrid's tau chosen on them."""
     ft = cfg.finetune
     found = retrieval.successors(con, cfg.paths.daily_counts, [w.test_start], int(ft.rag_window_days),
                                  int(ft.rag_top_n))
-    retrieved = retrieval.attach(pairs.assign(day=w.test_start), found, "day", int(ft.rag_min_support))
+    at = pairs.assign(day=w.test_start)
+    retrieved = retrieval.attach(at, found, "day", int(ft.rag_min_support))
     _, _, c_pred, scores = score(retrieved.tolist())
     copied = [not pd.isna(p) and p == got[0] for p, got in zip(c_pred, retrieved) if got]
-    return {"exact_match": scores["exact_match"], "test_recall": scores["test_recall"],
-            "pairs_with_retrieval": int(retrieved.map(bool).sum()),
-            "copy_rate": round(float(np.mean(copied)) if copied else 0.0, 6)}
+    return ({"exact_match": scores["exact_match"], "test_recall": scores["test_recall"],
+             "pairs_with_retrieval": int(retrieved.map(bool).sum()),
+             "copy_rate": round(float(np.mean(copied)) if copied else 0.0, 6)},
+            choose_tau(score, c_pred, {t: retrieval.attach(at, found, "day", t) for t in taus}))
+
+
+def hybrid_taus(g: DictConfig) -> list[int]:
+    """gate.hybrid_taus, checked before any decoding."""
+    taus = [int(t) for t in g.hybrid_taus]
+    if not taus or min(taus) < 1:
+        raise ValueError(f"params.yaml: gate.hybrid_taus is {taus}: expected a non-empty list of supports >= 1")
+    return taus
+
+
+def choose_tau(score: Scorer, c_pred: pd.Series, trusted: dict[int, pd.Series]) -> dict:
+    """The hybrid's tau: of the candidates (each with the pairs' successors of at least that support),
+    the one whose hybrid answers reach the best held-out recall; the smallest on a tie."""
+    recall = {}
+    for tau, got in trusted.items():
+        triples, hits = score.hits(pd.Series(retrieval.hybrid(c_pred, got), index=c_pred.index))
+        recall[tau] = round(hits / max(triples, 1), 6)
+    best = max(recall.values())
+    return {"tau": min(t for t, r in recall.items() if r == best),
+            "candidates": [{"tau": t, "test_recall": r} for t, r in recall.items()]}
 
 
 def verdict(metrics: dict, g: DictConfig) -> list[str]:
@@ -85,6 +114,7 @@ def verdict(metrics: dict, g: DictConfig) -> list[str]:
 def run(cfg: DictConfig) -> None:
     torch.set_num_threads(int(cfg.torch_threads))
     g, w = cfg.gate, windows(cfg)
+    taus = hybrid_taus(g)
     con = db.connect(cfg)
     pairs = held_out_pairs(con, Path(cfg.paths.triples), w.test_start, w.month_start, int(g.max_pairs), int(g.seed))
     names = contract.descriptions(cfg.data.path)
@@ -101,7 +131,7 @@ def run(cfg: DictConfig) -> None:
     metrics = {**scores, "pairs": len(pairs), "decoding": "free", "adapter": bool(g.use_adapter),
                "held_out": [str(w.test_start), str(w.month_start)]}
     # Not gated, measured: the same pairs with RAG lines retrieved before the held-out days.
-    metrics["rag"] = rag_probe(con, score, pairs, cfg, w)
+    metrics["rag"], metrics["hybrid"] = rag_probe(con, score, pairs, cfg, w, taus)
     failed = verdict(metrics, g)
     metrics.update(passed=not failed, failed_checks=failed, override_reason=g.override_reason,
                    min_exact_match=g.min_exact_match, min_test_recall=g.min_test_recall)
