@@ -249,9 +249,31 @@ def test_a_thin_rag_line_leaves_the_pair_its_base_prompt():
         ("rag-2024-03-01", 1, 0), "retrieved"] == [3]
 
 
+def test_the_popular_line_goes_into_rag_prompts_only_when_asked():
+    days = [date(2024, 3, 1)]
+    found = pd.DataFrame({"refresh_date": pd.to_datetime(days), "c1": [0], "c2": [1], "retrieved": [[2]],
+                          "support": [[5]]})
+    today = bulk_infer.table_rows(NAMES, found, days, min_support=5)
+    # popular_n = 0 keeps every prompt byte for byte
+    assert bulk_infer.table_rows(NAMES, found, days, 5, {days[0]: []}).prompt.tolist() == today.prompt.tolist()
+    assert today.prompt.tolist() == [prompts.for_pair(NAMES, a, b, got) for a, b, got in
+                                     zip(today.c1, today.c2, today.retrieved)]
+    rows = bulk_infer.table_rows(NAMES, found, days, 5, {days[0]: [3, 4]}).set_index(["table", "c1", "c2"])
+    line = f"Popular now: {NAMES[3]}; {NAMES[4]}\n"
+    assert rows.loc[("rag-2024-03-01", 0, 1), "prompt"].endswith(
+        f"Recently followed by: {NAMES[2]}\n{line}{prompts.ASK}")
+    assert line in rows.loc[("rag-2024-03-01", 1, 0), "prompt"]  # nothing retrieved: the popular line alone
+    assert not rows.loc["base"].prompt.str.contains("Popular now").any()
+
+
 def test_hybrid_serves_a_trusted_successor_else_the_answer():
     from pipeline import retrieval
 
     got = retrieval.hybrid(pd.array([5, pd.NA, 7], dtype="Int32"), [[2], [3], []])
     assert got.tolist() == [2, 3, 7]
     assert retrieval.hybrid(pd.array([5, pd.NA], dtype="Int32"), [[], []]).tolist() == [5, pd.NA]
+
+
+def test_popular_n_beyond_what_retrieval_keeps_is_named(world, tmp_path):
+    with pytest.raises(ValueError, match="prompts.popular_n=4 must be in 0..retrieval.popular_n=3"):
+        build(world, tmp_path / "a", "prompts.popular_n=4")

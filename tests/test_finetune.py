@@ -82,6 +82,35 @@ def test_rag_lines_only_read_days_before_the_sample(tmp_path):
     assert finetune.with_rag(db.connect(thin), path, samples, thin.finetune).tolist() == [[], []]
 
 
+def test_the_popular_line_follows_the_rag_share_and_reads_days_before_the_sample(tmp_path):
+    daily = daily_frame([("2024-02-08", 0, 1, 7, 5), ("2024-02-09", 2, 1, 8, 3), ("2024-02-09", 0, 1, 6, 1),
+                         ("2024-02-10", 0, 1, 9, 50)])  # the sample's own day: planted future data
+    path = tmp_path / "daily.parquet"
+    daily.to_parquet(path)
+    samples = pd.DataFrame({"day": pd.to_datetime(["2024-02-10", "2024-02-10"]), "c1": [0, 2], "c2": [1, 1],
+                            "c_next": [3, 3]}).astype({"day": "datetime64[us]"})
+    names = {c: f"topic {c}, theme {c}" for c in range(10)}
+
+    def built(*overrides):
+        cfg = compose(tmp_path, "finetune.rag_window_days=3", "finetune.rag_min_support=1", *overrides)
+        con = db.connect(cfg)
+        rows = samples.assign(retrieved=finetune.with_rag(con, path, samples, cfg.finetune),
+                              popular=finetune.with_popular(con, path, samples, cfg.finetune,
+                                                            int(cfg.prompts.popular_n)))
+        return rows, finetune.texts(rows, names)[0]
+
+    rows, texts = built("finetune.rag_share=1.0", "prompts.popular_n=2")
+    assert rows.popular.tolist() == [[7, 8], [7, 8]]  # 7 (5x) and 8 (3x) before Feb 10; never 9
+    assert all(f"Popular now: {names[7]}; {names[8]}\n" in t for t in texts)
+    # popular_n = 0 (the default): every prompt byte for byte as without the setting
+    rows, texts = built("finetune.rag_share=1.0")
+    assert rows.popular.tolist() == [[], []]
+    assert texts == [prompts.for_pair(names, a, b, r) for a, b, r in zip(rows.c1, rows.c2, rows.retrieved)]
+    # the line goes only where the RAG line's share puts it
+    rows, _ = built("finetune.rag_share=0.0", "prompts.popular_n=2")
+    assert rows.popular.tolist() == [[], []]
+
+
 def test_adapter_is_bit_identical_and_a_killed_run_resumes(tmp_path):
     def fit(where, *extra):
         cfg = compose(where, *TINY, *extra)

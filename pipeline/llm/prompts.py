@@ -31,9 +31,9 @@ def prompt(c1: str, c2: str, retrieved: list[str] = (), popular: list[str] = ())
     return text + ASK
 
 
-def for_pair(names: dict[int, str], c1: int, c2: int, retrieved: list[int] = ()) -> str:
-    """The prompt for a history of cluster ids; retrieved ids make it a RAG prompt."""
-    return prompt(names[c1], names[c2], [names[r] for r in retrieved])
+def for_pair(names: dict[int, str], c1: int, c2: int, retrieved: list[int] = (), popular: list[int] = ()) -> str:
+    """The prompt for a history of cluster ids; retrieved or popular ids make it a RAG prompt."""
+    return prompt(names[c1], names[c2], [names[r] for r in retrieved], [names[p] for p in popular])
 
 
 def answer(description: str) -> str:

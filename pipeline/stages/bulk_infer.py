@@ -1,7 +1,8 @@
 """bulk_infer: decode every ordered pair c1 != c2 into transition tables (paper section 2.3).
 
 One base table (no RAG) and one RAG table per refresh date; a pair with nothing retrieved at least
-retrieval.min_support times on a date gets the base prompt. Each RAG table's hybrid column serves the retrieved successor where its
+retrieval.min_support times on a date gets the base prompt (plus the popular line when
+prompts.popular_n is on). Each RAG table's hybrid column serves the retrieved successor where its
 window support reaches the gate's tau, else the table's LLM answer. Answers come from the content-addressed cache when an identical prompt
 was decoded before under the same model, adapter and settings; the rest are decoded in shards of
 sorted prompts, each stored as soon as it is done, so a killed run resumes where it stopped and
@@ -27,9 +28,11 @@ from pipeline.period import refresh_dates
 DECODINGS = ("free", "constrained")
 
 
-def table_rows(names: dict[int, str], found: pd.DataFrame, days: list, min_support: int) -> pd.DataFrame:
+def table_rows(names: dict[int, str], found: pd.DataFrame, days: list, min_support: int,
+               popular_line: dict | None = None) -> pd.DataFrame:
     """(table, refresh_date, c1, c2, retrieved, prompt): every ordered pair, base table first; a RAG
-    line names the successors retrieved at least min_support times."""
+    line names the successors retrieved at least min_support times, and every RAG table prompt
+    carries popular_line[day] (the clusters popular on its date; none when absent)."""
     clusters = sorted(names)
     pairs = pd.DataFrame([(a, b) for a in clusters for b in clusters if a != b], columns=["c1", "c2"])
     frames = [pairs.assign(table="base", refresh_date=days[0], retrieved=[[] for _ in range(len(pairs))])]
@@ -37,7 +40,9 @@ def table_rows(names: dict[int, str], found: pd.DataFrame, days: list, min_suppo
         frames.append(pairs.assign(table=f"rag-{day}", refresh_date=day,
                                    retrieved=retrieval.attach(pairs.assign(day=day), found, "day", min_support)))
     rows = pd.concat(frames, ignore_index=True)
-    rows["prompt"] = [prompts.for_pair(names, a, b, got) for a, b, got in zip(rows.c1, rows.c2, rows.retrieved)]
+    line = {} if popular_line is None else popular_line
+    rows["prompt"] = [prompts.for_pair(names, a, b, got, line.get(day, []) if table != "base" else [])
+                      for a, b, got, day, table in zip(rows.c1, rows.c2, rows.retrieved, rows.refresh_date, rows.table)]
     return rows
 
 
@@ -75,7 +80,11 @@ def run(cfg: DictConfig) -> None:
                          f"{[str(d) for d in days]}; rerun the retrieve stage (dvc repro)")
     popular = {d.date(): list(p) for d, p in pd.read_parquet(cfg.paths.popular).itertuples(index=False)}
     names = contract.descriptions(cfg.data.path)
-    rows = table_rows(names, found, days, int(cfg.retrieval.min_support))
+    shown = int(cfg.prompts.popular_n)
+    if not 0 <= shown <= int(cfg.retrieval.popular_n):
+        raise ValueError(f"params.yaml: prompts.popular_n={shown} must be in 0..retrieval.popular_n="
+                         f"{cfg.retrieval.popular_n} (the retrieve stage keeps that many popular clusters)")
+    rows = table_rows(names, found, days, int(cfg.retrieval.min_support), {d: p[:shown] for d, p in popular.items()})
 
     where = kernels.device(cfg.device)
     tokenizer = model.load_tokenizer(cfg.model)

@@ -31,17 +31,35 @@ def curate(rows: pd.DataFrame, samples_per_pair: int, seed: int) -> pd.DataFrame
     return pd.concat(picked, ignore_index=True)[["day", "c1", "c2", "c_next"]]
 
 
+def rag_chosen(samples: pd.DataFrame, ft: DictConfig) -> np.ndarray:
+    """The seeded rag_share of the samples whose prompts are RAG prompts."""
+    return np.random.default_rng([int(ft.seed), 1]).random(len(samples)) < float(ft.rag_share)
+
+
 def with_rag(con, daily: Path, samples: pd.DataFrame, ft: DictConfig) -> pd.Series:
     """The retrieved successors for a seeded share of the samples, from days before each sample's own."""
-    chosen = np.random.default_rng([int(ft.seed), 1]).random(len(samples)) < float(ft.rag_share)
+    chosen = rag_chosen(samples, ft)
     days = sorted(pd.to_datetime(samples.loc[chosen, "day"]).dt.date.unique())
     found = retrieval.successors(con, daily, days, int(ft.rag_window_days), int(ft.rag_top_n))
     retrieved = retrieval.attach(samples, found, "day", int(ft.rag_min_support))
     return retrieved.where(chosen, pd.Series([[]] * len(samples), index=samples.index))
 
 
+def with_popular(con, daily: Path, samples: pd.DataFrame, ft: DictConfig, popular_n: int) -> pd.Series:
+    """The popular line of the same RAG share of the samples: the popular_n clusters most reached in
+    [day - rag_window_days, day) before each sample's own day, as the tables' popular line is
+    dated at their refresh date (empty everywhere when popular_n is 0)."""
+    chosen = rag_chosen(samples, ft) if popular_n else np.zeros(len(samples), dtype=bool)
+    days = sorted(pd.to_datetime(samples.loc[chosen, "day"]).dt.date.unique())
+    found = retrieval.popular(con, daily, days, int(ft.rag_window_days), popular_n) if days else None
+    by_day = {} if found is None else {d.date(): p for d, p in zip(found.refresh_date, found.popular)}
+    return pd.Series([by_day.get(d, []) if c else [] for d, c in zip(pd.to_datetime(samples.day).dt.date, chosen)],
+                     index=samples.index)
+
+
 def texts(samples: pd.DataFrame, names: dict[int, str]) -> tuple[list[str], list[str]]:
-    built = [prompts.for_pair(names, a, b, rag) for a, b, rag in zip(samples.c1, samples.c2, samples.retrieved)]
+    built = [prompts.for_pair(names, a, b, rag, popular)
+             for a, b, rag, popular in zip(samples.c1, samples.c2, samples.retrieved, samples.popular)]
     return built, [prompts.answer(names[c]) for c in samples.c_next]
 
 
@@ -58,12 +76,13 @@ def run(cfg: DictConfig) -> None:
                          f"[{w.train_start}, {w.test_start}); is period.month={cfg.period.month} inside the data?")
     samples = curate(rows, int(ft.samples_per_pair), int(ft.seed))
     samples["retrieved"] = with_rag(con, daily, samples, ft)
+    samples["popular"] = with_popular(con, daily, samples, ft, int(cfg.prompts.popular_n))
     names = contract.descriptions(cfg.data.path)
     samples["prompt"], samples["answer"] = texts(samples, names)
 
     base, tokenizer = model.load(cfg.model)
     # Checkpoints belong to exactly these samples, settings and training code; anything else starts afresh.
-    key = hashlib.sha256(pd.util.hash_pandas_object(samples.drop(columns="retrieved")).values.tobytes()
+    key = hashlib.sha256(pd.util.hash_pandas_object(samples.drop(columns=["retrieved", "popular"])).values.tobytes()
                          + OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["finetune", "model"])).encode()
                          + Path(lora.__file__).read_bytes())
     ckpt_dir = Path(cfg.paths.checkpoints) / f"finetune-{key.hexdigest()[:16]}"

@@ -50,9 +50,12 @@ class Scorer:
         self.settings = bulk.Settings(constrained=False, max_new_tokens=int(g.max_new_tokens),
                                       batch_size=batch_size)
 
-    def __call__(self, retrieved: list[list[int]]) -> tuple[list[str], list[str], pd.Series, dict]:
-        """(prompts, generated texts, predicted cluster or NA, scores) with these retrieved lines."""
-        texts = [prompts.for_pair(self.names, a, b, got) for a, b, got in zip(self.pairs.c1, self.pairs.c2, retrieved)]
+    def __call__(self, retrieved: list[list[int]], popular: list[int] = ()) -> tuple[list[str], list[str], pd.Series,
+                                                                                 dict]:
+        """(prompts, generated texts, predicted cluster or NA, scores) with these retrieved lines and
+        popular line."""
+        texts = [prompts.for_pair(self.names, a, b, got, popular)
+                 for a, b, got in zip(self.pairs.c1, self.pairs.c2, retrieved)]
         outputs = bulk.answers(self.llm, self.tokenizer, texts, self.trie, self.settings)
         c_pred = pd.Series(pd.array(prompts.parse(outputs, self.names), dtype="Int32"), index=self.pairs.index)
         triples, hits = self.hits(c_pred)
@@ -66,14 +69,17 @@ class Scorer:
 
 
 def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, taus: list[int]) -> tuple[dict, dict]:
-    """Exact match, recall and copy rate of RAG prompts (retrieval as in fine-tuning, dated test_start),
-    and the hybrid's tau chosen on them."""
+    """Exact match, recall and copy rate of RAG prompts (retrieval as in fine-tuning, dated test_start,
+    with prompts.popular_n popular clusters as the tables carry them), and the hybrid's tau chosen on them."""
     ft = cfg.finetune
     found = retrieval.successors(con, cfg.paths.daily_counts, [w.test_start], int(ft.rag_window_days),
                                  int(ft.rag_top_n))
     at = pairs.assign(day=w.test_start)
     retrieved = retrieval.attach(at, found, "day", int(ft.rag_min_support))
-    _, _, c_pred, scores = score(retrieved.tolist())
+    shown = int(cfg.prompts.popular_n)
+    popular = (retrieval.popular(con, cfg.paths.daily_counts, [w.test_start], int(ft.rag_window_days), shown)
+               .popular.tolist() if shown else [])
+    _, _, c_pred, scores = score(retrieved.tolist(), popular[0] if popular else [])
     copied = [not pd.isna(p) and p == got[0] for p, got in zip(c_pred, retrieved) if got]
     return ({"exact_match": scores["exact_match"], "test_recall": scores["test_recall"],
              "pairs_with_retrieval": int(retrieved.map(bool).sum()),
