@@ -1,5 +1,6 @@
-"""extract + count with the project's own DuckDB stage code (what `python -m pipeline extract`
-and `python -m pipeline count` do, minus count's drift metrics).
+"""extract + count with the project's own stage code (what `python -m pipeline extract` and
+`python -m pipeline count` do, minus count's drift metrics), on DuckDB or, with the override
+engine=spark, on Spark.
 
 The config is composed from conf/ with data.path, paths.* and duckdb.temp_directory pointed
 into a scratch folder, then pipeline.stages.extract.run (contract validation, the extract_*.sql
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import config, db
+from pipeline import config, db, engines
 from pipeline.files import atomic_path
 from pipeline.stages import extract
 
@@ -36,16 +37,13 @@ def compose(data_dir, work_dir, min_engagement: float, session_gap: int, extra: 
 
 
 def run_stages(cfg, quiet: bool = True) -> int:
-    """extract.run(cfg), then count's daily_counts COPY (count.run without drift). Returns daily rows."""
+    """extract.run(cfg), then count's daily_counts copy (count.run without drift). Returns daily rows."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
         extract.run(cfg)
-        con = db.connect(cfg)
-        try:  # count.run's first step, as it writes it
-            with atomic_path(cfg.paths.daily_counts) as daily:
-                return db.copy(con, "daily_counts", daily, {"triples": str(cfg.paths.triples)})
-        finally:
-            con.close()
+        # count.run's first step, as it writes it
+        with engines.open_engine(cfg, db.connect(cfg)) as engine, atomic_path(cfg.paths.daily_counts) as daily:
+            return engine.copy("daily_counts", daily, {"triples": str(cfg.paths.triples)})
 
 
 def daily_counts(events_path, items_path, min_engagement: float, session_gap: int, work_dir=None,

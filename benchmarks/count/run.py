@@ -1,7 +1,8 @@
-"""Benchmark extract + count: the pipeline's DuckDB stages against pandas and polars.
+"""Benchmark extract + count: the pipeline's stages (DuckDB, and Spark local) against pandas and polars.
 
     python -m benchmarks.count.run [--events 10_000_000] [--check-events 1_000_000]
                                    [--big-events 50_000_000 | --no-big] [--polars eager-sort,lazy,streaming]
+                                   [--no-spark]
 
 1. correctness: on --check-events events, pandas and every polars variant must give exactly
    DuckDB's daily counts (asserted), for the configured parameters and a second setting
@@ -9,7 +10,10 @@
 2. timing: each implementation runs on --events events in its own subprocess; wall time of the
    computation (reading Parquet included; imports, config and synthetic data excluded) and the
    subprocess's own peak RSS (os.wait4's ru_maxrss, interpreter and imports included).
-3. DuckDB alone on --big-events events, against the targets (15 s, 2 GiB).
+   The stages with engine=spark (local mode, one JVM) run as a row beside them, not a target;
+   tests/test_engines.py proves their outputs equal DuckDB's byte for byte.
+3. DuckDB alone on --big-events events, against the targets (issue 15: 0.6x the 70.3 s the stages
+   took when it was filed, on a 2-core AVX2 EPYC; 2 GiB).
 
 Events come from the project's generator and are cached in benchmarks/.cache/events_<N>/.
 Targets are printed as PASS/MISS, never asserted: this is a benchmark.
@@ -27,8 +31,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "benchmarks" / ".cache"
-TARGET_BIG_S, TARGET_BIG_RSS_MIB = 15.0, 2048.0
-TARGET_PANDAS_RATIO, TARGET_POLARS_RATIO = 3.0, 1.2
+# Issue 15's targets: 50M events in 0.6x its 70.3 s and 2 GiB; DuckDB faster than pandas and within
+# 1.5x the fastest polars at 10M.
+TARGET_BIG_S, TARGET_BIG_RSS_MIB = 0.6 * 70.31, 2048.0
+TARGET_PANDAS_RATIO, TARGET_POLARS_RATIO = 1.0, 1.5
 
 if __package__ in (None, ""):  # python benchmarks/count/run.py
     sys.path.insert(0, str(ROOT))
@@ -70,11 +76,11 @@ def worker(impl: str, data_dir: str, min_engagement: float, session_gap: int, sa
     # The generator writes a folder of parts; other contract datasets may hold one file.
     events = data / "events.parquet" if (data / "events.parquet").exists() else data / "events"
     items = data / "items.parquet"
-    if impl == "duckdb":
+    if impl in ("duckdb", "spark"):
         from benchmarks.count import impl_duckdb
 
-        scratch = tempfile.TemporaryDirectory(prefix="bench-duckdb-")
-        cfg = impl_duckdb.compose(data, scratch.name, min_engagement, session_gap)
+        scratch = tempfile.TemporaryDirectory(prefix=f"bench-{impl}-")
+        cfg = impl_duckdb.compose(data, scratch.name, min_engagement, session_gap, [f"engine={impl}"])
         began = time.perf_counter()
         rows = impl_duckdb.run_stages(cfg)
         wall = time.perf_counter() - began
@@ -167,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--big-events", type=int, default=50_000_000, help="events for the DuckDB-alone run")
     ap.add_argument("--no-big", action="store_true", help="skip the DuckDB-alone run")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness check")
+    ap.add_argument("--no-spark", action="store_true", help="skip the engine=spark row")
     ap.add_argument("--polars", default="eager-sort,lazy,streaming",
                     help="polars variants to run (impl_polars.VARIANTS)")
     ap.add_argument("--min-engagement", type=float, default=None, help="default: params from conf/")
@@ -202,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
 
     data = dataset(args.events)
     results = []
-    for impl in ["duckdb", *others]:
+    for impl in ["duckdb", *others, *([] if args.no_spark else ["spark"])]:
         r = run_isolated(impl, data, min_engagement, session_gap)
         r["events"] = args.events
         results.append(r)
@@ -228,18 +235,19 @@ def main(argv: list[str] | None = None) -> None:
         return "[green]PASS[/green]" if ok else "[red]MISS[/red]"
 
     pandas = next(r for r in results if r["impl"] == "pandas")
-    checks = [(f"DuckDB >= {TARGET_PANDAS_RATIO:g}x faster than pandas", pandas["wall_s"] / base["wall_s"],
-               pandas["wall_s"] / base["wall_s"] >= TARGET_PANDAS_RATIO, "x")]
+    checks = [(f"DuckDB faster than pandas (pandas time / DuckDB time > {TARGET_PANDAS_RATIO:g})",
+               pandas["wall_s"] / base["wall_s"],
+               pandas["wall_s"] / base["wall_s"] > TARGET_PANDAS_RATIO, "x")]
     fastest = min((r for r in results if r["impl"].startswith("polars")), key=lambda r: r["wall_s"], default=None)
     if fastest:
         ratio = base["wall_s"] / fastest["wall_s"]
         checks.append((f"DuckDB time <= {TARGET_POLARS_RATIO:g}x fastest polars ({fastest['impl']})", ratio,
                        ratio <= TARGET_POLARS_RATIO, "x"))
     if big:
-        checks.append((f"DuckDB {big['events']:,} events < {TARGET_BIG_S:g} s", big["wall_s"],
-                       big["wall_s"] < TARGET_BIG_S, " s"))
-        checks.append((f"DuckDB {big['events']:,} events < {TARGET_BIG_RSS_MIB / 1024:g} GiB RSS",
-                       big["peak_rss_mib"], big["peak_rss_mib"] < TARGET_BIG_RSS_MIB, " MiB"))
+        checks.append((f"DuckDB {big['events']:,} events <= {TARGET_BIG_S:.1f} s", big["wall_s"],
+                       big["wall_s"] <= TARGET_BIG_S, " s"))
+        checks.append((f"DuckDB {big['events']:,} events <= {TARGET_BIG_RSS_MIB / 1024:g} GiB RSS",
+                       big["peak_rss_mib"], big["peak_rss_mib"] <= TARGET_BIG_RSS_MIB, " MiB"))
     for text, value, ok, unit in checks:
         console.print(f"{verdict(ok)} {text}: {value:,.2f}{unit}")
     if args.json:
