@@ -1,4 +1,4 @@
-"""engine=duckdb and engine=spark: the same SQL files, the same output bytes."""
+"""engine=duckdb and engine=spark, and extract's two SQL forms: the same output bytes."""
 from __future__ import annotations
 
 import shutil
@@ -49,6 +49,23 @@ def test_spark_writes_the_bytes_duckdb_writes(tmp_path, dedupe):
     assert len(duck["triples"]) > 1000 and b'"pairs_compared": 0' not in duck["drift.json"]
     sparked = run_engine(tmp_path / "spark", "spark", f"extract.dedupe={dedupe}")
     assert {name: sparked[name] == duck[name] for name in duck} == {name: True for name in duck}
+
+
+@pytest.mark.parametrize("dedupe", ["first_occurrence", "consecutive"])
+@pytest.mark.parametrize("setting", ["extract.min_engagement=0.5", "extract.min_engagement=0.7"])
+def test_partitioned_form_writes_the_bytes_of_the_ordered_form(tmp_path, dedupe, setting):
+    """The portable SQL (what Spark runs) against DuckDB's faster row-order form, on DuckDB;
+    0.7 is no float32 value, so both compare engagement in double precision."""
+    ordered = run_engine(tmp_path / "ordered", "duckdb", f"extract.dedupe={dedupe}", setting, "extract.form=ordered")
+    partitioned = run_engine(tmp_path / "partitioned", "duckdb", f"extract.dedupe={dedupe}", setting,
+                             "extract.form=partitioned")
+    assert len(ordered["triples"]) > 1000
+    assert {name: partitioned[name] == ordered[name] for name in ordered} == {name: True for name in ordered}
+
+
+def test_ordered_form_is_duckdb_only(tmp_path):
+    with pytest.raises(ValueError, match="extract.form is 'ordered', which relies on DuckDB's row order"):
+        extract.run(compose(tmp_path, "engine=spark", "extract.form=ordered"))
 
 
 def test_transpile_inlines_parameters_and_renames_duckdb_functions():

@@ -10,26 +10,66 @@ from pipeline.data import contract
 from pipeline.files import atomic_path, write_json
 
 DEDUPE_MODES = ("first_occurrence", "consecutive")
+FORMS = ("auto", "ordered", "partitioned")
 
 
-def build(engine, params: DictConfig) -> dict:
-    """Create the table `deduped` from the tables events and items; return extract's counts.
+def form(cfg: DictConfig) -> str:
+    """The SQL form extract runs: extract.form, where auto is ordered on DuckDB, partitioned elsewhere."""
+    if cfg.extract.form not in FORMS:
+        raise ValueError(f"params.yaml: extract.form is {cfg.extract.form!r}, expected one of {FORMS}")
+    if cfg.extract.form == "auto":
+        return "ordered" if cfg.engine == "duckdb" else "partitioned"
+    if cfg.extract.form == "ordered" and cfg.engine != "duckdb":
+        raise ValueError(f"params.yaml: extract.form is 'ordered', which relies on DuckDB's row order; "
+                         f"engine={cfg.engine} runs 'partitioned' (or auto)")
+    return cfg.extract.form
 
-    Each step materialises one table and drops its input, so at most two copies of the
-    visits are held (or spilled) at a time."""
-    if params.dedupe not in DEDUPE_MODES:
-        raise ValueError(f"params.yaml: extract.dedupe is {params.dedupe!r}, expected one of {DEDUPE_MODES}")
-    positive = {"min_engagement": float(params.min_engagement)}
-    engine.table("visits", "extract_visits", {**positive, "session_gap": int(params.session_gap)})
+
+def build_ordered(engine, params: DictConfig) -> None:
+    """DuckDB only: one global sort, then windows with an empty OVER () streaming over that order."""
+    engine.table("ordered", "extract_order", {"min_engagement": float(params.min_engagement)})
+    engine.table("sessioned", "extract_sessions", {"session_gap": int(params.session_gap)})
+    engine.drop("ordered")
+    engine.table("kept", f"extract_ordered_{params.dedupe}")
+    engine.drop("sessioned")
+    engine.table("deduped", "extract_ordered_deduped")
+    engine.drop("kept")
+
+
+def build_partitioned(engine, params: DictConfig) -> None:
+    """Any engine: every window names its partition (the user) and order; no step relies on row order."""
+    engine.table("visits", "extract_visits", {"min_engagement": float(params.min_engagement),
+                                              "session_gap": int(params.session_gap)})
     engine.table("kept", f"extract_dedupe_{params.dedupe}")
     engine.drop("visits")
     engine.table("deduped", "extract_deduped")
     engine.drop("kept")
-    (stats,) = engine.rows("extract_stats", positive)
+
+
+def build(engine, params: DictConfig, sql_form: str) -> dict:
+    """Create the table `deduped` from the tables events and items; return extract's counts.
+
+    Each step materialises one table and drops its input, so at most two copies of the
+    visits are held (or spilled) at a time. Both forms give the same rows (tests/test_engines.py)."""
+    if params.dedupe not in DEDUPE_MODES:
+        raise ValueError(f"params.yaml: extract.dedupe is {params.dedupe!r}, expected one of {DEDUPE_MODES}")
+    (build_ordered if sql_form == "ordered" else build_partitioned)(engine, params)
+    (stats,) = engine.rows("extract_stats", {"min_engagement": float(params.min_engagement)})
     return stats
 
 
+def write(engine, cfg: DictConfig, stats: dict, sequences_query: str, triples_query: str) -> None:
+    # Both outputs land together or not at all.
+    with atomic_path(cfg.paths.sequences) as sequences, atomic_path(cfg.paths.triples) as triples:
+        stats["kept_visits"] = engine.copy(sequences_query, sequences)
+        stats["triples"] = engine.copy(triples_query, triples)
+        if stats["triples"] == 0:
+            raise ValueError(f"{cfg.data.path}: no triples after extract ({stats}); check extract.min_engagement "
+                             "and extract.session_gap")
+
+
 def run(cfg: DictConfig) -> None:
+    sql_form = form(cfg)
     con = db.connect(cfg)
     counts = contract.register(con, cfg.data.path, cfg.data.time_range, cfg.data.unknown_items,
                                max_keyword_chars=cfg.data.max_keyword_chars,
@@ -37,14 +77,11 @@ def run(cfg: DictConfig) -> None:
     with engines.open_engine(cfg, con) as engine:
         if cfg.engine != "duckdb":
             engine.stage_views(con, ("events", "items"))
-        stats = build(engine, cfg.extract)
-        # Both outputs land together or not at all.
-        with atomic_path(cfg.paths.sequences) as sequences, atomic_path(cfg.paths.triples) as triples:
-            stats["kept_visits"] = engine.copy("sequences", sequences)
-            stats["triples"] = engine.copy("triples", triples)
-            if stats["triples"] == 0:
-                raise ValueError(f"{cfg.data.path}: no triples after extract ({stats}); check extract.min_engagement "
-                                 "and extract.session_gap")
+        stats = build(engine, cfg.extract, sql_form)
+        if sql_form == "ordered":  # deduped is in (user, time) order already
+            write(engine, cfg, stats, "sequences", "triples")
+        else:
+            write(engine, cfg, stats, "sequences_sorted", "triples_sorted")
     stats["repeats_collapsed"] = stats["positive_events"] - stats["deduped_visits"]
     stats.update(clusters=counts["clusters"], items=counts["items"], dataset=str(cfg.data.name))
     write_json(Path(cfg.paths.metrics) / "extract.json", stats)
