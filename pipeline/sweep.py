@@ -22,7 +22,8 @@ from pipeline.config import CONF_DIR, ROOT
 
 COLUMNS = {"strategies.fixed.hit_rate": "fixed", "strategies.rag_refreshed.hit_rate": "rag_refreshed",
            "strategies.rag_refreshed.diff_ci": "rag_refreshed - fixed (95% CI)",
-           "strategies.retrieved_top1.hit_rate": "retrieved_top1", "overlap.rag_copies_retrieved": "copies"}
+           "strategies.hybrid.hit_rate": "hybrid", "strategies.retrieved_top1.hit_rate": "retrieved_top1",
+           "strategies.backoff.hit_rate": "backoff", "overlap.rag_copies_retrieved": "copies"}
 
 
 def run_one(overrides: list[str]) -> None:
