@@ -56,7 +56,11 @@ class Spark:
     inputs go when the block ends."""
 
     def __init__(self, cfg: DictConfig):
-        from pyspark.sql import SparkSession  # the JVM starts only when engine=spark
+        try:
+            from pyspark.sql import SparkSession  # the JVM starts only when engine=spark
+        except ModuleNotFoundError:
+            raise ValueError("params.yaml: engine is 'spark' but pyspark is not installed; run "
+                             "`bin/setup --spark`") from None
 
         self.session = (
             SparkSession.builder.appName("pipeline").master(str(cfg.spark.master))

@@ -1,6 +1,7 @@
 """engine=duckdb and engine=spark, and extract's two SQL forms: the same output bytes."""
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def run_engine(root: Path, engine: str, *overrides: str) -> dict[str, bytes]:
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="engine=spark needs a Java 17+ runtime: no java on PATH")
+@pytest.mark.skipif(importlib.util.find_spec("pyspark") is None, reason="engine=spark needs pyspark: bin/setup --spark")
 @pytest.mark.parametrize("dedupe", ["first_occurrence", "consecutive"])
 def test_spark_writes_the_bytes_duckdb_writes(tmp_path, dedupe):
     duck = run_engine(tmp_path / "duckdb", "duckdb", f"extract.dedupe={dedupe}")
