@@ -18,15 +18,10 @@ import json
 import tempfile
 from pathlib import Path
 
+from benchmarks import cpu
 from tests.conftest import build, make_world  # pins the portable kernels before torch is imported
 
 RECORD = Path(__file__).with_name("golden.json")
-
-
-def cpu(field: str) -> str:
-    found = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith(field)] if Path("/proc/cpuinfo").exists() else []
-    return found[0] if found else "unknown"
 
 
 def kind() -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import cpu_name
+from benchmarks import cpu
 
 
 def main() -> None:
@@ -89,7 +89,7 @@ def main() -> None:
 
     depth = int(model.load(cfg.model)[0].config.num_hidden_layers)
     tops = args.top_layers or sorted({depth, int(ft.lora.top_layers or depth)}, reverse=True)
-    print(f"CPU: {cpu_name()}; {kernels.device_class()}; batch {size}, {args.steps} steps; padding: "
+    print(f"CPU: {cpu()}; {kernels.device_class()}; batch {size}, {args.steps} steps; padding: "
           f"{padded(randomly)} of random batches' tokens, {padded(by_length)} of length batches'")
     print(f"{'variant':<44}{'samples/s':>10}{'ratio':>8}{'loss':>8}")
     first = None

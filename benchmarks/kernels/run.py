@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import cpu_name
+from benchmarks import cpu
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,7 +70,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.child, args.steps, args.prompts)))
         return
-    print(f"CPU: {cpu_name()}")
+    print(f"CPU: {cpu()}")
     found = {}
     for mode in ("native", "portable"):
         done = subprocess.run([sys.executable, "-m", "benchmarks.kernels.run", "--child", mode, "--steps",
