@@ -172,6 +172,27 @@ def test_string_timestamps_with_offsets_are_read_as_utc(tmp_path):
     assert str(con.execute("SELECT ts FROM events").fetchone()[0]) == "2024-01-04 23:30:00"
 
 
+@pytest.mark.parametrize("ts_type", [pa.timestamp("us", tz="UTC"), pa.timestamp("us", tz="Asia/Kolkata"),
+                                     pa.timestamp("ns"), pa.timestamp("ms"), pa.string()])
+def test_ts_is_the_utc_wall_time_the_zone_cast_gives(tmp_path, ts_type):
+    """The events view's ts (taken from the epoch, not through the time-zone library) equals
+    `ts::TIMESTAMPTZ::TIMESTAMP` for every accepted type, sub-microsecond rounding included."""
+    stamps = pd.to_datetime(["2024-01-05 10:00:00.0000005", "2024-02-29 23:59:59.9999996",
+                             "2024-03-31 12:00:00.123456789"]).tz_localize("UTC")
+    ts = (pa.array(stamps.strftime("%Y-%m-%dT%H:%M:%S.%f%z")) if pa.types.is_string(ts_type)
+          else pa.array(stamps).cast(ts_type if ts_type.tz else pa.timestamp(ts_type.unit, "UTC"), safe=False))
+    if pa.types.is_timestamp(ts_type) and ts_type.tz is None:
+        ts = ts.cast(ts_type)
+    events = pa.table({"user_id": pa.array([1, 1, 1], pa.int64()), "item_id": pa.array([0, 100, 200], pa.int64()),
+                       "ts": ts, "engagement": pa.array([0.9] * 3, pa.float32())})
+    data = write_dataset(tmp_path, events)
+    con = duckdb.connect()
+    contract.register(con, data, RANGE)
+    cast = "TRY_CAST(ts AS TIMESTAMPTZ)" if pa.types.is_string(ts_type) else "ts::TIMESTAMPTZ"
+    expected = con.execute(f"SELECT {cast}::TIMESTAMP FROM read_parquet('{data / 'events.parquet'}')").fetchall()
+    assert con.execute("SELECT ts FROM events").fetchall() == expected
+
+
 def test_timestamp_outside_declared_range(tmp_path):
     events = events_frame(GOOD_EVENTS)
     events.loc[2, "ts"] = pd.Timestamp("2024-04-01 00:00", tz="UTC")
