@@ -67,3 +67,20 @@ def test_top_k_is_a_setting(tmp_path):
 def test_no_comparable_pairs_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no pair reaches count.min_support=1000"):
         run(tmp_path, "count.min_support=1000")
+
+
+def test_month_profile_buckets_triples_by_window_support_and_training(tmp_path):
+    """period 2024-03: refresh dates every 2 days from 03-01, 7-day windows, fine-tune days
+    [02-02, 02-25); support counts successors other than c1 and c2, as retrieve.sql does."""
+    cfg = compose(tmp_path, "count.min_support=1")
+    write_triples(Path(cfg.paths.triples), [
+        ("2024-02-26", 0, 1, 2, 30), ("2024-02-27", 0, 1, 0, 5),  # window of 03-01: 30 (c_next = c1 not counted)
+        ("2024-03-01", 0, 1, 3, 4),  # head, never in the fine-tune's days
+        ("2024-02-10", 1, 2, 0, 3), ("2024-03-02", 1, 2, 0, 6),  # cold at 03-01, seen in training
+        ("2024-02-28", 2, 3, 1, 2), ("2024-03-04", 2, 3, 1, 10),  # tail at 03-03 (02-25..03-02 holds 2)
+        ("2024-03-08", 2, 3, 4, 5),  # torso at 03-07 (02-29..03-06 holds 03-04's 10)
+    ])
+    count.run(cfg)
+    month = json.loads((tmp_path / "metrics/drift.json").read_text())["month"]
+    assert month == {"period": "2024-03", "triples": 25, "unseen_in_training": 0.76,
+                     "by_support": {"cold": 0.24, "tail": 0.4, "torso": 0.2, "head": 0.16}}

@@ -1,7 +1,8 @@
 """python -m pipeline.data {synth|movielens} [hydra overrides]: write a dataset in contract form.
 
 The dataset's settings come from conf/data/<name>.yaml plus overrides, e.g.
-`python -m pipeline.data synth data.synth.n_events=50000000 data.path=/tmp/big`.
+`python -m pipeline.data synth data.synth.n_events=50000000 data.path=/tmp/big`; synth writes the
+default world (data=synthetic) unless an override names another, e.g. data=synthetic_dense.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. data.path=/tmp/big")
     args = ap.parse_args(argv)
     with cli.user_errors(f"data {args.kind}"):
-        cfg = config.compose([f"data={'synthetic' if args.kind == 'synth' else 'movielens'}", *args.overrides]).data
+        named = any(o.startswith("data=") for o in args.overrides)
+        default = [] if named else [f"data={'synthetic' if args.kind == 'synth' else 'movielens'}"]
+        cfg = config.compose([*default, *args.overrides]).data
         began = time.perf_counter()
         if args.kind == "synth":
             from pipeline.data.synth import generate

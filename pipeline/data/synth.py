@@ -1,14 +1,21 @@
 """The synthetic world: interest clusters, items and users' engagement logs.
 
 Users browse in sessions. Inside a session the next interest cluster follows a second-order
-Markov process: logits over successors of the last two distinct clusters (a, b). Those
-logits drift: one anchor every `anchor_days`, each a variance-preserving AR(1) step from
-the previous one, interpolated day by day; `monthly_drift` d sets the step so that anchors
-a month apart correlate by sqrt(1 - d). Last month's successors are a worse guess than
-last week's. Short-lived trends make a cluster surge for a few days.
-Sessions also repeat clusters (dedupe collapses them) and carry negative events (extract
-drops them). Everything is drawn from seeded streams and written chunk by chunk, so the
-same settings give byte-identical files in bounded memory.
+Markov process: logits over successors of the last two distinct clusters (a, b), the sum of
+- a semantic affinity (share `semantic_share` of the preference's variance): themes sit in a
+  small latent space where themes of the same domain (food, outdoors, crafts, ...) lie close,
+  so a cluster's keywords say where its users tend to go next (sourdough -> pastry, coffee);
+- a pair-specific idiosyncrasy that drifts: one anchor every `anchor_days`, each a
+  variance-preserving AR(1) step from the previous one, interpolated day by day;
+  `monthly_drift` d sets the step so that anchors a month apart correlate by sqrt(1 - d);
+- a Zipf popularity prior (`zipf_exponent`): a few clusters draw most traffic, so most pairs
+  are rare;
+- short-lived trends that make a cluster surge for a few days.
+The last `cold_clusters` clusters do not exist before a day in the data's last month: nothing
+reaches them until then, so pairs with them were never seen in training (their keywords come
+from existing themes). Sessions also repeat clusters (dedupe collapses them) and carry negative
+events (extract drops them). Everything is drawn from seeded streams and written chunk by
+chunk, so the same settings give byte-identical files in bounded memory.
 """
 from __future__ import annotations
 
@@ -69,6 +76,23 @@ THEMES = [
 ]
 
 
+# The semantic space: themes of one domain (by their first keyword) lie close together, because
+# people who like one of them tend to like the others. Drawn by hand from what the themes are about.
+DOMAINS = {
+    "food and drink": ("street food", "sourdough", "vegan recipes", "coffee brewing", "barbecue"),
+    "fitness and calm": ("home workout", "trail running", "yoga flow"),
+    "outdoors and travel": ("budget travel", "hiking", "fishing", "marine life", "astronomy"),
+    "making things": ("woodworking", "knitting", "urban sketching", "photography", "electronics"),
+    "games and fandoms": ("indie games", "chess openings", "anime reviews"),
+    "music and comedy": ("jazz piano", "k-pop", "stand up comedy"),
+    "pets": ("cat videos", "dog training"),
+    "home and money": ("houseplants", "interior design", "personal finance"),
+    "wheels and sport": ("vintage cars", "skateboarding", "football highlights"),
+    "gadgets and learning": ("smartphone reviews", "language learning", "ancient history"),
+    "looks": ("makeup tutorial",),
+}
+
+
 def cluster_keywords(n_clusters: int) -> list[list[str]]:
     """Deterministic, unique keyword sets: theme i % len(THEMES), its k-th 3-keyword combination."""
     combos = [list(itertools.combinations(theme, 3)) for theme in THEMES]
@@ -80,7 +104,7 @@ def cluster_keywords(n_clusters: int) -> list[list[str]]:
 
 @dataclass(frozen=True)
 class World:
-    """The hidden process: monthly logit anchors, trend boosts per day, item catalogue."""
+    """The hidden process: logit anchors, trend boosts per day, popularity, birth days, item catalogue."""
 
     start: np.datetime64
     n_days: int
@@ -88,6 +112,8 @@ class World:
     anchors: np.ndarray  # (n_anchors, C, C, C) successor logits every anchor_days
     trends: np.ndarray  # (n_days, C) additive logit boost
     items: np.ndarray  # (C, items_per_cluster) item ids
+    prior: np.ndarray  # (C,) log popularity, also where sessions start (0: uniform)
+    born: np.ndarray  # (C,) first day a cluster exists (0: always)
 
     def logits(self, day: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Successor logits for sessions on `day` whose last two distinct clusters are (a, b)."""
@@ -95,7 +121,39 @@ class World:
         frac = ((day % self.anchor_days) / self.anchor_days)[:, None]
         out = (1 - frac) * self.anchors[k, a, b] + frac * self.anchors[k + 1, a, b] + self.trends[day]
         out[np.arange(len(b)), b] = -np.inf  # a move, not a repeat: repeats are drawn separately
+        out[self.born[None, :] > day[:, None]] = -np.inf
         return out
+
+    def starts(self, rng: np.random.Generator, day: np.ndarray) -> np.ndarray:
+        """First clusters of sessions starting on `day`: by popularity, among clusters that exist."""
+        c = len(self.prior)
+        if not self.prior.any() and not self.born.any():
+            return rng.integers(0, c, size=len(day))  # the dense world's own draw: its data stays byte-identical
+        weights = np.where(self.born[None, :] > day[:, None], -np.inf, self.prior[None, :])
+        return np.argmax(weights + rng.gumbel(size=weights.shape), axis=1)
+
+
+# Theme vectors: a domain's direction plus this much of the theme's own, in this many dimensions;
+# themes of one domain then have a cosine of about 0.8, of two domains about 0.
+THEME_DIM, THEME_SPREAD = 8, 0.5
+
+
+def cluster_domains(n_clusters: int) -> np.ndarray:
+    """Each cluster's domain (an index into DOMAINS), by its theme."""
+    domain_of = {head: d for d, heads in enumerate(DOMAINS.values()) for head in heads}
+    return np.array([domain_of[THEMES[c % len(THEMES)][0]] for c in range(n_clusters)])
+
+
+def semantic_affinity(rng: np.random.Generator, c: int) -> np.ndarray:
+    """(C, C, C) standardised affinity of a pair (a, b) for a successor n: mostly how close n's
+    theme is to b's, partly to a's (a cluster shares its theme's vector)."""
+    centres = rng.standard_normal((len(DOMAINS), THEME_DIM))
+    themes = centres[cluster_domains(len(THEMES))] + THEME_SPREAD * rng.standard_normal((len(THEMES), THEME_DIM))
+    themes /= np.linalg.norm(themes, axis=1, keepdims=True)
+    vectors = themes[np.arange(c) % len(THEMES)]
+    sim = vectors @ vectors.T
+    affinity = sim[None, :, :] + 0.5 * sim[:, None, :]
+    return (affinity - affinity.mean()) / (affinity.std() or 1.0)
 
 
 def build_world(s: DictConfig, time_range) -> World:
@@ -107,7 +165,7 @@ def build_world(s: DictConfig, time_range) -> World:
     month_starts = np.clip((months.astype("datetime64[D]") - start).astype(int), 0, None)
     n_days = int((end - start).astype(int))
     month_starts[-1] = n_days
-    # Half the preference is about the last cluster only, half about the pair.
+    # Half the idiosyncrasy is about the last cluster only, half about the pair.
     def draw():
         return s.logit_scale * (np.sqrt(0.5) * rng.standard_normal((1, c, c)) + np.sqrt(0.5) * rng.standard_normal((c, c, c)))
     step = int(s.anchor_days)
@@ -122,13 +180,24 @@ def build_world(s: DictConfig, time_range) -> World:
             first = rng.integers(lo, max(lo + 1, hi - s.trend_days + 1))
             trends[first:first + s.trend_days, cluster] += s.trend_boost
     items = rng.permutation(c * int(s.items_per_cluster)).reshape(c, -1).astype(np.int64) + 1
-    return World(start, n_days, step, np.stack(anchors).astype(np.float32), trends.astype(np.float32), items)
+    # The semantic world's own stream, so the dense world (all of it off) keeps its draws above.
+    sem_rng = np.random.default_rng([s.seed, 2])
+    semantic = s.logit_scale * np.sqrt(s.semantic_share) * semantic_affinity(sem_rng, c)
+    prior = -s.zipf_exponent * np.log1p(sem_rng.permutation(c))  # popularity rank r weighs 1 / (r + 1)^exponent
+    cold = int(s.cold_clusters)
+    if not 0 <= cold < c:
+        raise ValueError(f"data.synth.cold_clusters: {cold} must be in 0..n_clusters-1 ({c - 1})")
+    born = np.zeros(c, dtype=np.int64)
+    last = month_starts[-2]  # the last month: its first half sees the cold clusters appear
+    born[c - cold:] = np.sort(sem_rng.integers(last, last + max(1, (n_days - last) // 2), size=cold))
+    anchors = np.sqrt(1 - s.semantic_share) * np.stack(anchors) + semantic + prior
+    return World(start, n_days, step, anchors.astype(np.float32), trends.astype(np.float32), items,
+                 prior.astype(np.float32), born)
 
 
 def _sessions(world: World, s: DictConfig, chunk: int, n_sessions: int) -> pd.DataFrame:
     """Simulate `n_sessions` sessions with the chunk's own seeded stream."""
     rng = np.random.default_rng([s.seed, 1, chunk])
-    c = world.anchors.shape[1]
     seconds = world.n_days * 86400
     begin = rng.integers(0, seconds, size=n_sessions)
     # Longest first, so the sessions still running at step k are a prefix [:active].
@@ -139,7 +208,7 @@ def _sessions(world: World, s: DictConfig, chunk: int, n_sessions: int) -> pd.Da
     offsets = np.cumsum(rng.exponential(s.mean_event_gap_s, size=(n_sessions, steps)), axis=1).astype(np.int64)
     ts = begin[:, None] + offsets
     day = np.minimum(ts // 86400, world.n_days - 1)
-    a = b = rng.integers(0, c, size=n_sessions)
+    a = b = world.starts(rng, day[:, 0])
     clusters[:, 0] = b
     for k in range(1, steps):
         active = int(np.count_nonzero(length > k))
