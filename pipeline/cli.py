@@ -40,6 +40,11 @@ def user_errors(prog: str) -> Iterator[None]:
     except Exception as exc:
         if os.environ.get(DEBUG) or not isinstance(exc, _user_errors()):
             raise
+        text = str(exc)
+        if exc.__cause__ is not None and type(exc).__module__.startswith("hydra"):
+            # Hydra names the override; the first line of its cause (OmegaConf's type or enum
+            # check) says what is allowed.
+            text += ": " + str(exc.__cause__).splitlines()[0]
         # Hydra and DVC messages can span lines; the user gets one.
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        message = " ".join(line.strip() for line in text.splitlines() if line.strip())
         raise SystemExit(f"{prog}: {message or type(exc).__name__}") from None

@@ -2,7 +2,7 @@
 
 Stages read params.yaml only; `python -m pipeline.config [overrides]` recomposes it with
 the same function DVC's Hydra integration uses for `dvc exp run -S`, so both give the
-same bytes.
+same bytes. Every composition and every load is typed and checked by pipeline/schema.py.
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from pipeline import schema
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
@@ -37,7 +39,7 @@ def load(path: Path | str = PARAMS) -> DictConfig:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no params file; run `python -m pipeline.config` to compose it")
-    cfg = OmegaConf.load(path)
+    cfg = schema.load(OmegaConf.load(path), str(path))
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

@@ -16,28 +16,18 @@ class Windows:
 
 
 def windows(cfg: DictConfig) -> Windows:
-    month = cfg.period.month
-    if not month:
+    """The month's days and the training window before it (pipeline/schema.py checks the settings)."""
+    if not cfg.period.month:
         raise ValueError("params.yaml: period.month is not set (give period.month=YYYY-MM)")
-    try:
-        start = date.fromisoformat(f"{month}-01")
-    except ValueError as exc:
-        raise ValueError(f"params.yaml: period.month is {month!r}, expected YYYY-MM") from exc
+    start = date.fromisoformat(f"{cfg.period.month}-01")
     end = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
     ft = cfg.finetune
-    if not 0 < int(ft.test_days) < int(ft.train_days):
-        raise ValueError(f"params.yaml: finetune.test_days={ft.test_days} must be in 1..train_days-1 "
-                         f"(train_days={ft.train_days})")
-    return Windows(month_start=start, month_end=end, train_start=start - timedelta(days=int(ft.train_days)),
-                   test_start=start - timedelta(days=int(ft.test_days)))
+    return Windows(month_start=start, month_end=end, train_start=start - timedelta(days=ft.train_days),
+                   test_start=start - timedelta(days=ft.test_days))
 
 
 def refresh_dates(cfg: DictConfig) -> list[date]:
     """RAG refresh dates: the month's first day, then every refresh.every_days, up to refresh.until."""
     w = windows(cfg)
-    every = int(cfg.refresh.every_days)
-    last = date.fromisoformat(str(cfg.refresh.until)) if cfg.refresh.until else w.month_end - timedelta(days=1)
-    if every < 1 or not w.month_start <= last < w.month_end:
-        raise ValueError(f"params.yaml: refresh.every_days={every} must be >= 1 and refresh.until={last} inside "
-                         f"{cfg.period.month}")
-    return [w.month_start + timedelta(days=k) for k in range(0, (last - w.month_start).days + 1, every)]
+    last = date.fromisoformat(cfg.refresh.until) if cfg.refresh.until else w.month_end - timedelta(days=1)
+    return [w.month_start + timedelta(days=k) for k in range(0, (last - w.month_start).days + 1, cfg.refresh.every_days)]

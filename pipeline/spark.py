@@ -63,9 +63,9 @@ class Spark:
                              "`bin/setup --spark`") from None
 
         self.session = (
-            SparkSession.builder.appName("pipeline").master(str(cfg.spark.master))
-            .config("spark.driver.memory", str(cfg.spark.driver_memory))
-            .config("spark.sql.shuffle.partitions", int(cfg.spark.shuffle_partitions))
+            SparkSession.builder.appName("pipeline").master(cfg.spark.master)
+            .config("spark.driver.memory", cfg.spark.driver_memory)
+            .config("spark.sql.shuffle.partitions", cfg.spark.shuffle_partitions)
             .config("spark.ui.enabled", False).config("spark.ui.showConsoleProgress", False)
             # Days are UTC days, as on DuckDB (db.connect).
             .config("spark.sql.session.timeZone", "UTC")

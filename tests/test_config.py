@@ -1,6 +1,9 @@
 """params.yaml is exactly the composition of conf/; bad config fails loudly."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hydra.errors import ConfigCompositionException
 
@@ -28,3 +31,116 @@ def test_unknown_key_is_rejected():
 def test_missing_params_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m pipeline.config"):
         config.load(tmp_path / "params.yaml")
+
+
+# The schema (pipeline/schema.py): every bad setting of issue 11 is refused while composing, in one
+# line that names the key, the value and what is allowed.
+BAD = [
+    ("retrieval.top_n=0", ">= 1"), ("retrieval.top_n=-1", ">= 1"),
+    ("retrieval.window_days=0", ">= 1"), ("retrieval.window_days=-7", ">= 1"),
+    ("finetune.rag_share=2", "in [0, 1]"), ("infer.max_new_tokens=0", ">= 1"),
+    ("finetune.trainer.max_steps=0", ">= 1"), ("finetune.samples_per_pair=0", ">= 1"),
+    ("infer.shard_size.cpu=0", ">= 1"), ("gate.max_pairs=0", ">= 1"),
+    ("data.time_range.start=garbage", "a date YYYY-MM-DD"), ("data.time_range.start=2024-02-30", "a date"),
+    ("torch_threads=0", ">= 1"), ("retrieval.min_support=many", "could not be converted to Integer"),
+    ("eval.repeat_pairs=0", ">= 1"), ("eval.repeat_pairs=-5", ">= 1"),
+    ("gate.min_exact_match=1.5", "in [0, 1]"), ("gate.min_exact_match=-0.1", "in [0, 1]"),
+    ("gate.min_test_recall=2", "in [0, 1]"), ("gate.min_test_recall=-1", "in [0, 1]"),
+    ("period.month=2024-13", "a month YYYY-MM"), ("refresh.every_days=0", ">= 1"),
+    ("gate.hybrid_taus=[0, 3]", "integers >= 1"), ("eval.drift_k=[]", "a non-empty list"),
+    # enums
+    ("infer.decoding=beam", "expected one of [free, constrained]"), ("engine=flink", "[duckdb, spark]"),
+    ("kernels=fast", "[portable, native]"), ("device=gpu", "[auto, cpu, cuda]"),
+    ("extract.form=sorted", "[auto, ordered, partitioned]"), ("extract.dedupe=none", "[first_occurrence, consecutive]"),
+    ("data.unknown_items=keep", "[drop, error]"), ("infer.dtype=int8", "[float32, bfloat16, float16]"),
+    ("retrieval.method=random", "[frequency, trend]"), ("model.source=hub", "[gguf_wheel, pretrained, random]"),
+]
+# Rules between keys: the message names the key that breaks them and the one it depends on.
+BAD_TOGETHER = [
+    (["data.time_range.start=2024-05-01"], "data.time_range.end=2024-04-01", "after data.time_range.start (2024-05-01)"),
+    (["model.source=pretrained"], "model.name_or_path=None", "model.source=pretrained"),
+    (["finetune.test_days=28"], "finetune.test_days=28", "fewer than finetune.train_days (28)"),
+    (["prompts.popular_n=4"], "prompts.popular_n=4", "at most retrieval.popular_n (3)"),
+    (["engine=spark", "extract.form=ordered"], "extract.form=ordered", "ordered relies on DuckDB"),
+    (["refresh.until=2024-04-02"], "refresh.until=2024-04-02", "a day of period.month (2024-03)"),
+    (["data=contract"], "data.path is missing", "give data.path="),
+    (["eval.support_buckets.cold=2"], "eval.support_buckets={'cold': 2, 'tail': 1", "start at 0 and ascend"),
+]
+
+
+def refusal(overrides: list[str]) -> str:
+    """What `python -m pipeline.config OVERRIDES` prints (its exit status is 1)."""
+    from pipeline import cli
+
+    with pytest.raises(SystemExit) as done, cli.user_errors("config"):
+        config.compose(overrides)
+    return done.value.code
+
+
+@pytest.mark.parametrize(("override", "allowed"), BAD, ids=[o for o, _ in BAD])
+def test_a_setting_out_of_range_is_refused_in_one_line(override, allowed):
+    message = refusal([override])
+    key, value = override.split("=", 1)
+    assert "\n" not in message and f"{key}={value}" in message and allowed in message, message
+
+
+@pytest.mark.parametrize(("overrides", "named", "allowed"), BAD_TOGETHER, ids=[" ".join(o) for o, _, _ in BAD_TOGETHER])
+def test_settings_that_contradict_each_other_are_refused_in_one_line(overrides, named, allowed):
+    message = refusal(overrides)
+    assert "\n" not in message and named in message and allowed in message, message
+
+
+@pytest.mark.parametrize("override", ["retrieval.popular_n=0", "prompts.popular_n=0", "eval.repeat_pairs=null",
+                                      "model=tiny_random", "data=movielens", "refresh.until=2024-03-31",
+                                      "model.name_or_path=HuggingFaceTB/SmolLM2-135M"])
+def test_settings_in_range_compose(override):
+    config.compose(["model.source=pretrained", override] if "name_or_path" in override else [override])
+
+
+def test_dvc_exp_run_composition_checks_the_schema(tmp_path):
+    """`dvc exp run -S` composes with dvc.utils.hydra.compose_and_dump in DVC's own process, which
+    imports no pipeline code: the schema comes in through Hydra's plugin discovery (hydra_plugins/)."""
+    script = f"""
+import sys
+from dvc.utils.hydra import compose_and_dump
+assert "pipeline" not in sys.modules
+root = {str(config.ROOT)!r}
+compose_and_dump({str(tmp_path / "ok.yaml")!r}, root + "/conf", None, "config", root, ["retrieval.top_n=2"])
+try:
+    compose_and_dump({str(tmp_path / "bad.yaml")!r}, root + "/conf", None, "config", root, ["retrieval.top_n=0"])
+except ValueError as exc:
+    print(exc)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "retrieval.top_n=0: expected >= 1\n"
+    assert "top_n: 2" in (tmp_path / "ok.yaml").read_text() and not (tmp_path / "bad.yaml").exists()
+
+
+def test_a_stage_refuses_a_bad_params_yaml_in_one_line(tmp_path, monkeypatch):
+    """params.yaml edited by hand: every stage loads it through the same schema."""
+    from pipeline import cli
+    from pipeline.__main__ import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(config.PARAMS.read_text().replace("  top_n: 1\n", "  top_n: 0\n", 1))
+    load = config.load
+    monkeypatch.setattr(config, "load", lambda: load(params))
+    monkeypatch.delenv(cli.DEBUG, raising=False)
+    with pytest.raises(SystemExit) as done:
+        main(["retrieve"])
+    assert done.value.code == f"retrieve: {params}: retrieval.top_n=0: expected >= 1"
+
+    params.write_text(config.PARAMS.read_text() + "extra: 1\n")
+    with pytest.raises(SystemExit) as done:
+        main(["retrieve"])
+    assert done.value.code == f"retrieve: {params}: extra: Key 'extra' not in 'Config'"
+
+
+def test_constrained_decoding_needs_the_tokens_of_the_longest_answer():
+    from pipeline.llm import bulk
+
+    eos = 0
+    # 3 is decided at its third token and needs a fourth for the check; 4 only by its EOS.
+    trie = bulk.Trie.from_paths({3: (5, 6, 7, 8, eos), 4: (5, 6, eos), 5: (5, 6, 9, eos), 6: (1, eos)}, eos)
+    assert trie.tokens_needed() == 4

@@ -32,25 +32,22 @@ def test_auto_picks_the_cpu_when_cuda_is_absent(monkeypatch):
     assert kernels.device("auto") == "cpu" and kernels.device("cpu") == "cpu"
     with pytest.raises(ValueError, match="device is 'cuda' but torch sees no CUDA GPU"):
         kernels.device("cuda")
-    with pytest.raises(ValueError, match="device is 'gpu', expected one of"):
-        kernels.device("gpu")
 
 
 def test_inference_dtype_is_a_setting_and_is_checked():
     cfg = compose(Path("/nonexistent"), "model=tiny_random", f"model.cache_dir={ROOT / 'models'}")
     llm, _ = model.load(cfg.model, device="cpu", dtype="bfloat16")
     assert llm.dtype == torch.bfloat16 and llm.device.type == "cpu"
-    with pytest.raises(ValueError, match="infer.dtype is 'half'"):
-        kernels.dtype("half")
 
 
-def test_a_bad_setting_stops_a_stage_with_one_line(monkeypatch):
-    from omegaconf import OmegaConf
-
+def test_a_bad_setting_stops_a_stage_with_one_line(monkeypatch, tmp_path):
     from pipeline import __main__ as entry, config
 
+    params = tmp_path / "params.yaml"
+    params.write_text(config.PARAMS.read_text().replace("kernels: portable", "kernels: fast"))
+    load = config.load
     monkeypatch.delenv("PIPELINE_DEBUG", raising=False)
-    monkeypatch.setattr(config, "load", lambda: OmegaConf.create({"kernels": "fast"}))
+    monkeypatch.setattr(config, "load", lambda: load(params))
     with pytest.raises(SystemExit) as stopped:
         entry.main(["extract"])
-    assert str(stopped.value) == "extract: params.yaml: kernels is 'fast', expected one of ('portable', 'native')"
+    assert str(stopped.value) == f"extract: {params}: kernels: Invalid value 'fast', expected one of [portable, native]"

@@ -85,7 +85,7 @@ def cluster(movies: dict[int, list[str]], tags: list[tuple[int, str]], c: DictCo
     genres = {g for names in movies.values() for g in names}
     stop = {normalise_tag(t) for t in [*c.stop_tags, *genres, NO_GENRES]}
     usable = [(m, t) for m, tag in tags if m in movies and (t := normalise_tag(tag)) and t not in stop]
-    keys = cluster_keys(movies, {m for m, _ in usable}, int(c.min_movies))
+    keys = cluster_keys(movies, {m for m, _ in usable}, c.min_movies)
     movies_with, applications = defaultdict(set), Counter()
     for movie, t in usable:
         movies_with[keys[movie], t].add(movie)
@@ -99,7 +99,7 @@ def cluster(movies: dict[int, list[str]], tags: list[tuple[int, str]], c: DictCo
         ranked = [t for t in sorted((t for k, t in applications if k == key),
                                     key=lambda t: (-len(movies_with[key, t]), -applications[key, t], t))
                   if t not in base]
-        extra = [t for t in ranked if t not in taken][: int(c.max_tags)]
+        extra = [t for t in ranked if t not in taken][: c.max_tags]
         if len(base) + len(extra) < contract.MIN_KEYWORDS:  # all its tags are taken: reuse one
             extra = ranked[: contract.MIN_KEYWORDS - len(base)]
         words = (base + extra)[: contract.MAX_KEYWORDS]

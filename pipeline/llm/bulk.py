@@ -55,6 +55,16 @@ class Trie:
                 below.setdefault(path[:n], []).append(c)
         return cls(dict(paths), eos, {k: tuple(v) for k, v in below.items()})
 
+    def tokens_needed(self) -> int:
+        """The least max_new_tokens with which constrained decoding completes every answer. It takes
+        a cluster's whole path once a chosen token leaves that cluster alone in the trie, but checks
+        the budget first, so a path needs one token past that point, or just its length when only its
+        EOS sets it apart (a description that begins another)."""
+        def alone(path: tuple[int, ...]) -> int:
+            return next(n for n in range(1, len(path) + 1) if len(self.below[path[:n]]) == 1)
+
+        return max(min(alone(path) + 1, len(path)) for path in self.paths.values())
+
     def clusters(self, prefix: tuple[int, ...], exclude: tuple[int, ...] = ()) -> list[int]:
         """Clusters whose answer starts with prefix, less the excluded ones."""
         return [c for c in self.below.get(prefix, ()) if c not in exclude]

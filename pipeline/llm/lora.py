@@ -119,7 +119,7 @@ class LoraModule(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-        warmup = max(1, int(self.optim.warmup_steps))
+        warmup = max(1, self.optim.warmup_steps)
         decay = max(1, self.max_steps - warmup)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min((step + 1) / warmup, max(0.0, (self.max_steps - step) / decay)))
@@ -150,11 +150,8 @@ def wrap(model, lora: DictConfig):
     from peft import LoraConfig, get_peft_model
 
     layers = int(model.config.num_hidden_layers)
-    top = layers if lora.top_layers is None else min(int(lora.top_layers), layers)
-    if top < 1:
-        raise ValueError(f"params.yaml: finetune.lora.top_layers is {lora.top_layers}, expected at least 1 "
-                         "or null for all layers")
-    config = LoraConfig(r=int(lora.r), lora_alpha=int(lora.alpha), lora_dropout=float(lora.dropout),
+    top = layers if lora.top_layers is None else min(lora.top_layers, layers)
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
                         layers_to_transform=list(range(layers - top, layers)))
     return get_peft_model(model, config)
@@ -168,14 +165,14 @@ def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConf
     from dvclive.lightning import DVCLiveLogger
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    L.seed_everything(int(ft.seed), workers=True, verbose=False)
+    L.seed_everything(ft.seed, workers=True, verbose=False)
     peft_model = wrap(model, ft.lora).train()
     samples = encode(tokenizer, prompts, answers)
-    every = int(ft.checkpoint_every_n_steps)
-    stream = Stream(len(samples), every * int(ft.batch_size), int(ft.seed))
-    batches = LengthBatches(stream, [len(s["input_ids"]) for s in samples], int(ft.batch_size))
+    every = ft.checkpoint_every_n_steps
+    stream = Stream(len(samples), every * ft.batch_size, ft.seed)
+    batches = LengthBatches(stream, [len(s["input_ids"]) for s in samples], ft.batch_size)
     loader = DataLoader(samples, batch_sampler=batches, collate_fn=collate(tokenizer.pad_token_id), num_workers=0)
-    module = LoraModule(peft_model, ft.optim, int(ft.trainer.max_steps))
+    module = LoraModule(peft_model, ft.optim, ft.trainer.max_steps)
     last = ckpt_dir / "last.ckpt"
     resuming = last.exists()
     trainer = L.Trainer(

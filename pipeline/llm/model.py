@@ -110,15 +110,12 @@ def load(m: DictConfig, adapter: Path | str | None = None, device: str = "cpu", 
                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id,
                              **{k: v for k, v in OmegaConf.to_container(m.random).items() if k != "seed"})
-        torch.manual_seed(int(m.random.seed))
+        torch.manual_seed(m.random.seed)
         model = LlamaForCausalLM(config)
-    elif m.source in ("gguf_wheel", "pretrained"):
+    else:  # gguf_wheel or pretrained
         where = _prepared_or_fail(m) if m.source == "gguf_wheel" else m.name_or_path
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, use_safetensors=True,
-                                                     trust_remote_code=False,
-                                                     local_files_only=bool(m.local_files_only))
-    else:
-        raise ValueError(f"params.yaml: model.source is {m.source!r}, expected gguf_wheel, pretrained or random")
+                                                     trust_remote_code=False, local_files_only=m.local_files_only)
     if adapter is not None:
         from peft import PeftModel
 
@@ -137,7 +134,7 @@ def identity(m: DictConfig) -> str:
     if not path.is_dir():
         from huggingface_hub import snapshot_download
 
-        path = Path(snapshot_download(m.name_or_path, local_files_only=bool(m.local_files_only)))
+        path = Path(snapshot_download(m.name_or_path, local_files_only=m.local_files_only))
     digest = hashlib.sha256()
     for weights in sorted(path.glob("*.safetensors")):
         digest.update(sha256(weights).encode())

@@ -1,0 +1,512 @@
+"""The schema of the whole config (conf/ and params.yaml): Hydra structured configs.
+
+conf/config.yaml lists `schema` (the Config below, registered in Hydra's ConfigStore) first in its
+defaults list, so every YAML file and override merges into typed nodes: an unknown key, a value of
+the wrong type or outside an enum fails while Hydra composes. The values live in conf/; fields here
+have no defaults (MISSING), only types and, in their metadata, the range a value must fall in.
+Ranges and the rules that tie two keys together are checked by `check` after composition, because
+OmegaConf checks types only; every failure is one line naming the key, the value and what is allowed.
+
+Where the checks run:
+- `python -m pipeline.config` and `config.compose` (this module wraps Hydra's compose, see below);
+- `dvc exp run -S key=value`: DVC composes in its own process (dvc.utils.hydra.compose_and_dump),
+  which imports no pipeline code but lets Hydra discover plugins on the repository root, so
+  hydra_plugins/pipeline_schema.py imports this module there;
+- `config.load()`, which every stage calls, checks params.yaml again (it may be edited by hand).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from enum import StrEnum
+from typing import Any, Callable, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A setting out of its range: cli.user_errors prints it as one line."""
+
+
+# --- ranges: a field's metadata says what its value must be ---------------------------------------
+
+def _rule(ok: Callable[[Any], bool], allowed: str) -> Any:
+    return field(default=MISSING, metadata={"ok": ok, "allowed": allowed})
+
+
+def at_least(low: float) -> Any:
+    return _rule(lambda v: v >= low, f">= {low}")
+
+
+def between(low: float, high: float) -> Any:
+    return _rule(lambda v: low <= v <= high, f"in [{low}, {high}]")
+
+
+def below_one() -> Any:  # a probability that cannot be certain
+    return _rule(lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def each_at_least(low: int) -> Any:
+    return _rule(lambda v: len(v) > 0 and all(x >= low for x in v), f"a non-empty list of integers >= {low}")
+
+
+def non_empty() -> Any:
+    return _rule(lambda v: len(v) > 0, "not empty")
+
+
+def _is_date(value: str) -> bool:
+    try:
+        return bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", value)) and bool(date.fromisoformat(value))
+    except ValueError:
+        return False
+
+
+def _is_month(value: str) -> bool:
+    return bool(re.fullmatch(r"\d{4}-\d{2}", value)) and _is_date(f"{value}-01")
+
+
+def a_date() -> Any:
+    return _rule(_is_date, "a date YYYY-MM-DD")
+
+
+def a_month() -> Any:
+    return _rule(_is_month, "a month YYYY-MM")
+
+
+# --- enums: settings the code accepts from a fixed set ----------------------------------------------
+
+class UnknownItems(StrEnum):
+    drop = "drop"  # counted in metrics/extract.json
+    error = "error"
+
+
+class Dedupe(StrEnum):
+    first_occurrence = "first_occurrence"
+    consecutive = "consecutive"
+
+
+class ExtractForm(StrEnum):
+    auto = "auto"
+    ordered = "ordered"  # DuckDB only
+    partitioned = "partitioned"
+
+
+class ModelSource(StrEnum):
+    gguf_wheel = "gguf_wheel"
+    pretrained = "pretrained"  # needs model.name_or_path
+    random = "random"  # needs model.random
+
+
+class RetrievalMethod(StrEnum):
+    frequency = "frequency"
+    trend = "trend"
+
+
+class Decoding(StrEnum):
+    free = "free"
+    constrained = "constrained"
+
+
+class Dtype(StrEnum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Engine(StrEnum):
+    duckdb = "duckdb"
+    spark = "spark"
+
+
+class Kernels(StrEnum):
+    portable = "portable"
+    native = "native"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+# --- the tree; field order is params.yaml's key order -----------------------------------------------
+
+@dataclass
+class TimeRange:
+    start: str = a_date()
+    end: str = a_date()
+
+
+@dataclass
+class EngagementRange:
+    min: float = MISSING
+    max: float = MISSING
+
+
+@dataclass
+class FinetuneWindow:
+    train_days: int = at_least(1)
+    test_days: int = at_least(1)
+    min_pair_support: int = at_least(1)
+
+
+@dataclass
+class Synth:
+    """The synthetic world's generator (pipeline/data/synth.py); a new setting is one field here."""
+    seed: int = at_least(0)
+    n_clusters: int = at_least(1)
+    cold_clusters: int = at_least(0)
+    items_per_cluster: int = at_least(1)
+    n_users: int = at_least(1)
+    n_events: int = at_least(1)
+    mean_session_events: int = at_least(1)
+    mean_event_gap_s: int = at_least(1)
+    negative_share: float = below_one()
+    repeat_prob: float = below_one()
+    unknown_item_share: float = below_one()
+    semantic_share: float = between(0, 1)
+    zipf_exponent: float = at_least(0)
+    logit_scale: float = at_least(0)
+    monthly_drift: float = between(0, 1)
+    anchor_days: int = at_least(1)
+    trends_per_month: int = at_least(0)
+    trend_days: int = at_least(1)
+    trend_boost: float = at_least(0)
+    chunk_events: int = at_least(1)
+
+
+@dataclass
+class Clustering:
+    """MovieLens genres -> clusters (pipeline/data/movielens.py)."""
+    min_movies: int = at_least(1)
+    max_tags: int = at_least(0)
+    stop_tags: list[str] = MISSING
+    catch_all: list[str] = non_empty()
+
+
+@dataclass
+class Data:
+    name: str = non_empty()
+    path: str = non_empty()
+    default_month: Optional[str] = a_month()
+    time_range: TimeRange = MISSING
+    unknown_items: UnknownItems = MISSING
+    max_keyword_chars: int = at_least(1)
+    engagement_range: EngagementRange = MISSING
+    min_engagement: float = MISSING
+    drift_min_support: int = at_least(1)
+    finetune_window: FinetuneWindow = MISSING
+    # Each dataset's own section: null where it has none.
+    synth: Optional[Synth] = None
+    source: Optional[str] = None
+    clustering: Optional[Clustering] = None
+
+
+@dataclass
+class Extract:
+    min_engagement: float = MISSING
+    session_gap: int = at_least(1)
+    dedupe: Dedupe = MISSING
+    form: ExtractForm = MISSING
+
+
+@dataclass
+class Count:
+    top_k: int = at_least(1)
+    min_support: int = at_least(1)
+
+
+@dataclass
+class Period:
+    month: Optional[str] = a_month()  # null: stages that need a month say so
+
+
+@dataclass
+class Wheel:
+    requirement: str = MISSING
+    gguf: str = MISSING
+
+
+@dataclass
+class RandomModel:
+    seed: int = at_least(0)
+    hidden_size: int = at_least(1)
+    intermediate_size: int = at_least(1)
+    num_hidden_layers: int = at_least(1)
+    num_attention_heads: int = at_least(1)
+    num_key_value_heads: int = at_least(1)
+
+
+@dataclass
+class Model:
+    name: str = non_empty()
+    source: ModelSource = MISSING
+    wheel: Wheel = MISSING
+    name_or_path: Optional[str] = MISSING
+    local_files_only: bool = MISSING
+    cache_dir: str = MISSING
+    random: Optional[RandomModel] = MISSING
+
+
+@dataclass
+class Retrieval:
+    method: RetrievalMethod = MISSING
+    window_days: int = at_least(1)
+    top_n: int = at_least(1)
+    min_support: int = at_least(1)
+    popular_n: int = at_least(0)  # 0: no popular clusters (no popular fallback or line)
+
+
+@dataclass
+class Refresh:
+    every_days: int = at_least(1)
+    until: Optional[str] = a_date()
+
+
+@dataclass
+class Lora:
+    top_layers: Optional[int] = at_least(1)
+    r: int = at_least(1)
+    alpha: int = at_least(1)
+    dropout: float = below_one()
+    target_modules: list[str] = non_empty()
+
+
+@dataclass
+class Optim:
+    lr: float = _rule(lambda v: v > 0, "> 0")
+    weight_decay: float = at_least(0)
+    warmup_steps: int = at_least(0)
+
+
+@dataclass
+class Trainer:
+    """Arguments of lightning.Trainer (pipeline/llm/lora.py passes them all)."""
+    max_steps: int = at_least(1)
+    devices: int = at_least(1)
+    precision: str = MISSING
+    deterministic: bool = MISSING
+    gradient_clip_val: Optional[float] = at_least(0)
+    log_every_n_steps: int = at_least(1)
+    enable_progress_bar: bool = MISSING
+    enable_model_summary: bool = MISSING
+
+
+@dataclass
+class Finetune:
+    train_days: int = at_least(1)
+    test_days: int = at_least(1)
+    min_pair_support: int = at_least(1)
+    samples_per_pair: int = at_least(1)
+    seed: int = at_least(0)
+    rag_share: float = between(0, 1)
+    rag_window_days: int = at_least(1)
+    rag_top_n: int = at_least(1)
+    rag_min_support: int = at_least(1)
+    lora: Lora = MISSING
+    optim: Optim = MISSING
+    batch_size: int = at_least(1)
+    trainer: Trainer = MISSING
+    checkpoint_every_n_steps: int = at_least(1)
+
+
+@dataclass
+class Prompts:
+    popular_n: int = at_least(0)  # 0: no popular line
+
+
+@dataclass
+class PerDevice:
+    cpu: int = at_least(1)
+    cuda: int = at_least(1)
+
+
+@dataclass
+class Gate:
+    min_exact_match: float = between(0, 1)
+    min_test_recall: float = between(0, 1)
+    horizon_days: int = at_least(1)
+    max_pairs: int = at_least(1)
+    max_new_tokens: int = at_least(1)
+    batch_size: PerDevice = MISSING
+    seed: int = at_least(0)
+    use_adapter: bool = MISSING
+    override_reason: Optional[str] = MISSING
+    hybrid_taus: list[int] = each_at_least(1)
+
+
+@dataclass
+class Infer:
+    decoding: Decoding = MISSING
+    # Constrained decoding also needs it to reach the longest description: bulk_infer checks that
+    # against the description trie, which only the tokenizer and the dataset's clusters give.
+    max_new_tokens: int = at_least(1)
+    dtype: Dtype = MISSING
+    batch_size: PerDevice = MISSING
+    shard_size: PerDevice = MISSING
+
+
+def _buckets_ok(bounds: dict[str, int]) -> bool:
+    lows = list(bounds.values())
+    return bool(lows) and lows[0] == 0 and all(a < b for a, b in zip(lows, lows[1:]))
+
+
+@dataclass
+class Eval:
+    horizon: int = at_least(1)
+    bootstrap: int = at_least(1)
+    seed: int = at_least(0)
+    repeat_temperature: float = _rule(lambda v: v > 0, "> 0")
+    repeat_pairs: Optional[int] = at_least(1)  # null: every pair
+    drift_k: list[int] = each_at_least(1)
+    support_buckets: dict[str, int] = _rule(_buckets_ok, "lower bounds that start at 0 and ascend")
+
+
+@dataclass
+class DuckDB:
+    threads: int = at_least(1)
+    memory_limit: str = MISSING
+    temp_directory: str = MISSING
+
+
+@dataclass
+class Spark:
+    master: str = MISSING
+    driver_memory: str = MISSING
+    shuffle_partitions: int = at_least(1)
+    stage_dir: str = MISSING
+
+
+@dataclass
+class Paths:
+    sequences: str = MISSING
+    triples: str = MISSING
+    daily_counts: str = MISSING
+    samples: str = MISSING
+    adapter: str = MISSING
+    checkpoints: str = MISSING
+    gate_predictions: str = MISSING
+    retrieved: str = MISSING
+    popular: str = MISSING
+    tables: str = MISSING
+    infer_cache: str = MISSING
+    plots: str = MISSING
+    report: str = MISSING
+    metrics: str = MISSING
+
+
+@dataclass
+class Config:
+    data: Data = MISSING
+    extract: Extract = MISSING
+    count: Count = MISSING
+    period: Period = MISSING
+    model: Model = MISSING
+    retrieval: Retrieval = MISSING
+    refresh: Refresh = MISSING
+    finetune: Finetune = MISSING
+    prompts: Prompts = MISSING
+    gate: Gate = MISSING
+    infer: Infer = MISSING
+    eval: Eval = MISSING
+    duckdb: DuckDB = MISSING
+    engine: Engine = MISSING
+    spark: Spark = MISSING
+    torch_threads: int = at_least(1)
+    kernels: Kernels = MISSING
+    device: Device = MISSING
+    paths: Paths = MISSING
+
+
+# --- the checks ---------------------------------------------------------------------------------------
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+    raise ConfigError(f"{key}={shown}: expected {allowed}")
+
+
+def _walk(node: DictConfig, prefix: str) -> None:
+    """Every field's range, depth first in key order; a MISSING value is named too."""
+    for f in dataclasses.fields(OmegaConf.get_type(node)):
+        key = prefix + f.name
+        if OmegaConf.is_missing(node, f.name):
+            raise ConfigError(f"{key} is missing: give {key}=...")
+        value = node[f.name]
+        if value is not None and "ok" in f.metadata and not f.metadata["ok"](value):
+            _fail(key, value, f.metadata["allowed"])
+        if isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value)):
+            _walk(value, key + ".")
+
+
+def _relations(c: DictConfig) -> None:
+    """Rules that tie keys together."""
+    def need(ok: bool, key: str, allowed: str) -> None:
+        if not ok:
+            _fail(key, OmegaConf.select(c, key), allowed)
+
+    d = c.data
+    need(d.time_range.start < d.time_range.end, "data.time_range.end", f"a date after data.time_range.start "
+         f"({d.time_range.start})")
+    need(d.engagement_range.min < d.engagement_range.max, "data.engagement_range.max",
+         f"above data.engagement_range.min ({d.engagement_range.min})")
+    need(c.finetune.test_days < c.finetune.train_days, "finetune.test_days",
+         f"fewer than finetune.train_days ({c.finetune.train_days}): the held-out days end the training window")
+    need(c.extract.form != ExtractForm.ordered or c.engine == Engine.duckdb, "extract.form",
+         "auto or partitioned with engine=spark (ordered relies on DuckDB's row order)")
+    need(c.model.source != ModelSource.pretrained or bool(c.model.name_or_path), "model.name_or_path",
+         "an HF id or a local directory with model.source=pretrained")
+    need(c.model.source != ModelSource.random or c.model.random is not None, "model.random",
+         "the random model's shape with model.source=random (see conf/model/tiny_random.yaml)")
+    need(c.prompts.popular_n <= c.retrieval.popular_n, "prompts.popular_n",
+         f"at most retrieval.popular_n ({c.retrieval.popular_n}): the retrieve stage keeps that many popular clusters")
+    if c.refresh.until is not None and c.period.month is not None:
+        need(c.refresh.until.startswith(c.period.month), "refresh.until", f"a day of period.month ({c.period.month})")
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise ConfigError, one line, for the first setting outside its range or rules."""
+    _walk(cfg, "")
+    _relations(cfg)
+
+
+def load(cfg: DictConfig, source: str) -> DictConfig:
+    """An untyped config (params.yaml as read) typed and checked by the schema; `source` names it."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: {exc.full_key}: {str(exc).splitlines()[0]}") from None
+    try:
+        check(typed)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return typed
+
+
+ConfigStore.instance().store(name="schema", node=Config)
+
+
+def _checked(compose_config: Callable) -> Callable:
+    def compose(self, *args, **kwargs) -> DictConfig:
+        cfg = compose_config(self, *args, **kwargs)
+        if OmegaConf.get_type(cfg) is Config:  # only configs built on this schema
+            check(cfg)
+        return cfg
+    compose.checks_schema = True
+    return compose
+
+
+def _install() -> None:
+    """Hydra has no hook after composition and DVC writes params.yaml straight from Hydra's compose,
+    so the range checks wrap the one method every composition goes through (hydra-core is pinned)."""
+    from hydra._internal.hydra import Hydra
+
+    if not getattr(Hydra.compose_config, "checks_schema", False):
+        Hydra.compose_config = _checked(Hydra.compose_config)
+
+
+_install()
