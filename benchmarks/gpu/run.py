@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:  # python benchmarks/gpu/run.py
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.infer.run import plain_generate  # noqa: E402
-from pipeline import kernels  # noqa: E402
+from pipeline import kernels, schema  # noqa: E402
 
 # SmolLM2-135M-Instruct's architecture (its config.json).
 SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu.run", description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--clusters", type=int, nargs="+", default=[300, 1000])
-    ap.add_argument("--dtype", choices=kernels.DTYPES, help="default: bfloat16 on cuda, float32 on cpu")
+    ap.add_argument("--dtype", choices=[d.value for d in schema.Dtype], help="default: bfloat16 on cuda, float32 on cpu")
     ap.add_argument("--batch", type=int, help="rows per forward pass (default: 2048 on cuda, 128 on cpu)")
     ap.add_argument("--shard", type=int, help="prompts per decode() call, as bulk_infer's shards "
                     "(default: 32768 on cuda, 256 on cpu)")
