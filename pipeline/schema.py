@@ -68,6 +68,14 @@ def _is_month(value: str) -> bool:
     return bool(re.fullmatch(r"\d{4}-\d{2}", value)) and _is_date(f"{value}-01")
 
 
+def one_of(*choices: str) -> Any:  # a string a library checks only when it runs
+    return _rule(lambda v: v in choices, f"one of {', '.join(choices)}")
+
+
+def a_size(pattern: str, example: str) -> Any:
+    return _rule(lambda v: bool(re.fullmatch(pattern, v, re.IGNORECASE)), f"a size such as {example}")
+
+
 def a_date() -> Any:
     return _rule(_is_date, "a date YYYY-MM-DD")
 
@@ -287,7 +295,7 @@ class Trainer:
     """Arguments of lightning.Trainer (pipeline/llm/lora.py passes them all)."""
     max_steps: int = at_least(1)
     devices: int = at_least(1)
-    precision: str = MISSING
+    precision: str = one_of("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
     deterministic: bool = MISSING
     gradient_clip_val: Optional[float] = at_least(0)
     log_every_n_steps: int = at_least(1)
@@ -368,14 +376,14 @@ class Eval:
 @dataclass
 class DuckDB:
     threads: int = at_least(1)
-    memory_limit: str = MISSING
+    memory_limit: str = a_size(r"\d+(\.\d+)?\s*[KMGT]i?B", "1500MB")
     temp_directory: str = MISSING
 
 
 @dataclass
 class Spark:
     master: str = MISSING
-    driver_memory: str = MISSING
+    driver_memory: str = a_size(r"\d+[kmgt]?", "4g")
     shuffle_partitions: int = at_least(1)
     stage_dir: str = MISSING
 
@@ -452,6 +460,8 @@ def _relations(c: DictConfig) -> None:
          f"({d.time_range.start})")
     need(d.engagement_range.min < d.engagement_range.max, "data.engagement_range.max",
          f"above data.engagement_range.min ({d.engagement_range.min})")
+    need(d.engagement_range.min <= c.extract.min_engagement <= d.engagement_range.max, "extract.min_engagement",
+         f"inside data.engagement_range [{d.engagement_range.min}, {d.engagement_range.max}]")
     need(c.finetune.test_days < c.finetune.train_days, "finetune.test_days",
          f"fewer than finetune.train_days ({c.finetune.train_days}): the held-out days end the training window")
     need(c.extract.form != ExtractForm.ordered or c.engine == Engine.duckdb, "extract.form",

@@ -48,6 +48,7 @@ BAD = [
     ("gate.min_test_recall=2", "in [0, 1]"), ("gate.min_test_recall=-1", "in [0, 1]"),
     ("period.month=2024-13", "a month YYYY-MM"), ("refresh.every_days=0", ">= 1"),
     ("gate.hybrid_taus=[0, 3]", "integers >= 1"), ("eval.drift_k=[]", "a non-empty list"),
+    ("finetune.trainer.precision=32", "one of 32-true, 16-mixed"), ("duckdb.memory_limit=lots", "a size such as 1500MB"),
     # enums
     ("infer.decoding=beam", "expected one of [free, constrained]"), ("engine=flink", "[duckdb, spark]"),
     ("kernels=fast", "[portable, native]"), ("device=gpu", "[auto, cpu, cuda]"),
@@ -64,6 +65,7 @@ BAD_TOGETHER = [
     (["engine=spark", "extract.form=ordered"], "extract.form=ordered", "ordered relies on DuckDB"),
     (["refresh.until=2024-04-02"], "refresh.until=2024-04-02", "a day of period.month (2024-03)"),
     (["data=contract"], "data.path is missing", "give data.path="),
+    (["extract.min_engagement=1.5"], "extract.min_engagement=1.5", "inside data.engagement_range [0.0, 1.0]"),
     (["eval.support_buckets.cold=2"], "eval.support_buckets={'cold': 2, 'tail': 1", "start at 0 and ascend"),
 ]
 
