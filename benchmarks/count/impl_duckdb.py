@@ -18,11 +18,14 @@ from pipeline import config, db, engines
 from pipeline.files import atomic_path
 from pipeline.stages import extract
 
+# The world issue 15 measured, the first synthetic one (data=synthetic_dense keeps it byte for byte).
+WORLD = "data=synthetic_dense"
+
 
 def compose(data_dir, work_dir, min_engagement: float, session_gap: int, extra: list[str] = ()):
     work = Path(work_dir)
     return config.compose([
-        "data=synthetic",
+        WORLD,
         f"data.path={Path(data_dir).resolve()}",
         f"extract.min_engagement={min_engagement}",
         f"extract.session_gap={session_gap}",
