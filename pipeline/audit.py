@@ -130,13 +130,15 @@ def listing() -> list[dict]:
         v = Version(tag)
         gate = v.json(f"{v.params['paths']['metrics']}/gate.json")
         try:
-            ev = v.json(f"{v.params['paths']['metrics']}/evaluate.json")["strategies"]
+            ev = v.json(f"{v.params['paths']['metrics']}/evaluate.json")
         except AuditError:
             ev = {}
+        # Releases made before evaluate.json held only headline figures keep hit rates per strategy.
+        hit = ev.get("hit_rate") or {s: x["hit_rate"] for s, x in ev.get("strategies", {}).items()}
         rows.append({"tag": tag, "date": git("log", "-1", "--format=%cs", tag), "month": v.params["period"]["month"],
                      "exact_match": gate["exact_match"], "test_recall": gate["test_recall"],
                      "override": gate["override_reason"],
-                     **{f"hit_{s}": ev[s]["hit_rate"] for s in ("fixed", "rag_refreshed") if s in ev}})
+                     **{f"hit_{s}": hit[s] for s in ("fixed", "rag_refreshed") if s in hit}})
     return rows
 
 

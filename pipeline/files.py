@@ -62,6 +62,16 @@ def write_json(path: Path | str, payload: dict) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def write_metrics(metrics: Path | str, stage: str, headline: dict, record: dict) -> None:
+    """A stage's measurements in two files. metrics/<stage>.json holds the few headline figures a
+    person compares across experiments (DVC metrics: `dvc metrics show` puts every key of every
+    metrics file in one table row, so per-table or per-date detail there makes it unreadable);
+    metrics/<stage>/detail.json holds the record behind them: breakdowns per table, date, bucket
+    or candidate, settings and lineage (a plain DVC output, for the report and for reading)."""
+    write_json(Path(metrics) / stage / "detail.json", record)
+    write_json(Path(metrics) / f"{stage}.json", headline)
+
+
 def write_parquet(frame, path: Path | str) -> None:
     """A pandas frame as Parquet, atomically, in fixed row groups."""
     with atomic_path(path) as tmp:

@@ -20,10 +20,10 @@ from pipeline import cli
 from pipeline.audit import flatten
 from pipeline.config import CONF_DIR, ROOT
 
-COLUMNS = {"strategies.fixed.hit_rate": "fixed", "strategies.rag_refreshed.hit_rate": "rag_refreshed",
-           "strategies.rag_refreshed.diff_ci": "rag_refreshed - fixed (95% CI)",
-           "strategies.hybrid.hit_rate": "hybrid", "strategies.retrieved_top1.hit_rate": "retrieved_top1",
-           "strategies.backoff.hit_rate": "backoff", "overlap.rag_copies_retrieved": "copies"}
+COLUMNS = {"hit_rate.fixed": "fixed", "hit_rate.rag_refreshed": "rag_refreshed",
+           "rag_refreshed_vs_fixed.ci_low": "rag_refreshed - fixed: 95% CI low",
+           "rag_refreshed_vs_fixed.ci_high": "CI high", "hit_rate.hybrid": "hybrid",
+           "hit_rate.retrieved_top1": "retrieved_top1", "hit_rate.backoff": "backoff", "rag_copies_retrieved": "copies"}
 
 
 def run_one(overrides: list[str]) -> None:

@@ -95,12 +95,15 @@ def tables(cfg) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(Path(cfg.paths.tables).glob("*.parquet"))}
 
 
+METRICS = ("bulk_infer.json", "bulk_infer/detail.json")  # the headline and the per-table record
+
+
 def metrics(cfg) -> dict:
-    return json.loads((Path(cfg.paths.metrics) / "bulk_infer.json").read_text())
+    return {k: v for name in METRICS for k, v in json.loads((Path(cfg.paths.metrics) / name).read_text()).items()}
 
 
 def metrics_bytes(cfg) -> bytes:
-    return (Path(cfg.paths.metrics) / "bulk_infer.json").read_bytes()
+    return b"".join((Path(cfg.paths.metrics) / name).read_bytes() for name in METRICS)
 
 
 def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
@@ -140,8 +143,10 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
             assert table.hybrid.tolist() == want
         else:
             assert table.retrieved.map(len).sum() == 0
-    run = timing.take()
-    assert run["decoded"] == metrics(cfg)["unique_prompts"] > 20 and run["cached_at_start"] == 0
+    run, m = timing.take(), metrics(cfg)
+    assert run["decoded"] == m["unique_prompts"] > 20 and run["cached_at_start"] == 0
+    valid = pd.concat([pd.read_parquet(path).valid for path in Path(cfg.paths.tables).glob("*.parquet")])
+    assert m["valid_share"] == round(valid.mean(), 6) and m["tables"] == len(m["per_table"]) == 4
 
 
 def test_the_cache_serves_every_prompt_again_and_never_changes_a_result(world, tmp_path):

@@ -13,7 +13,7 @@ from pipeline.stages import count, extract
 from tests.conftest import compose, events_frame, write_dataset
 
 OUTPUTS = ("sequences", "triples", "daily_counts")
-METRICS = ("extract.json", "drift.json", "drift_by_month.csv")
+METRICS = ("extract.json", "extract/detail.json", "drift.json", "drift_by_month.csv")
 
 
 def fixture_events(n_users: int = 40, n_events: int = 3000):

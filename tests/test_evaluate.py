@@ -139,8 +139,13 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
     cfg = build(world, tmp_path / "a")
     cfg = compose(tmp_path / "a", *TINY_WORLD, "eval.bootstrap=200")
     evaluate.run(cfg)
-    m = json.loads((Path(cfg.paths.metrics) / "evaluate.json").read_text())
+    files = [Path(cfg.paths.metrics) / "evaluate.json", Path(cfg.paths.metrics) / "evaluate" / "detail.json"]
+    headline, m = (json.loads(f.read_text()) for f in files)
     assert set(m["strategies"]) == set(evaluate.STRATEGIES) and m["events"] > 100
+    # The headline, what `dvc metrics show` prints: overall figures only, no per-bucket or per-date keys.
+    assert headline == evaluate.headline(m) and set(headline) == {
+        "hit_rate", "rag_refreshed_vs_fixed", "rag_identical_to_base", "rag_copies_retrieved"}
+    assert headline["hit_rate"]["backoff"] == m["strategies"]["backoff"]["hit_rate"]
     buckets = m["by_support"]
     assert set(buckets) == {"cold", "tail", "torso", "head"}
     assert sum(b["events"] for b in buckets.values()) == m["events"]
@@ -163,8 +168,8 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
                     "## Cost and agility", "## Findings"):
         assert section in text
     assert f"{100 * m['strategies']['rag_refreshed']['hit_rate']:.2f} %" in text
-    first = (Path(cfg.paths.metrics) / "evaluate.json").read_bytes()
+    first = [f.read_bytes() for f in files]
     with pytest.MonkeyPatch.context() as patch:  # the sampled repeats now come from the answer cache
         patch.setattr(evaluate.model, "load", lambda *a, **k: pytest.fail("loaded the model with every answer cached"))
         evaluate.run(cfg)
-    assert (Path(cfg.paths.metrics) / "evaluate.json").read_bytes() == first
+    assert [f.read_bytes() for f in files] == first

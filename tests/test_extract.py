@@ -27,8 +27,10 @@ def run(tmp_path, *overrides):
     extract.run(cfg)
     triples = pd.read_parquet(cfg.paths.triples)
     sequences = pd.read_parquet(cfg.paths.sequences)
-    metrics = json.loads((tmp_path / "metrics" / "extract.json").read_text())
-    return triples, sequences, metrics
+    headline, detail = (json.loads((tmp_path / "metrics" / name).read_text())
+                        for name in ("extract.json", "extract/detail.json"))
+    assert set(headline) == set(extract.HEADLINE) and not set(headline) & set(detail)
+    return triples, sequences, {**headline, **detail}
 
 
 def test_first_occurrence(tmp_path):

@@ -120,7 +120,9 @@ def test_adapter_is_bit_identical_and_a_killed_run_resumes(tmp_path):
         daily.to_parquet(cfg.paths.daily_counts)
         write_clusters(Path(cfg.data.path))
         finetune.run(cfg)
-        return timing.take(), json.loads((Path(cfg.paths.metrics) / "finetune.json").read_text())
+        metrics = Path(cfg.paths.metrics)
+        return timing.take(), {**json.loads((metrics / "finetune.json").read_text()),
+                               **json.loads((metrics / "finetune" / "detail.json").read_text())}
 
     _, first = fit(tmp_path / "a")
     _, second = fit(tmp_path / "b")
@@ -175,7 +177,8 @@ def test_gate_halts_on_a_failing_adapter_and_an_override_is_recorded(tmp_path):
     assert stop.value.code == 1
     metrics = json.loads((tmp_path / "metrics" / "gate.json").read_text())
     assert metrics["passed"] is False and metrics["exact_match"] < 0.9 and "exact match" in metrics["failed_checks"][0]
-    assert len(pd.read_parquet(cfg.paths.gate_predictions)) == metrics["pairs"] > 0
+    detail = json.loads((tmp_path / "metrics" / "gate" / "detail.json").read_text())
+    assert len(pd.read_parquet(cfg.paths.gate_predictions)) == detail["pairs"] > 0
     gate.run(compose(tmp_path, *TINY, "count.min_support=1", "gate.override_reason='reviewed by hand'"))
     metrics = json.loads((tmp_path / "metrics" / "gate.json").read_text())
     assert metrics["passed"] is False and metrics["override_reason"] == "reviewed by hand"

@@ -52,7 +52,9 @@ def test_frequency_ignores_the_refresh_day_and_later(tmp_path):
     assert on(found, "2024-03-01") == {(0, 1): [2, 3]}  # Feb 16-29: 2 (10x) before 3 (5x), never 5
     assert on(found, "2024-03-03") == {(0, 1): [5, 2]}  # March 1-2 are now past; 2 and 3 tie at 5x
     metrics = json.loads((Path(cfg.paths.metrics) / "retrieve.json").read_text())
-    assert metrics["pairs_with_retrieval"] == {"2024-03-01": 1, "2024-03-03": 1}
+    assert metrics == {"refresh_dates": 2, "mean_pairs_with_retrieval": 1.0}
+    detail = json.loads((Path(cfg.paths.metrics) / "retrieve" / "detail.json").read_text())
+    assert detail["pairs_with_retrieval"] == {"2024-03-01": 1, "2024-03-03": 1}
     assert list(popular.popular.iloc[0]) == [2, 3]
 
 

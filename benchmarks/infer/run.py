@@ -143,7 +143,8 @@ def stage_timings(cfg, bulk_infer) -> None:
             retrieve.run(run_cfg)
             _, wall = timed(f"refresh.until={until}", lambda c=run_cfg: bulk_infer.run(c))
             m = json.loads((Path(run_cfg.paths.metrics) / "bulk_infer.json").read_text())
-            newest = m["per_table"][f"rag-{until}"]
+            newest = json.loads((Path(run_cfg.paths.metrics) / "bulk_infer" / "detail.json").read_text())[
+                "per_table"][f"rag-{until}"]
             decoded = timing.take()["decoded"]
             print(f"    {m['tables']} tables, decoded {decoded} of {m['unique_prompts']} distinct prompts, "
                   f"newest table's hit share {1 - decoded / newest['prompts']:.1%}, stage wall {wall:.1f}s")

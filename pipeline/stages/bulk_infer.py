@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from pipeline import kernels, manifest, retrieval, timing
 from pipeline.data import contract
-from pipeline.files import atomic_path, tree_sha256, write_json
+from pipeline.files import atomic_path, tree_sha256, write_metrics
 from pipeline.llm import bulk, model, prompts
 from pipeline.llm.cache import AnswerCache, namespace
 from pipeline.period import refresh_dates
@@ -115,7 +115,7 @@ def run(cfg: DictConfig) -> None:
     fields["params_hash"] = manifest.sha256_json(fields["params"])
     # Only what the tables determine goes into tracked outputs: a table's new prompts are those no
     # earlier table of this run holds, whatever the answer cache held when the run began.
-    per_table, seen = {}, set()
+    per_table, seen, valid_rows = {}, set(), 0
     with atomic_path(cfg.paths.tables) as out:
         out.mkdir(parents=True)
         for name, part in rows.groupby("table", sort=False):
@@ -129,18 +129,19 @@ def run(cfg: DictConfig) -> None:
             prompts_here = set(part.prompt)
             new = prompts_here - seen
             seen |= prompts_here
+            valid_rows += int(table.valid.sum())
             per_table[name] = {"rows": len(table), "prompts": len(prompts_here), "new_prompts": len(new),
                                "valid_share": round(float(table.valid.mean()), 6),
                                "served": {k: int(v) for k, v in table.served.value_counts().sort_index().items()}}
     rate = len(missing) / decode_s if missing else 0.0
     timing.note(decode_s=round(decode_s, 1), cached_at_start=len(unique) - len(missing), decoded=len(missing),
                 prompts_per_s=round(rate, 2))
-    write_json(Path(cfg.paths.metrics) / "bulk_infer.json", {
-        "decoding": str(inf.decoding), "tables": len(per_table), "pairs": int((rows.table == "base").sum()),
-        "unique_prompts": len(unique),
+    write_metrics(cfg.paths.metrics, "bulk_infer", {
+        "tables": len(per_table), "pairs": int((rows.table == "base").sum()), "unique_prompts": len(unique),
         "tokens_per_prompt": round(sum(len(tokenizer(p, add_special_tokens=False).input_ids)
                                        for p in unique.prompt) / len(unique), 2),
-        "per_table": per_table})
+        "valid_share": round(valid_rows / len(rows), 6)},
+        {"decoding": str(inf.decoding), "per_table": per_table})
     print(f"bulk_infer: {len(per_table)} tables of {per_table['base']['rows']} pairs; decoded {len(missing)} of "
           f"{len(unique)} distinct prompts ({len(unique) - len(missing)} from the cache) in {decode_s:.1f}s, "
           f"{rate:.1f} prompts/s")

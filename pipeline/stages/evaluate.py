@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from pipeline import db, kernels, manifest, report, retrieval
 from pipeline.data import contract
-from pipeline.files import atomic_path, write_json
+from pipeline.files import atomic_path, write_metrics
 from pipeline.llm import bulk, model, prompts
 from pipeline.llm.cache import AnswerCache, namespace
 from pipeline.period import refresh_dates, windows
@@ -245,13 +245,24 @@ def cost(metrics: Path, cfg: DictConfig, newest: str) -> dict:
     """The last fine-tune against one RAG refresh, from the stages' own metrics."""
     ft = json.loads((metrics / "finetune.json").read_text())
     bi = json.loads((metrics / "bulk_infer.json").read_text())
-    refresh = bi["per_table"][newest]
+    refresh = json.loads((metrics / "bulk_infer" / "detail.json").read_text())["per_table"][newest]
     samples = ft["steps"] * int(cfg.finetune.batch_size)
     return {"finetune": {"samples": samples, "steps": ft["steps"],
                          "tokens": round(samples * ft["tokens_per_sample"]), "every": "month"},
             "refresh": {"table": newest, "prompts": refresh["new_prompts"], "prompts_total": refresh["prompts"],
                         "tokens_est": round(refresh["new_prompts"] * bi["tokens_per_prompt"]),
                         "every": f"{cfg.refresh.every_days} days"}}
+
+
+def headline(m: dict) -> dict:
+    """What `dvc metrics show` and `diff` compare across experiments: each strategy's hit rate,
+    refreshing RAG against the fixed table with its interval, and how RAG answers relate to the
+    no-RAG answer and the retrieved cluster. Intervals per strategy and bucket stay in the detail."""
+    rag = m["strategies"]["rag_refreshed"]
+    return {"hit_rate": {s: x["hit_rate"] for s, x in m["strategies"].items()},
+            "rag_refreshed_vs_fixed": {"diff": rag["diff_vs_fixed"], "ci_low": rag["diff_ci"][0],
+                                       "ci_high": rag["diff_ci"][1]},
+            **{k: m["overlap"][k] for k in ("rag_identical_to_base", "rag_copies_retrieved")}}
 
 
 def run(cfg: DictConfig) -> None:
@@ -301,7 +312,7 @@ def run(cfg: DictConfig) -> None:
             frame.to_csv(tmp, index=False)
     report.figures(by_day, topk, plots)
     report.support_figure(metrics, list(STRATEGIES), plots)
-    write_json(Path(cfg.paths.metrics) / "evaluate.json", metrics)
+    write_metrics(cfg.paths.metrics, "evaluate", headline(metrics), metrics)
     with atomic_path(cfg.paths.report) as tmp:
         tmp.write_text(report.markdown(cfg, metrics, by_day, topk, STRATEGIES, Path(cfg.paths.metrics)),
                        encoding="utf-8")

@@ -1,16 +1,16 @@
 """extract: validated raw data -> deduped cluster sequences and (c1, c2, c_next) triples."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import DictConfig
 
 from pipeline import db, engines
 from pipeline.data import contract
-from pipeline.files import atomic_path, write_json
+from pipeline.files import atomic_path, write_metrics
 
 DEDUPE_MODES = ("first_occurrence", "consecutive")
 FORMS = ("auto", "ordered", "partitioned")
+# What metrics/extract.json keeps of the counts; the rest go to metrics/extract/detail.json.
+HEADLINE = ("events", "positive_events", "unknown_item_events", "sequences", "triples")
 
 
 def form(cfg: DictConfig) -> str:
@@ -84,5 +84,6 @@ def run(cfg: DictConfig) -> None:
             write(engine, cfg, stats, "sequences_sorted", "triples_sorted")
     stats["repeats_collapsed"] = stats["positive_events"] - stats["deduped_visits"]
     stats.update(clusters=counts["clusters"], items=counts["items"], dataset=str(cfg.data.name))
-    write_json(Path(cfg.paths.metrics) / "extract.json", stats)
+    write_metrics(cfg.paths.metrics, "extract", {k: stats[k] for k in HEADLINE},
+                  {k: v for k, v in stats.items() if k not in HEADLINE})
     print(" ".join(f"{k}={v}" for k, v in sorted(stats.items())))

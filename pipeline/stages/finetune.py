@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import db, kernels, retrieval, timing
 from pipeline.data import contract
-from pipeline.files import atomic_path, sha256, write_json, write_parquet
+from pipeline.files import atomic_path, sha256, write_metrics, write_parquet
 from pipeline.llm import lora, model, prompts
 from pipeline.period import windows
 
@@ -101,9 +101,9 @@ def run(cfg: DictConfig) -> None:
     seen = stats["steps"] * int(ft.batch_size)
     # Whether a checkpoint was picked up depends on what an earlier run left: a run record, not a metric.
     timing.note(train_s=round(wall, 1), samples_per_s=round(seen / wall, 2), resumed=stats.pop("resumed"))
-    write_json(Path(cfg.paths.metrics) / "finetune.json", {
-        **stats, "pairs": int(samples.groupby(["c1", "c2"]).ngroups), "rag_samples": int(samples.retrieved.map(bool).sum()),
-        "train_window": [str(w.train_start), str(w.test_start)], "adapter_sha256": adapter_sha, **kernels.lineage(where),
-        "base_model_sha256": model.identity(cfg.model), "template_sha256": prompts.TEMPLATE_HASH})
+    write_metrics(cfg.paths.metrics, "finetune", {
+        **stats, "pairs": int(samples.groupby(["c1", "c2"]).ngroups), "rag_samples": int(samples.retrieved.map(bool).sum())},
+        {"train_window": [str(w.train_start), str(w.test_start)], "adapter_sha256": adapter_sha, **kernels.lineage(where),
+         "base_model_sha256": model.identity(cfg.model), "template_sha256": prompts.TEMPLATE_HASH})
     print(f"finetune: {len(samples)} samples over {stats['steps']} steps in {wall:.0f}s "
           f"({seen / wall:.1f} samples/s), final loss {stats['final_loss']:.3f}")

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from pipeline import db, kernels, retrieval, timing
 from pipeline.data import contract
-from pipeline.files import write_json, write_parquet
+from pipeline.files import write_metrics, write_parquet
 from pipeline.llm import bulk, model, prompts
 from pipeline.period import windows
 
@@ -142,7 +142,10 @@ def run(cfg: DictConfig) -> None:
     metrics.update(passed=not failed, failed_checks=failed, override_reason=g.override_reason,
                    min_exact_match=g.min_exact_match, min_test_recall=g.min_test_recall)
     write_parquet(pairs, cfg.paths.gate_predictions)
-    write_json(Path(cfg.paths.metrics) / "gate.json", metrics)
+    # The verdict and the figures it rests on; bulk_infer reads the verdict and tau from gate.json.
+    write_metrics(cfg.paths.metrics, "gate", {
+        **{k: metrics[k] for k in ("passed", "exact_match", "test_recall", "failed_checks", "override_reason")},
+        "hybrid": {"tau": metrics["hybrid"]["tau"]}, "rag": {"test_recall": metrics["rag"]["test_recall"]}}, metrics)
     timing.note(decode_s=round(wall, 1), prompts_per_s=round(len(pairs) / wall, 2))
     print(f"gate: exact match {metrics['exact_match']:.3f} (>= {g.min_exact_match}), test recall "
           f"{metrics['test_recall']:.4f} (>= {g.min_test_recall}) on {len(pairs)} pairs / {triples} triples, "

@@ -1,12 +1,10 @@
 """retrieve: per refresh date, each pair's recent successors and the globally popular clusters."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import DictConfig
 
 from pipeline import db, retrieval
-from pipeline.files import write_json, write_parquet
+from pipeline.files import write_metrics, write_parquet
 from pipeline.period import refresh_dates
 
 
@@ -21,9 +19,9 @@ def run(cfg: DictConfig) -> None:
     write_parquet(popular, cfg.paths.popular)
     # Under trend a pair can have window support and nothing retrieved: it counts as no retrieval.
     hit = found[found.retrieved.map(bool)]
-    per_date = hit.groupby(hit.refresh_date.astype(str)).size()
-    write_json(Path(cfg.paths.metrics) / "retrieve.json", {
-        "method": str(r.method), "window_days": int(r.window_days), "top_n": int(r.top_n),
-        "refresh_dates": [str(d) for d in days],
-        "pairs_with_retrieval": {str(d): int(per_date.get(str(d), 0)) for d in days}})
+    per_date = hit.groupby(hit.refresh_date.astype(str)).size().reindex([str(d) for d in days], fill_value=0)
+    write_metrics(cfg.paths.metrics, "retrieve",
+                  {"refresh_dates": len(days), "mean_pairs_with_retrieval": round(float(per_date.mean()), 1)},
+                  {"method": str(r.method), "window_days": int(r.window_days), "top_n": int(r.top_n),
+                   "pairs_with_retrieval": {d: int(n) for d, n in per_date.items()}})
     print(f"retrieve: {len(days)} refresh dates, {len(found)} (date, pair) rows, method {r.method}")
