@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
@@ -17,9 +18,9 @@ SQL_DIR = Path(__file__).resolve().parent / "sql"
 def connect(cfg: DictConfig) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the configured resources, UTC and ordered output."""
     con = duckdb.connect(config={
-        "threads": int(cfg.duckdb.threads),
-        "memory_limit": str(cfg.duckdb.memory_limit),
-        "temp_directory": str(cfg.duckdb.temp_directory),
+        "threads": cfg.duckdb.threads,
+        "memory_limit": cfg.duckdb.memory_limit,
+        "temp_directory": cfg.duckdb.temp_directory,
         # Row order is part of the output.
         "preserve_insertion_order": True,
     })
@@ -34,6 +35,15 @@ def connect(cfg: DictConfig) -> duckdb.DuckDBPyConnection:
 def sql(name: str) -> str:
     """The text of pipeline/sql/<name>.sql."""
     return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def over_dates(con: duckdb.DuckDBPyConnection, query: str, days, params: dict) -> pd.DataFrame:
+    """The SQL file `query` run with the view `refresh_dates` (day) holding `days`."""
+    con.register("refresh_dates", pd.DataFrame({"day": pd.to_datetime(pd.Series(list(days), dtype=object))}))
+    try:
+        return con.execute(sql(query), params).df()
+    finally:
+        con.unregister("refresh_dates")
 
 
 def copy(con: duckdb.DuckDBPyConnection, name: str, target: Path | str, params: dict | None = None) -> int:

@@ -9,17 +9,6 @@ import pandas as pd
 
 from pipeline import db
 
-METHODS = ("frequency", "trend")
-
-
-def over_dates(con: duckdb.DuckDBPyConnection, query: str, days, params: dict) -> pd.DataFrame:
-    """The SQL file `query` run with the view `refresh_dates` (day) holding `days`."""
-    con.register("refresh_dates", pd.DataFrame({"day": pd.to_datetime(pd.Series(list(days), dtype=object))}))
-    try:
-        return con.execute(db.sql(query), params).df()
-    finally:
-        con.unregister("refresh_dates")
-
 
 def successors(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[date], window_days: int,
                top_n: int, method: str = "frequency") -> pd.DataFrame:
@@ -27,11 +16,9 @@ def successors(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[dat
     successors of [day - window_days, day), how often each followed the pair there, and how often
     anything did.
 
-    Pairs with no triple in the window are absent."""
-    if method not in METHODS:
-        raise ValueError(f"params.yaml: retrieval.method is {method!r}, expected one of {METHODS}")
-    found = over_dates(con, "retrieve", days, {"daily": str(daily), "window_days": int(window_days),
-                                                "top_n": int(top_n), "method": method})
+    Pairs with no triple in the window are absent. method: frequency or trend (retrieve.sql)."""
+    found = db.over_dates(con, "retrieve", days, {"daily": str(daily), "window_days": window_days,
+                                                "top_n": top_n, "method": method})
     found["retrieved"] = found["retrieved"].map(list)
     found["support"] = found["support"].map(list)
     return found
@@ -40,8 +27,7 @@ def successors(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[dat
 def popular(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[date], window_days: int,
             top_n: int) -> pd.DataFrame:
     """(refresh_date, popular): per day, the top_n clusters most often reached in [day - window_days, day)."""
-    found = over_dates(con, "popular", days, {"daily": str(daily), "window_days": int(window_days),
-                                               "top_n": int(top_n)})
+    found = db.over_dates(con, "popular", days, {"daily": str(daily), "window_days": window_days, "top_n": top_n})
     found["popular"] = found["popular"].map(list)
     return found
 

@@ -18,9 +18,11 @@ from pipeline import config
 from pipeline.data import contract
 
 ROOT = Path(__file__).resolve().parent.parent
-# A tiny synthetic world run through the real stages (tiny random model, gate overridden).
-TINY_WORLD = ["model=tiny_random", f"model.cache_dir={ROOT / 'models'}", "finetune.trainer.max_steps=2",
-        "finetune.batch_size=8", "finetune.samples_per_pair=1", "finetune.trainer.enable_progress_bar=false",
+# A tiny synthetic world run through the real stages (tiny random model, gate overridden); the dense
+# world, whose 5 clusters are all there from the start (tests/golden.json holds its hashes).
+TINY_WORLD = ["data=synthetic_dense", "model=tiny_random", f"model.cache_dir={ROOT / 'models'}",
+        "finetune.trainer.max_steps=2", "finetune.batch_size=8", "finetune.samples_per_pair=1",
+        "finetune.trainer.enable_progress_bar=false",
         "gate.max_pairs=8", "gate.max_new_tokens=4", "gate.override_reason='tiny random model'",
         "data.synth.n_events=30000", "data.synth.n_clusters=5", "data.synth.n_users=800",
         "count.min_support=1", "refresh.until=2024-03-05", "infer.max_new_tokens=5", "infer.batch_size.cpu=8",

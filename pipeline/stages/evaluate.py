@@ -93,7 +93,7 @@ def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: 
 def backoff_successors(con, daily: str, days: list[date], window_days: int) -> pd.DataFrame:
     """(refresh_date, c2, backoff): per day and last cluster, its two most frequent successors of
     [day - window_days, day) whatever came before it (the back-off baseline's second level)."""
-    found = retrieval.over_dates(con, "backoff", days, {"daily": daily, "window_days": int(window_days)})
+    found = db.over_dates(con, "backoff", days, {"daily": daily, "window_days": int(window_days)})
     found["backoff"] = found["backoff"].map(list)
     return found
 
