@@ -211,7 +211,7 @@ def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame,
               f"{rf['prompts_total']:,} (the rest are earlier tables' prompts, answered from the cache) |",
               f"| tokens | {ft['tokens']:,} (forward and backward) | {rf['tokens_est']:,} prompt tokens (forward only) |",
               "", "## Findings", ""]
-    lines += [f"- {f}" for f in findings(s, m["rag_departs_from_retrieved"], study, topk, int(cfg.refresh.every_days),
+    lines += [f"- {f}" for f in findings(s, m["rag_departs_from_retrieved"], study, topk, cfg.refresh.every_days,
                                          buckets_of(m))]
     lines += ["", "## Wall times (this machine, the last run of each stage)", "", TIMINGS_START,
               f"Fine-tune {f'{train_s:.0f} s' if train_s else 'n/a'} against one RAG refresh {refresh_s}.", "",

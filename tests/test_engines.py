@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import engines, spark
+from pipeline import spark
 from pipeline.stages import count, extract
 from tests.conftest import compose, events_frame, write_dataset
 
@@ -65,19 +65,9 @@ def test_partitioned_form_writes_the_bytes_of_the_ordered_form(tmp_path, dedupe,
     assert {name: partitioned[name] == ordered[name] for name in ordered} == {name: True for name in ordered}
 
 
-def test_ordered_form_is_duckdb_only(tmp_path):
-    with pytest.raises(ValueError, match="extract.form is 'ordered', which relies on DuckDB's row order"):
-        extract.run(compose(tmp_path, "engine=spark", "extract.form=ordered"))
-
-
 def test_transpile_inlines_parameters_and_renames_duckdb_functions():
     text = "SELECT epoch_us(ts) > CAST($gap AS BIGINT) * 1000000 AS late FROM read_parquet($path) WHERE x >= $m"
     assert spark.transpile(text, {"gap": 1800, "path": "/d/t.parquet", "m": 0.5}) == (
         "SELECT UNIX_MICROS(ts) > CAST(1800 AS BIGINT) * 1000000 AS late FROM parquet.`/d/t.parquet` WHERE x >= 0.5")
     with pytest.raises(KeyError, match=r"\$gap"):
         spark.transpile(text, {"path": "p", "m": 1})
-
-
-def test_unknown_engine_is_named(tmp_path):
-    with pytest.raises(ValueError, match="engine is 'flink', expected one of"):
-        engines.open_engine(compose(tmp_path, "engine=flink"), None)

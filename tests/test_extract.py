@@ -78,11 +78,6 @@ def test_output_is_deterministic(tmp_path):
         assert a.read_bytes() == b.read_bytes()
 
 
-def test_bad_dedupe_mode_is_named(tmp_path):
-    with pytest.raises(ValueError, match="extract.dedupe is 'sometimes'"):
-        run(tmp_path, "extract.dedupe=sometimes")
-
-
 def test_no_triples_is_an_error_and_keeps_old_outputs(tmp_path):
     cfg = compose(tmp_path, "extract.min_engagement=0.95")
     write_dataset(tmp_path / "data", events_frame(EVENTS))

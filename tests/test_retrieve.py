@@ -64,11 +64,6 @@ def test_trend_ranks_by_increase(tmp_path):
     assert on(found, "2024-03-01") == {(0, 1): [3]}
 
 
-def test_unknown_method_is_named(tmp_path):
-    with pytest.raises(ValueError, match="retrieval.method is 'magic'"):
-        run(tmp_path, "retrieval.method=magic")
-
-
 def test_successors_never_return_c1_or_c2(tmp_path):
     cfg = compose(tmp_path)
     path = tmp_path / "daily.parquet"

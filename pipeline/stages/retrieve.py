@@ -13,8 +13,8 @@ def run(cfg: DictConfig) -> None:
     days = refresh_dates(cfg)
     con = db.connect(cfg)
     daily = cfg.paths.daily_counts
-    found = retrieval.successors(con, daily, days, int(r.window_days), int(r.top_n), str(r.method))
-    popular = retrieval.popular(con, daily, days, int(r.window_days), int(r.popular_n))
+    found = retrieval.successors(con, daily, days, r.window_days, r.top_n, r.method)
+    popular = retrieval.popular(con, daily, days, r.window_days, r.popular_n)
     write_parquet(found, cfg.paths.retrieved)
     write_parquet(popular, cfg.paths.popular)
     # Under trend a pair can have window support and nothing retrieved: it counts as no retrieval.
@@ -22,6 +22,6 @@ def run(cfg: DictConfig) -> None:
     per_date = hit.groupby(hit.refresh_date.astype(str)).size().reindex([str(d) for d in days], fill_value=0)
     write_metrics(cfg.paths.metrics, "retrieve",
                   {"refresh_dates": len(days), "mean_pairs_with_retrieval": round(float(per_date.mean()), 1)},
-                  {"method": str(r.method), "window_days": int(r.window_days), "top_n": int(r.top_n),
+                  {"method": r.method, "window_days": r.window_days, "top_n": r.top_n,
                    "pairs_with_retrieval": {d: int(n) for d, n in per_date.items()}})
     print(f"retrieve: {len(days)} refresh dates, {len(found)} (date, pair) rows, method {r.method}")
