@@ -208,9 +208,8 @@ def test_constrained_tables_are_always_valid(world, tmp_path):
         assert manifest.read(path)["decoding"] == "constrained"
 
 
-def test_bad_settings_and_a_failed_gate_stop_with_a_clear_error(world, tmp_path):
-    with pytest.raises(ValueError, match="infer.decoding is 'beam'"):
-        build(world, tmp_path / "a", "infer.decoding=beam")
+def test_a_failed_gate_stops_with_a_clear_error(world, tmp_path):
+    shutil.copytree(world, tmp_path / "a", ignore=shutil.ignore_patterns("tables", ".infer_cache"))
     verdict = tmp_path / "a" / "metrics" / "gate.json"
     failed = {**json.loads(verdict.read_text()), "override_reason": None}
     verdict.write_text(json.dumps(failed))
@@ -277,8 +276,3 @@ def test_hybrid_serves_a_trusted_successor_else_the_answer():
     got = retrieval.hybrid(pd.array([5, pd.NA, 7], dtype="Int32"), [[2], [3], []])
     assert got.tolist() == [2, 3, 7]
     assert retrieval.hybrid(pd.array([5, pd.NA], dtype="Int32"), [[], []]).tolist() == [5, pd.NA]
-
-
-def test_popular_n_beyond_what_retrieval_keeps_is_named(world, tmp_path):
-    with pytest.raises(ValueError, match="prompts.popular_n=4 must be in 0..retrieval.popular_n=3"):
-        build(world, tmp_path / "a", "prompts.popular_n=4")
