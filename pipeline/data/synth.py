@@ -158,9 +158,9 @@ def semantic_affinity(rng: np.random.Generator, c: int) -> np.ndarray:
 
 def build_world(s: DictConfig, time_range) -> World:
     rng = np.random.default_rng([s.seed, 0])
-    c = int(s.n_clusters)
-    start = np.datetime64(str(time_range.start), "D")
-    end = np.datetime64(str(time_range.end), "D")
+    c = s.n_clusters
+    start = np.datetime64(time_range.start, "D")
+    end = np.datetime64(time_range.end, "D")
     months = np.arange(start.astype("datetime64[M]"), end.astype("datetime64[M]") + 1)
     month_starts = np.clip((months.astype("datetime64[D]") - start).astype(int), 0, None)
     n_days = int((end - start).astype(int))
@@ -168,7 +168,7 @@ def build_world(s: DictConfig, time_range) -> World:
     # Half the idiosyncrasy is about the last cluster only, half about the pair.
     def draw():
         return s.logit_scale * (np.sqrt(0.5) * rng.standard_normal((1, c, c)) + np.sqrt(0.5) * rng.standard_normal((c, c, c)))
-    step = int(s.anchor_days)
+    step = s.anchor_days
     keep = np.sqrt(1 - s.monthly_drift) ** (step / 30.0)  # correlation of consecutive anchors
     anchors = [draw()]
     for _ in range(n_days // step + 1):
@@ -176,15 +176,15 @@ def build_world(s: DictConfig, time_range) -> World:
     trends = np.zeros((n_days, c))
     for m in range(len(month_starts) - 1):
         lo, hi = month_starts[m], month_starts[m + 1]
-        for cluster in rng.choice(c, size=min(int(s.trends_per_month), c), replace=False):
+        for cluster in rng.choice(c, size=min(s.trends_per_month, c), replace=False):
             first = rng.integers(lo, max(lo + 1, hi - s.trend_days + 1))
             trends[first:first + s.trend_days, cluster] += s.trend_boost
-    items = rng.permutation(c * int(s.items_per_cluster)).reshape(c, -1).astype(np.int64) + 1
+    items = rng.permutation(c * s.items_per_cluster).reshape(c, -1).astype(np.int64) + 1
     # The semantic world's own stream, so the dense world (all of it off) keeps its draws above.
     sem_rng = np.random.default_rng([s.seed, 2])
     semantic = s.logit_scale * np.sqrt(s.semantic_share) * semantic_affinity(sem_rng, c)
     prior = -s.zipf_exponent * np.log1p(sem_rng.permutation(c))  # popularity rank r weighs 1 / (r + 1)^exponent
-    cold = int(s.cold_clusters)
+    cold = s.cold_clusters
     if not 0 <= cold < c:
         raise ValueError(f"data.synth.cold_clusters: {cold} must be in 0..n_clusters-1 ({c - 1})")
     born = np.zeros(c, dtype=np.int64)
@@ -254,20 +254,20 @@ def generate(s: DictConfig, time_range, out_dir: Path | str) -> dict:
     sessions_per_chunk = max(1, int(s.chunk_events / s.mean_session_events))
     written = chunk = 0
     with Progress() as bar:
-        task = bar.add_task("synth events", total=int(s.n_events))
+        task = bar.add_task("synth events", total=s.n_events)
         while written < s.n_events:
             part = partial / "events" / f"part-{chunk:05d}.parquet"
             if part.exists():
                 written += pq.read_metadata(part).num_rows
             else:
-                frame = _sessions(world, s, chunk, sessions_per_chunk).iloc[: int(s.n_events) - written]
+                frame = _sessions(world, s, chunk, sessions_per_chunk).iloc[: s.n_events - written]
                 with atomic_path(part) as tmp:
                     pq.write_table(pa.Table.from_pandas(frame, schema=contract.EVENTS_SCHEMA, preserve_index=False),
                                    tmp)
                 written += len(frame)
             chunk += 1
             bar.update(task, completed=written)
-    keywords = cluster_keywords(int(s.n_clusters))
+    keywords = cluster_keywords(s.n_clusters)
     c = len(keywords)
     contract.write(partial,
                    items=pa.table({"item_id": world.items.ravel(),
