@@ -118,8 +118,8 @@ def release(cfg) -> str:
     tag = f"{TAG}{cfg.period.month}"
     if tag in tags():
         raise AuditError(f"{tag} already exists (releases are immutable); roll over to the next period.month")
-    summary = {"month": str(cfg.period.month), "gate": {k: gate[k] for k in
-                                                        ("passed", "exact_match", "test_recall", "override_reason")}}
+    summary = {"month": cfg.period.month, "gate": {k: gate[k] for k in
+                                                   ("passed", "exact_match", "test_recall", "override_reason")}}
     git("tag", "-a", tag, "-m", f"transition tables for {cfg.period.month}\n\n{json.dumps(summary, sort_keys=True)}")
     return tag
 
