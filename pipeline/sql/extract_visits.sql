@@ -1,17 +1,11 @@
--- Positive events with their cluster, split per user into sequences at gaps longer than
+-- Positive visits (extract_positive) split per user into sequences at gaps longer than
 -- $session_gap seconds, immediate repeats collapsed (A A B -> A B: no dedupe mode keeps them).
 -- Every window names its partition and order (user_id; ts, then item_id, which breaks the
 -- timestamp ties real logs have): no step relies on row order, so the engine sorts each user
 -- apart, in parallel (DuckDB) or across a cluster (Spark), never the whole table at once.
 -- s numbers a user's sequences (1, 2, ...); g is the visit's rank in its user's visits.
--- Parameters: $min_engagement, $session_gap.
-WITH positive AS (
-    SELECT e.user_id, e.item_id, e.ts, i.cluster_id
-    FROM events AS e JOIN items AS i ON e.item_id = i.item_id
-    -- compared as DOUBLE on both engines: 0.7 is no float32 value
-    WHERE CAST(e.engagement AS DOUBLE) >= $min_engagement
-),
-flagged AS (
+-- Parameters: $session_gap.
+WITH flagged AS (
     SELECT user_id, ts, cluster_id, row_number() OVER w AS g,
            coalesce(epoch_us(ts) - epoch_us(lag(ts) OVER w) > CAST($session_gap AS BIGINT) * 1000000, true) AS starts,
            lag(cluster_id) OVER w AS prev_cluster

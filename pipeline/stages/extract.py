@@ -27,7 +27,8 @@ def form(cfg: DictConfig) -> str:
 
 def build_ordered(engine, params: DictConfig) -> None:
     """DuckDB only: one global sort, then windows with an empty OVER () streaming over that order."""
-    engine.table("ordered", "extract_order", {"min_engagement": float(params.min_engagement)})
+    engine.table("ordered", "extract_order")
+    engine.drop("positive")
     engine.table("sessioned", "extract_sessions", {"session_gap": int(params.session_gap)})
     engine.drop("ordered")
     engine.table("kept", f"extract_ordered_{params.dedupe}")
@@ -38,8 +39,8 @@ def build_ordered(engine, params: DictConfig) -> None:
 
 def build_partitioned(engine, params: DictConfig) -> None:
     """Any engine: every window names its partition (the user) and order; no step relies on row order."""
-    engine.table("visits", "extract_visits", {"min_engagement": float(params.min_engagement),
-                                              "session_gap": int(params.session_gap)})
+    engine.table("visits", "extract_visits", {"session_gap": int(params.session_gap)})
+    engine.drop("positive")
     engine.table("kept", f"extract_dedupe_{params.dedupe}")
     engine.drop("visits")
     engine.table("deduped", "extract_deduped")
@@ -53,6 +54,7 @@ def build(engine, params: DictConfig, sql_form: str) -> dict:
     visits are held (or spilled) at a time. Both forms give the same rows (tests/test_engines.py)."""
     if params.dedupe not in DEDUPE_MODES:
         raise ValueError(f"params.yaml: extract.dedupe is {params.dedupe!r}, expected one of {DEDUPE_MODES}")
+    engine.table("positive", "extract_positive", {"min_engagement": float(params.min_engagement)})
     (build_ordered if sql_form == "ordered" else build_partitioned)(engine, params)
     (stats,) = engine.rows("extract_stats", {"min_engagement": float(params.min_engagement)})
     return stats
