@@ -8,8 +8,8 @@
    DuckDB's daily counts (asserted), for the configured parameters and a second setting
    (min_engagement 0.7 is not a float32 value, session_gap 600).
 2. timing: each implementation runs on --events events in its own subprocess; wall time of the
-   computation (reading Parquet included; imports, config and synthetic data excluded) and the
-   subprocess's own peak RSS (os.wait4's ru_maxrss, interpreter and imports included).
+   computation (reading Parquet included; imports, config and synthetic data excluded), and the
+   subprocess's own CPU seconds and peak RSS (os.wait4's rusage, interpreter and imports included).
    The stages also run with extract.form=partitioned (the portable SQL, on DuckDB) and with
    engine=spark (local mode, one JVM), rows beside them, not targets; tests/test_engines.py
    proves their outputs equal the default's byte for byte.
