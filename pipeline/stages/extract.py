@@ -7,21 +7,15 @@ from pipeline import db, engines
 from pipeline.data import contract
 from pipeline.files import atomic_path, write_metrics
 
-DEDUPE_MODES = ("first_occurrence", "consecutive")
-FORMS = ("auto", "ordered", "partitioned")
 # What metrics/extract.json keeps of the counts; the rest go to metrics/extract/detail.json.
 HEADLINE = ("events", "positive_events", "unknown_item_events", "sequences", "triples")
 
 
 def form(cfg: DictConfig) -> str:
-    """The SQL form extract runs: extract.form, where auto is ordered on DuckDB, partitioned elsewhere."""
-    if cfg.extract.form not in FORMS:
-        raise ValueError(f"params.yaml: extract.form is {cfg.extract.form!r}, expected one of {FORMS}")
+    """The SQL form extract runs: extract.form, where auto is ordered on DuckDB, partitioned elsewhere
+    (the schema allows ordered on DuckDB only)."""
     if cfg.extract.form == "auto":
         return "ordered" if cfg.engine == "duckdb" else "partitioned"
-    if cfg.extract.form == "ordered" and cfg.engine != "duckdb":
-        raise ValueError(f"params.yaml: extract.form is 'ordered', which relies on DuckDB's row order; "
-                         f"engine={cfg.engine} runs 'partitioned' (or auto)")
     return cfg.extract.form
 
 
@@ -29,7 +23,7 @@ def build_ordered(engine, params: DictConfig) -> None:
     """DuckDB only: one global sort, then windows with an empty OVER () streaming over that order."""
     engine.table("ordered", "extract_order")
     engine.drop("positive")
-    engine.table("sessioned", "extract_sessions", {"session_gap": int(params.session_gap)})
+    engine.table("sessioned", "extract_sessions", {"session_gap": params.session_gap})
     engine.drop("ordered")
     engine.table("kept", f"extract_ordered_{params.dedupe}")
     engine.drop("sessioned")
@@ -39,7 +33,7 @@ def build_ordered(engine, params: DictConfig) -> None:
 
 def build_partitioned(engine, params: DictConfig) -> None:
     """Any engine: every window names its partition (the user) and order; no step relies on row order."""
-    engine.table("visits", "extract_visits", {"session_gap": int(params.session_gap)})
+    engine.table("visits", "extract_visits", {"session_gap": params.session_gap})
     engine.drop("positive")
     engine.table("kept", f"extract_dedupe_{params.dedupe}")
     engine.drop("visits")
@@ -52,11 +46,9 @@ def build(engine, params: DictConfig, sql_form: str) -> dict:
 
     Each step materialises one table and drops its input, so at most two copies of the
     visits are held (or spilled) at a time. Both forms give the same rows (tests/test_engines.py)."""
-    if params.dedupe not in DEDUPE_MODES:
-        raise ValueError(f"params.yaml: extract.dedupe is {params.dedupe!r}, expected one of {DEDUPE_MODES}")
-    engine.table("positive", "extract_positive", {"min_engagement": float(params.min_engagement)})
+    engine.table("positive", "extract_positive", {"min_engagement": params.min_engagement})
     (build_ordered if sql_form == "ordered" else build_partitioned)(engine, params)
-    (stats,) = engine.rows("extract_stats", {"min_engagement": float(params.min_engagement)})
+    (stats,) = engine.rows("extract_stats", {"min_engagement": params.min_engagement})
     return stats
 
 
@@ -85,7 +77,7 @@ def run(cfg: DictConfig) -> None:
         else:
             write(engine, cfg, stats, "sequences_sorted", "triples_sorted")
     stats["repeats_collapsed"] = stats["positive_events"] - stats["deduped_visits"]
-    stats.update(clusters=counts["clusters"], items=counts["items"], dataset=str(cfg.data.name))
+    stats.update(clusters=counts["clusters"], items=counts["items"], dataset=cfg.data.name)
     write_metrics(cfg.paths.metrics, "extract", {k: stats[k] for k in HEADLINE},
                   {k: v for k, v in stats.items() if k not in HEADLINE})
     print(" ".join(f"{k}={v}" for k, v in sorted(stats.items())))
