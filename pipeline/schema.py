@@ -264,7 +264,6 @@ class Retrieval:
     method: RetrievalMethod = MISSING
     window_days: int = at_least(1)
     top_n: int = at_least(1)
-    min_support: int = at_least(1)
     popular_n: int = at_least(0)  # 0: no popular clusters (no popular fallback or line)
 
 
@@ -313,7 +312,6 @@ class Finetune:
     rag_share: float = between(0, 1)
     rag_window_days: int = at_least(1)
     rag_top_n: int = at_least(1)
-    rag_min_support: int = at_least(1)
     lora: Lora = MISSING
     optim: Optim = MISSING
     batch_size: int = at_least(1)
@@ -324,6 +322,7 @@ class Finetune:
 @dataclass
 class Prompts:
     popular_n: int = at_least(0)  # 0: no popular line
+    min_support: int = at_least(1)
 
 
 @dataclass
@@ -344,6 +343,7 @@ class Gate:
     use_adapter: bool = MISSING
     override_reason: Optional[str] = MISSING
     hybrid_taus: list[int] = each_at_least(1)
+    min_support_candidates: list[int] = each_at_least(1)
 
 
 @dataclass

@@ -42,7 +42,7 @@ BAD = [
     ("finetune.trainer.max_steps=0", ">= 1"), ("finetune.samples_per_pair=0", ">= 1"),
     ("infer.shard_size.cpu=0", ">= 1"), ("gate.max_pairs=0", ">= 1"),
     ("data.time_range.start=garbage", "a date YYYY-MM-DD"), ("data.time_range.start=2024-02-30", "a date"),
-    ("torch_threads=0", ">= 1"), ("retrieval.min_support=many", "could not be converted to Integer"),
+    ("torch_threads=0", ">= 1"), ("prompts.min_support=many", "could not be converted to Integer"),
     ("eval.repeat_pairs=0", ">= 1"), ("eval.repeat_pairs=-5", ">= 1"),
     ("gate.min_exact_match=1.5", "in [0, 1]"), ("gate.min_exact_match=-0.1", "in [0, 1]"),
     ("gate.min_test_recall=2", "in [0, 1]"), ("gate.min_test_recall=-1", "in [0, 1]"),

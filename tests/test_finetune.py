@@ -67,7 +67,7 @@ def test_curation_is_balanced_deterministic_and_stays_in_the_training_days(tmp_p
 
 
 def test_rag_lines_only_read_days_before_the_sample(tmp_path):
-    cfg = compose(tmp_path, "finetune.rag_share=1.0", "finetune.rag_window_days=3", "finetune.rag_min_support=1")
+    cfg = compose(tmp_path, "finetune.rag_share=1.0", "finetune.rag_window_days=3", "prompts.min_support=1")
     daily = daily_frame([("2024-02-01", 0, 1, 7, 2), ("2024-02-09", 0, 1, 8, 1),
                          ("2024-02-10", 0, 1, 9, 50),  # the sample's own day: planted future data
                          ("2024-02-11", 0, 1, 9, 50)])
@@ -75,11 +75,11 @@ def test_rag_lines_only_read_days_before_the_sample(tmp_path):
     daily.to_parquet(path)
     samples = pd.DataFrame({"day": pd.to_datetime(["2024-02-10", "2024-02-20"]), "c1": [0, 0], "c2": [1, 1],
                             "c_next": [3, 3]}).astype({"day": "datetime64[us]"})
-    retrieved = finetune.with_rag(db.connect(cfg), path, samples, cfg.finetune)
+    retrieved = finetune.with_rag(db.connect(cfg), path, samples, cfg.finetune, cfg.prompts.min_support)
     assert retrieved.tolist() == [[8], []]
-    # A successor seen once in the window is too thin for a line at rag_min_support=2.
-    thin = compose(tmp_path, "finetune.rag_share=1.0", "finetune.rag_window_days=3", "finetune.rag_min_support=2")
-    assert finetune.with_rag(db.connect(thin), path, samples, thin.finetune).tolist() == [[], []]
+    # A successor seen once in the window is too thin for a line at prompts.min_support=2.
+    thin = compose(tmp_path, "finetune.rag_share=1.0", "finetune.rag_window_days=3", "prompts.min_support=2")
+    assert finetune.with_rag(db.connect(thin), path, samples, thin.finetune, 2).tolist() == [[], []]
 
 
 def test_the_popular_line_follows_the_rag_share_and_reads_days_before_the_sample(tmp_path):
@@ -92,9 +92,9 @@ def test_the_popular_line_follows_the_rag_share_and_reads_days_before_the_sample
     names = {c: f"topic {c}, theme {c}" for c in range(10)}
 
     def built(*overrides):
-        cfg = compose(tmp_path, "finetune.rag_window_days=3", "finetune.rag_min_support=1", *overrides)
+        cfg = compose(tmp_path, "finetune.rag_window_days=3", "prompts.min_support=1", *overrides)
         con = db.connect(cfg)
-        rows = samples.assign(retrieved=finetune.with_rag(con, path, samples, cfg.finetune),
+        rows = samples.assign(retrieved=finetune.with_rag(con, path, samples, cfg.finetune, cfg.prompts.min_support),
                               popular=finetune.with_popular(con, path, samples, cfg.finetune,
                                                             int(cfg.prompts.popular_n)))
         return rows, finetune.texts(rows, names)[0]
@@ -217,8 +217,6 @@ def test_top_layers_adapt_only_the_top_and_the_layers_below_run_without_autograd
     lora.answer_loss(wrapped, batch).backward()
     assert recorded == [False]
     assert all(p.grad is not None for p in wrapped.parameters() if p.requires_grad)
-    with pytest.raises(ValueError, match="finetune.lora.top_layers is 0"):
-        lora.wrap(model.load(cfg.model)[0], OmegaConf.merge(cfg.finetune.lora, {"top_layers": 0}))
 
 
 def test_length_batches_cover_each_epoch_with_little_padding_and_follow_the_epoch():
@@ -249,5 +247,27 @@ def test_tau_is_the_candidate_with_the_best_held_out_recall_the_smallest_on_a_ti
     got = gate.choose_tau(Score(), c_pred, trusted)
     assert got == {"tau": 2, "candidates": [{"tau": 1, "test_recall": 0.666667}, {"tau": 2, "test_recall": 1.0},
                                             {"tau": 5, "test_recall": 0.333333}, {"tau": 8, "test_recall": 1.0}]}
-    with pytest.raises(ValueError, match=r"gate.hybrid_taus is \[0, 3\]"):
-        gate.hybrid_taus(OmegaConf.create({"hybrid_taus": [0, 3]}))
+
+
+def test_gate_measures_rag_lines_at_each_candidate_support(world):
+    """The RAG probe's candidates: the configured prompts.min_support is the headline; a candidate
+    no line reaches answers every pair line-free, i.e. exactly the base answers' recall."""
+    from tests.conftest import TINY_WORLD
+
+    cfg = compose(world, *TINY_WORLD)
+    detail = json.loads((world / "metrics" / "gate" / "detail.json").read_text())
+    rag = detail["rag"]
+    by_m = {c["min_support"]: c for c in rag["by_min_support"]}
+    assert sorted(by_m) == sorted(cfg.gate.min_support_candidates)
+    lines = [by_m[m]["pairs_with_line"] for m in sorted(by_m)]
+    assert lines == sorted(lines, reverse=True) and lines[0] > 0
+    assert {k: rag[k] for k in by_m[cfg.prompts.min_support]} == by_m[cfg.prompts.min_support]
+    found = pd.read_parquet(cfg.paths.daily_counts)
+    beyond = int(found.n.sum()) + 1  # more support than any pair can have
+    only = compose(world, *TINY_WORLD, f"gate.min_support_candidates=[1,{beyond}]", f"prompts.min_support={beyond}")
+    gate.run(only)
+    rerun = json.loads((world / "metrics" / "gate" / "detail.json").read_text())
+    assert rerun["rag"]["pairs_with_line"] == 0 and rerun["rag"]["copy_rate"] is None
+    assert rerun["rag"]["test_recall"] == rerun["test_recall"] and rerun["rag"]["exact_match"] == rerun["exact_match"]
+    assert rerun["rag"]["by_min_support"][0]["pairs_with_line"] == lines[0]
+    gate.run(cfg)  # the session's world as the other tests expect it

@@ -84,7 +84,7 @@ def main() -> None:
     inf = cfg.infer
     names = contract.descriptions(cfg.data.path)
     rows = bulk_infer.table_rows(names, pd.read_parquet(cfg.paths.retrieved), refresh_dates(cfg),
-                                  int(cfg.retrieval.min_support))
+                                  int(cfg.prompts.min_support))
     work = sorted(set(rows.prompt))
     if args.layout == "stage":
         texts = work[:args.prompts]

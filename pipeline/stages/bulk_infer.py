@@ -1,7 +1,7 @@
 """bulk_infer: decode every ordered pair c1 != c2 into transition tables (paper section 2.3).
 
 One base table (no RAG) and one RAG table per refresh date; a pair with nothing retrieved at least
-retrieval.min_support times on a date gets the base prompt (plus the popular line when
+prompts.min_support times on a date gets the base prompt (plus the popular line when
 prompts.popular_n is on). Each RAG table's hybrid column serves the retrieved successor where its
 window support reaches the gate's tau, else the table's LLM answer. Answers come from the content-addressed cache when an identical prompt
 was decoded before under the same model, adapter and settings; the rest are decoded in shards of
@@ -25,7 +25,6 @@ from pipeline.llm import bulk, model, prompts
 from pipeline.llm.cache import AnswerCache, namespace
 from pipeline.period import refresh_dates
 
-DECODINGS = ("free", "constrained")
 
 
 def table_rows(names: dict[int, str], found: pd.DataFrame, days: list, min_support: int,
@@ -67,10 +66,8 @@ def serve(rows: pd.DataFrame, outputs: list[str], names: dict[int, str], popular
 
 
 def run(cfg: DictConfig) -> None:
-    torch.set_num_threads(int(cfg.torch_threads))
+    torch.set_num_threads(cfg.torch_threads)
     inf = cfg.infer
-    if inf.decoding not in DECODINGS:
-        raise ValueError(f"params.yaml: infer.decoding is {inf.decoding!r}, expected one of {DECODINGS}")
     days = refresh_dates(cfg)
     gate, tau = _gate(Path(cfg.paths.metrics) / "gate.json")
     found = pd.read_parquet(cfg.paths.retrieved)
@@ -80,18 +77,18 @@ def run(cfg: DictConfig) -> None:
                          f"{[str(d) for d in days]}; rerun the retrieve stage (dvc repro)")
     popular = {d.date(): list(p) for d, p in pd.read_parquet(cfg.paths.popular).itertuples(index=False)}
     names = contract.descriptions(cfg.data.path)
-    shown = int(cfg.prompts.popular_n)
-    if not 0 <= shown <= int(cfg.retrieval.popular_n):
-        raise ValueError(f"params.yaml: prompts.popular_n={shown} must be in 0..retrieval.popular_n="
-                         f"{cfg.retrieval.popular_n} (the retrieve stage keeps that many popular clusters)")
-    rows = table_rows(names, found, days, int(cfg.retrieval.min_support), {d: p[:shown] for d, p in popular.items()})
+    shown = cfg.prompts.popular_n
+    rows = table_rows(names, found, days, cfg.prompts.min_support, {d: p[:shown] for d, p in popular.items()})
 
     where = kernels.device(cfg.device)
     tokenizer = model.load_tokenizer(cfg.model)
     trie = bulk.Trie.build(tokenizer, names)
-    settings = bulk.Settings(constrained=inf.decoding == "constrained", max_new_tokens=int(inf.max_new_tokens),
-                             batch_size=int(inf.batch_size[where]))
-    ns = namespace(cfg.model, cfg.paths.adapter, names, str(inf.dtype), where, decoding=str(inf.decoding),
+    settings = bulk.Settings(constrained=inf.decoding == "constrained", max_new_tokens=inf.max_new_tokens,
+                             batch_size=inf.batch_size[where])
+    if settings.constrained and settings.max_new_tokens < trie.tokens_needed():
+        raise ValueError(f"params.yaml: infer.max_new_tokens={settings.max_new_tokens}: constrained decoding needs at "
+                         f"least {trie.tokens_needed()} to complete every answer of these clusters' descriptions")
+    ns = namespace(cfg.model, cfg.paths.adapter, names, inf.dtype, where, decoding=inf.decoding,
                    max_new_tokens=settings.max_new_tokens)
     cache = AnswerCache(cfg.paths.infer_cache, ns)
     lineage = {k: ns[k] for k in ("base_model_hash", "adapter_hash", "template_hash")}
@@ -104,12 +101,12 @@ def run(cfg: DictConfig) -> None:
         llm, _ = model.load(cfg.model, cfg.paths.adapter, where, inf.dtype)
         answers.update(cache.fill(missing, lambda shard, advance: bulk.answers(
             llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard], advance=advance),
-            int(inf.shard_size[where])))
+            inf.shard_size[where]))
     decode_s = time.perf_counter() - began
 
     code, declared = manifest.stage_deps("bulk_infer")
-    fields = {**lineage, **kernels.lineage(where), "dtype": str(inf.dtype), "period": str(cfg.period.month),
-              "decoding": str(inf.decoding), "data_hash": tree_sha256(cfg.data.path), "params": manifest.params(cfg, declared),
+    fields = {**lineage, **kernels.lineage(where), "dtype": inf.dtype, "period": cfg.period.month,
+              "decoding": inf.decoding, "data_hash": tree_sha256(cfg.data.path), "params": manifest.params(cfg, declared),
               "code_revision": manifest.code_revision(code), "code_hash": manifest.code_hash(code),
               "packages": manifest.packages(), "gate": gate, "hybrid_tau": tau}
     fields["params_hash"] = manifest.sha256_json(fields["params"])
@@ -141,7 +138,7 @@ def run(cfg: DictConfig) -> None:
         "tokens_per_prompt": round(sum(len(tokenizer(p, add_special_tokens=False).input_ids)
                                        for p in unique.prompt) / len(unique), 2),
         "valid_share": round(valid_rows / len(rows), 6)},
-        {"decoding": str(inf.decoding), "per_table": per_table})
+        {"decoding": inf.decoding, "per_table": per_table})
     print(f"bulk_infer: {len(per_table)} tables of {per_table['base']['rows']} pairs; decoded {len(missing)} of "
           f"{len(unique)} distinct prompts ({len(unique) - len(missing)} from the cache) in {decode_s:.1f}s, "
           f"{rate:.1f} prompts/s")

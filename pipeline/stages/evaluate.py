@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline import db, kernels, manifest, report, retrieval
+from pipeline.buckets import bucket_of
 from pipeline.data import contract
 from pipeline.files import atomic_path, write_metrics
 from pipeline.llm import bulk, model, prompts
@@ -68,7 +69,7 @@ def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: 
     """The cluster each strategy serves to each event, from the newest table dated <= its day.
 
     retrieved_top1 serves the top successor `found` holds for that date however thin its support:
-    the no-LLM baseline does not depend on which lines the prompts carry (retrieval.min_support).
+    the no-LLM baseline does not depend on which lines the prompts carry (prompts.min_support).
     backoff serves the same where the pair has one, else c2's top successor (`fallback`:
     backoff_successors) other than c1, else popular."""
     active = active_dates(events, days)
@@ -101,16 +102,11 @@ def backoff_successors(con, daily: str, days: list[date], window_days: int) -> p
 def support_buckets(events: pd.DataFrame, found: pd.DataFrame, days: list[date], bounds: dict[str, int]) -> pd.Series:
     """Each event's bucket (a key of `bounds`, lower bounds of the pair's window support) by the
     pair's pair_support at its active refresh date; a pair absent from `found` has support 0."""
-    lows = list(bounds.values())
-    if not lows or lows[0] != 0 or any(a >= b for a, b in zip(lows, lows[1:])):
-        raise ValueError(f"params.yaml: eval.support_buckets is {dict(bounds)}: lower bounds must start at 0 "
-                         "and ascend")
     keyed = events[["c1", "c2"]].assign(refresh_date=pd.to_datetime(pd.Series(active_dates(events, days),
                                                                                index=events.index)))
     at = found[["refresh_date", "c1", "c2", "pair_support"]].assign(refresh_date=pd.to_datetime(found.refresh_date))
     support = keyed.merge(at, on=["refresh_date", "c1", "c2"], how="left").pair_support.fillna(0).to_numpy()
-    names = np.array(list(bounds))
-    return pd.Series(names[np.searchsorted(np.array(lows), support, side="right") - 1], index=events.index)
+    return pd.Series(bucket_of(support, bounds), index=events.index)
 
 
 def by_support(hit: pd.DataFrame, users: pd.Series, bucket: pd.Series, bounds: dict[str, int], reps: int,
@@ -223,10 +219,10 @@ def repeat_answers(cfg: DictConfig, names: dict[int, str], texts: list[str]) -> 
     model is loaded only when one is missing."""
     e, inf = cfg.eval, cfg.infer
     where = kernels.device(cfg.device)
-    settings = bulk.Settings(False, int(inf.max_new_tokens), int(inf.batch_size[where]), float(e.repeat_temperature))
+    settings = bulk.Settings(False, inf.max_new_tokens, inf.batch_size[where], e.repeat_temperature)
     caches = [AnswerCache(cfg.paths.infer_cache, namespace(
-        cfg.model, cfg.paths.adapter, names, str(inf.dtype), where, decoding="sample",
-        max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=int(e.seed), repeat=repeat))
+        cfg.model, cfg.paths.adapter, names, inf.dtype, where, decoding="sample",
+        max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=e.seed, repeat=repeat))
         for repeat in (1, 2)]
     found = [cache.load() for cache in caches]
     if any(t not in answers for answers in found for t in texts):
@@ -237,7 +233,7 @@ def repeat_answers(cfg: DictConfig, names: dict[int, str], texts: list[str]) -> 
             seed = {t: int(hashlib.sha256(f"{e.seed}:{repeat}:{t}".encode()).hexdigest()[:15], 16) for t in missing}
             answers.update(cache.fill(missing, lambda shard, advance, seed=seed: bulk.answers(
                 llm, tokenizer, shard, trie, settings, advance=advance, seeds=[seed[t] for t in shard]),
-                int(inf.shard_size[where]), f"repeat {repeat}"))
+                inf.shard_size[where], f"repeat {repeat}"))
     return [found[0][t] for t in texts], [found[1][t] for t in texts]
 
 
@@ -246,7 +242,7 @@ def cost(metrics: Path, cfg: DictConfig, newest: str) -> dict:
     ft = json.loads((metrics / "finetune.json").read_text())
     bi = json.loads((metrics / "bulk_infer.json").read_text())
     refresh = json.loads((metrics / "bulk_infer" / "detail.json").read_text())["per_table"][newest]
-    samples = ft["steps"] * int(cfg.finetune.batch_size)
+    samples = ft["steps"] * cfg.finetune.batch_size
     return {"finetune": {"samples": samples, "steps": ft["steps"],
                          "tokens": round(samples * ft["tokens_per_sample"]), "every": "month"},
             "refresh": {"table": newest, "prompts": refresh["new_prompts"], "prompts_total": refresh["prompts"],
@@ -266,39 +262,39 @@ def headline(m: dict) -> dict:
 
 
 def run(cfg: DictConfig) -> None:
-    torch.set_num_threads(int(cfg.torch_threads))
+    torch.set_num_threads(cfg.torch_threads)
     e, w, days = cfg.eval, windows(cfg), refresh_dates(cfg)
     con = db.connect(cfg)
     events = con.execute(db.sql("eval_events"), {
-        "triples": str(cfg.paths.triples), "sequences": str(cfg.paths.sequences), "month_start": w.month_start,
-        "month_end": w.month_end, "horizon": int(e.horizon)}).df()
+        "triples": cfg.paths.triples, "sequences": cfg.paths.sequences, "month_start": w.month_start,
+        "month_end": w.month_end, "horizon": e.horizon}).df()
     if events.empty:
         raise ValueError(f"{cfg.paths.triples}: no triples in {cfg.period.month}; nothing to evaluate")
     events["day"] = pd.to_datetime(events.day).dt.date
     base, rag = load_tables(Path(cfg.paths.tables), days)
     popular = {d.date(): list(p) for d, p in pd.read_parquet(cfg.paths.popular).itertuples(index=False)}
     found = pd.read_parquet(cfg.paths.retrieved)
-    daily = str(cfg.paths.daily_counts)
-    fallback = backoff_successors(con, daily, days, int(cfg.retrieval.window_days))
+    daily = cfg.paths.daily_counts
+    fallback = backoff_successors(con, daily, days, cfg.retrieval.window_days)
     served = serve(events, base, rag, popular, found, fallback, days)
     hit = hits(served, events.future)
     by_day = hit.groupby(events.day.astype(str)).mean().round(6).rename_axis("day").reset_index()
-    strategies = bootstrap(hit, events.user_id, int(e.bootstrap), int(e.seed))
+    strategies = bootstrap(hit, events.user_id, e.bootstrap, e.seed)
     bounds = {str(k): int(v) for k, v in e.support_buckets.items()}
     buckets = by_support(hit, events.user_id, support_buckets(events, found, days, bounds), bounds,
-                         int(e.bootstrap), int(e.seed))
+                         e.bootstrap, e.seed)
     support_rates = pd.DataFrame([{"bucket": name, "min_support": b["min_support"], "share": b["share"],
                                    **{s: b["strategies"][s]["hit_rate"] if b["strategies"] else None for s in STRATEGIES}}
                                   for name, b in buckets.items()])
 
     names = contract.descriptions(cfg.data.path)
     base_prompts = [prompts.for_pair(names, a, b) for a, b in zip(base.c1, base.c2)]
-    repeated = repeat_sample(base_prompts, None if e.repeat_pairs is None else int(e.repeat_pairs), int(e.seed))
+    repeated = repeat_sample(base_prompts, e.repeat_pairs, e.seed)
     study = overlap(base, rag, repeat_answers(cfg, names, repeated), names)
-    topk = drift(con, daily, days, int(cfg.retrieval.window_days), list(e.drift_k))
+    topk = drift(con, daily, days, cfg.retrieval.window_days, list(e.drift_k))
     spend = cost(Path(cfg.paths.metrics), cfg, f"rag-{days[-1]}")
 
-    metrics = {"horizon": int(e.horizon), "events": len(events), "users": int(events.user_id.nunique()),
+    metrics = {"horizon": e.horizon, "events": len(events), "users": int(events.user_id.nunique()),
                "days": int(events.day.nunique()), "strategies": strategies, "by_support": buckets,
                "unseen_in_training": unseen_in_training(con, daily, events, w),
                "hybrid_tau": json.loads(manifest.read(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet")["hybrid_tau"]),

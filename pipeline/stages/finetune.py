@@ -33,15 +33,16 @@ def curate(rows: pd.DataFrame, samples_per_pair: int, seed: int) -> pd.DataFrame
 
 def rag_chosen(samples: pd.DataFrame, ft: DictConfig) -> np.ndarray:
     """The seeded rag_share of the samples whose prompts are RAG prompts."""
-    return np.random.default_rng([int(ft.seed), 1]).random(len(samples)) < float(ft.rag_share)
+    return np.random.default_rng([ft.seed, 1]).random(len(samples)) < ft.rag_share
 
 
-def with_rag(con, daily: Path, samples: pd.DataFrame, ft: DictConfig) -> pd.Series:
-    """The retrieved successors for a seeded share of the samples, from days before each sample's own."""
+def with_rag(con, daily: Path, samples: pd.DataFrame, ft: DictConfig, min_support: int) -> pd.Series:
+    """The retrieved successors (followed at least min_support times) for a seeded share of the
+    samples, from days before each sample's own."""
     chosen = rag_chosen(samples, ft)
     days = sorted(pd.to_datetime(samples.loc[chosen, "day"]).dt.date.unique())
-    found = retrieval.successors(con, daily, days, int(ft.rag_window_days), int(ft.rag_top_n))
-    retrieved = retrieval.attach(samples, found, "day", int(ft.rag_min_support))
+    found = retrieval.successors(con, daily, days, ft.rag_window_days, ft.rag_top_n)
+    retrieved = retrieval.attach(samples, found, "day", min_support)
     return retrieved.where(chosen, pd.Series([[]] * len(samples), index=samples.index))
 
 
@@ -51,7 +52,7 @@ def with_popular(con, daily: Path, samples: pd.DataFrame, ft: DictConfig, popula
     dated at their refresh date (empty everywhere when popular_n is 0)."""
     chosen = rag_chosen(samples, ft) if popular_n else np.zeros(len(samples), dtype=bool)
     days = sorted(pd.to_datetime(samples.loc[chosen, "day"]).dt.date.unique())
-    found = retrieval.popular(con, daily, days, int(ft.rag_window_days), popular_n) if days else None
+    found = retrieval.popular(con, daily, days, ft.rag_window_days, popular_n) if days else None
     by_day = {} if found is None else {d.date(): p for d, p in zip(found.refresh_date, found.popular)}
     return pd.Series([by_day.get(d, []) if c else [] for d, c in zip(pd.to_datetime(samples.day).dt.date, chosen)],
                      index=samples.index)
@@ -64,19 +65,19 @@ def texts(samples: pd.DataFrame, names: dict[int, str]) -> tuple[list[str], list
 
 
 def run(cfg: DictConfig) -> None:
-    torch.set_num_threads(int(cfg.torch_threads))
+    torch.set_num_threads(cfg.torch_threads)
     ft, w = cfg.finetune, windows(cfg)
     daily = Path(cfg.paths.daily_counts)
     con = db.connect(cfg)
     rows = con.execute(db.sql("finetune_rows"), {"daily": str(daily), "train_start": w.train_start,
                                                   "test_start": w.test_start,
-                                                  "min_support": int(ft.min_pair_support)}).df()
+                                                  "min_support": ft.min_pair_support}).df()
     if rows.empty:
         raise ValueError(f"{daily}: no pair has finetune.min_pair_support={ft.min_pair_support} triples in "
                          f"[{w.train_start}, {w.test_start}); is period.month={cfg.period.month} inside the data?")
-    samples = curate(rows, int(ft.samples_per_pair), int(ft.seed))
-    samples["retrieved"] = with_rag(con, daily, samples, ft)
-    samples["popular"] = with_popular(con, daily, samples, ft, int(cfg.prompts.popular_n))
+    samples = curate(rows, ft.samples_per_pair, ft.seed)
+    samples["retrieved"] = with_rag(con, daily, samples, ft, cfg.prompts.min_support)
+    samples["popular"] = with_popular(con, daily, samples, ft, cfg.prompts.popular_n)
     names = contract.descriptions(cfg.data.path)
     samples["prompt"], samples["answer"] = texts(samples, names)
 
@@ -98,7 +99,7 @@ def run(cfg: DictConfig) -> None:
         adapter_sha = sha256(tmp / "adapter_model.safetensors")
     write_parquet(samples, cfg.paths.samples)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    seen = stats["steps"] * int(ft.batch_size)
+    seen = stats["steps"] * ft.batch_size
     # Whether a checkpoint was picked up depends on what an earlier run left: a run record, not a metric.
     timing.note(train_s=round(wall, 1), samples_per_s=round(seen / wall, 2), resumed=stats.pop("resumed"))
     write_metrics(cfg.paths.metrics, "finetune", {

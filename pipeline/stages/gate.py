@@ -47,7 +47,7 @@ class Scorer:
         self.con, self.llm, self.tokenizer, self.pairs, self.names, self.recall = (
             con, llm, tokenizer, pairs, names, recall)
         self.trie = bulk.Trie.build(tokenizer, names)
-        self.settings = bulk.Settings(constrained=False, max_new_tokens=int(g.max_new_tokens),
+        self.settings = bulk.Settings(constrained=False, max_new_tokens=g.max_new_tokens,
                                       batch_size=batch_size)
 
     def __call__(self, retrieved: list[list[int]], popular: list[int] = ()) -> tuple[list[str], list[str], pd.Series,
@@ -68,31 +68,39 @@ class Scorer:
         return held_out_recall(self.con, c_pred, self.pairs, self.recall)
 
 
-def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, taus: list[int]) -> tuple[dict, dict]:
-    """Exact match, recall and copy rate of RAG prompts (retrieval as in fine-tuning, dated test_start,
-    with prompts.popular_n popular clusters as the tables carry them), and the hybrid's tau chosen on them."""
-    ft = cfg.finetune
-    found = retrieval.successors(con, cfg.paths.daily_counts, [w.test_start], int(ft.rag_window_days),
-                                 int(ft.rag_top_n))
+def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base: pd.Series) -> tuple[dict, dict]:
+    """RAG prompts on the held-out pairs (retrieval as in fine-tuning, dated test_start, with
+    prompts.popular_n popular clusters as the tables carry them): exact match, recall and copy rate
+    with lines of at least prompts.min_support, the same for each of gate.min_support_candidates,
+    and the hybrid's tau chosen on them. `base`: the pairs' answers to their base prompts.
+
+    Decoded once with a line wherever anything was retrieved (and once without, when a popular line
+    makes that prompt differ from the base prompt); a candidate's answers take the lined answer where
+    its line has enough support, else the line-free one: the very prompts it would show when
+    finetune.rag_top_n is 1 (with more, a candidate's lines keep every retrieved successor)."""
+    ft, g = cfg.finetune, cfg.gate
+    found = retrieval.successors(con, cfg.paths.daily_counts, [w.test_start], ft.rag_window_days, ft.rag_top_n)
     at = pairs.assign(day=w.test_start)
-    retrieved = retrieval.attach(at, found, "day", int(ft.rag_min_support))
-    shown = int(cfg.prompts.popular_n)
-    popular = (retrieval.popular(con, cfg.paths.daily_counts, [w.test_start], int(ft.rag_window_days), shown)
-               .popular.tolist() if shown else [])
-    _, _, c_pred, scores = score(retrieved.tolist(), popular[0] if popular else [])
-    copied = [not pd.isna(p) and p == got[0] for p, got in zip(c_pred, retrieved) if got]
-    return ({"exact_match": scores["exact_match"], "test_recall": scores["test_recall"],
-             "pairs_with_retrieval": int(retrieved.map(bool).sum()),
-             "copy_rate": round(float(np.mean(copied)) if copied else 0.0, 6)},
-            choose_tau(score, c_pred, {t: retrieval.attach(at, found, "day", t) for t in taus}))
+    shown = cfg.prompts.popular_n
+    popular = (retrieval.popular(con, cfg.paths.daily_counts, [w.test_start], ft.rag_window_days, shown)
+               .popular.tolist()[0] if shown else [])
+    every = retrieval.attach(at, found, "day", 1)
+    lined = score(every.tolist(), popular)[2]
+    bare = score([[] for _ in range(len(pairs))], popular)[2] if popular else base
 
+    def at_least(m: int) -> tuple[pd.Series, dict]:
+        got = retrieval.attach(at, found, "day", m)
+        answers = lined.where(got.map(bool), bare)
+        triples, hits = score.hits(answers)
+        copied = [not pd.isna(p) and p == line[0] for p, line in zip(answers, got) if line]
+        return answers, {"min_support": m, "pairs_with_line": len(copied),
+                         "exact_match": round(float(answers.notna().mean()), 6),
+                         "test_recall": round(hits / max(triples, 1), 6),
+                         "copy_rate": round(float(np.mean(copied)), 6) if copied else None}
 
-def hybrid_taus(g: DictConfig) -> list[int]:
-    """gate.hybrid_taus, checked before any decoding."""
-    taus = [int(t) for t in g.hybrid_taus]
-    if not taus or min(taus) < 1:
-        raise ValueError(f"params.yaml: gate.hybrid_taus is {taus}: expected a non-empty list of supports >= 1")
-    return taus
+    c_pred, rag = at_least(cfg.prompts.min_support)
+    rag["by_min_support"] = [at_least(m)[1] for m in g.min_support_candidates]
+    return rag, choose_tau(score, c_pred, {t: retrieval.attach(at, found, "day", t) for t in g.hybrid_taus})
 
 
 def choose_tau(score: Scorer, c_pred: pd.Series, trusted: dict[int, pd.Series]) -> dict:
@@ -118,26 +126,25 @@ def verdict(metrics: dict, g: DictConfig) -> list[str]:
 
 
 def run(cfg: DictConfig) -> None:
-    torch.set_num_threads(int(cfg.torch_threads))
+    torch.set_num_threads(cfg.torch_threads)
     g, w = cfg.gate, windows(cfg)
-    taus = hybrid_taus(g)
     con = db.connect(cfg)
-    pairs = held_out_pairs(con, Path(cfg.paths.triples), w.test_start, w.month_start, int(g.max_pairs), int(g.seed))
+    pairs = held_out_pairs(con, Path(cfg.paths.triples), w.test_start, w.month_start, g.max_pairs, g.seed)
     names = contract.descriptions(cfg.data.path)
     where = kernels.device(cfg.device)
     llm, tokenizer = model.load(cfg.model, cfg.paths.adapter if g.use_adapter else None, where, cfg.infer.dtype)
-    recall = {"triples": str(cfg.paths.triples), "sequences": str(cfg.paths.sequences), "test_start": w.test_start,
-              "month_start": w.month_start, "horizon_days": int(g.horizon_days)}
-    score = Scorer(con, llm, tokenizer, pairs, names, g, recall, int(g.batch_size[where]))
+    recall = {"triples": cfg.paths.triples, "sequences": cfg.paths.sequences, "test_start": w.test_start,
+              "month_start": w.month_start, "horizon_days": g.horizon_days}
+    score = Scorer(con, llm, tokenizer, pairs, names, g, recall, g.batch_size[where])
     began = time.perf_counter()
     prompt_texts, outputs, c_pred, scores = score([[] for _ in range(len(pairs))])
     wall = time.perf_counter() - began
     pairs = pairs.assign(prompt=prompt_texts, output=outputs, c_pred=c_pred, valid=c_pred.notna())
     triples = scores["test_triples"]
-    metrics = {**scores, "pairs": len(pairs), "decoding": "free", "adapter": bool(g.use_adapter),
+    metrics = {**scores, "pairs": len(pairs), "decoding": "free", "adapter": g.use_adapter,
                "held_out": [str(w.test_start), str(w.month_start)]}
     # Not gated, measured: the same pairs with RAG lines retrieved before the held-out days.
-    metrics["rag"], metrics["hybrid"] = rag_probe(con, score, pairs, cfg, w, taus)
+    metrics["rag"], metrics["hybrid"] = rag_probe(con, score, pairs, cfg, w, c_pred)
     failed = verdict(metrics, g)
     metrics.update(passed=not failed, failed_checks=failed, override_reason=g.override_reason,
                    min_exact_match=g.min_exact_match, min_test_recall=g.min_test_recall)
