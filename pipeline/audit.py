@@ -2,7 +2,8 @@
 
 A release is an annotated git tag `tables/<period.month>` on a commit whose dvc.lock pins every
 output. Past versions are read through DVC's filesystem at that tag (`dvc.api.DVCFileSystem`),
-never by parsing its cache by hand; `verify` rebuilds a tag in a scratch git worktree and
+never by parsing its cache by hand; what this machine's DVC cache lacks comes from the default
+DVC remote, to which `release` pushes. `verify` rebuilds a tag in a scratch git worktree and
 compares every table's hash with the one the tag recorded.
 """
 from __future__ import annotations
@@ -41,8 +42,24 @@ def tags() -> list[str]:
     return git("tag", "--list", f"{TAG}*", "--sort=creatordate").split()
 
 
+def remote() -> tuple[str | None, dict]:
+    """The default DVC remote as this work tree configures it (`.dvc/config`, overridden by
+    `.dvc/config.local`), its url resolved: every revision is read from it, whichever remote the
+    revision's own .dvc/config named (releases made before there was one name none)."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        name = repo.config["core"].get("remote")
+        return name, dict(repo.config["remote"].get(name, {}))
+
+
+def remote_text(name: str | None, conf: dict) -> str:
+    return f"the DVC remote '{name}' ({conf['url']})" if name else "any DVC remote (none is configured)"
+
+
 class Version:
-    """The pipeline's outputs as a git revision recorded them, read through DVC."""
+    """The pipeline's outputs as a git revision recorded them, read through DVC: from this
+    machine's DVC cache, else from the default remote."""
 
     def __init__(self, rev: str):
         from dvc.api import DVCFileSystem
@@ -51,17 +68,21 @@ class Version:
             self.commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
         except AuditError as exc:
             raise AuditError(f"{rev}: not a revision of this repository (see `python -m pipeline.audit list`)") from exc
-        self.rev, self.fs = rev, DVCFileSystem(str(ROOT), rev=self.commit)
+        name, conf = remote()
+        self.rev, self.remote = rev, remote_text(name, conf)
+        self.fs = DVCFileSystem(str(ROOT), rev=self.commit, remote=name, remote_config=conf)
         self.params = yaml.safe_load(self.text("params.yaml"))
         self.tables_dir = self.params["paths"]["tables"]
 
     def unavailable(self, path: str, exc: Exception) -> AuditError:
         """Why this revision cannot give `path`: it is not in the revision at all, or DVC tracks it but
-        its data is not in this machine's DVC cache (a fresh clone holds no outputs)."""
+        neither this machine's DVC cache nor the remote holds its data (a fresh clone holds none)."""
         if isinstance(exc, FileNotFoundError) and exc.strerror != "No storage files available":
             return AuditError(f"{path}: not in {self.rev}")
-        return AuditError(f"{path} at {self.rev}: its data is not in this machine's DVC cache; build it there "
-                          f"(`git checkout {self.rev} && dvc repro`) or `dvc pull` it from a remote that holds it")
+        return AuditError(f"{path} at {self.rev}: neither this machine's DVC cache nor {self.remote} holds its "
+                          "data; push it there from the machine that built it (`python -m pipeline.audit release` "
+                          "does for a new release, `dvc push --all-tags` for past ones) or rebuild it here "
+                          f"(`git checkout {self.rev} && dvc repro`)")
 
     def _read(self, path: str, mode: str):
         from dvc_data.index import DataIndexError
@@ -80,6 +101,15 @@ class Version:
 
     def blob(self, path: str) -> io.BytesIO:
         return io.BytesIO(self._read(path, "rb"))
+
+    def get(self, path: str, dest: Path) -> None:
+        """Copy a file or folder of this revision to dest."""
+        from dvc_data.index import DataIndexError
+
+        try:
+            self.fs.get(path, str(dest), recursive=True)
+        except (FileNotFoundError, DataIndexError) as exc:
+            raise self.unavailable(path, exc) from exc
 
     def table_names(self) -> list[str]:
         from dvc_data.index import DataIndexError
@@ -102,13 +132,16 @@ class Version:
 
 
 def release(cfg) -> str:
-    """Tag the current state for period.month; refuse a dirty tree, a stale dvc.lock or a failed gate."""
+    """Push every output to the default DVC remote and tag the current state for period.month;
+    refuse a dirty tree, a stale dvc.lock or a failed gate."""
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     dirty = git("status", "--porcelain", "--untracked-files=no")
     if dirty:
         raise AuditError(f"the work tree has uncommitted changes; commit them (with dvc.lock) first:\n{dirty}")
-    stale = Repo(str(ROOT)).status()
+    repo = Repo(str(ROOT))
+    stale = repo.status()
     if stale:
         raise AuditError(f"dvc.lock is stale for {sorted(stale)}: run `dvc repro` and commit dvc.lock")
     gate = json.loads((Path(cfg.paths.metrics) / "gate.json").read_text())
@@ -120,6 +153,11 @@ def release(cfg) -> str:
         raise AuditError(f"{tag} already exists (releases are immutable); roll over to the next period.month")
     summary = {"month": cfg.period.month, "gate": {k: gate[k] for k in
                                                    ("passed", "exact_match", "test_recall", "override_reason")}}
+    try:  # before the tag, so a release never exists that a clone cannot read
+        # Everything dvc.lock and data.dvc pin: a clone can show, diff and verify it, or `dvc pull` it.
+        repo.push()
+    except DvcException as exc:
+        raise AuditError(f"pushing the outputs to {remote_text(*remote())} failed: {exc}") from exc
     git("tag", "-a", tag, "-m", f"transition tables for {cfg.period.month}\n\n{json.dumps(summary, sort_keys=True)}")
     return tag
 
@@ -272,7 +310,9 @@ def verify(rev: str) -> Verdict:
             for shared in ("models",):  # prepared base weights: content-addressed by their own manifest
                 if (ROOT / shared).exists():
                     (work / shared).symlink_to(ROOT / shared)
-            dvc("checkout", "--quiet", *[p.name for p in work.glob("*.dvc") if p.is_file()])
+            for source in (p for p in work.glob("*.dvc") if p.is_file()):  # rev's `dvc add` data, from cache or remote
+                for out in yaml.safe_load(source.read_text())["outs"]:
+                    v.get(out["path"], work / out["path"])
             dvc("repro", "--force", "--no-run-cache", "--no-commit")  # really rebuild: no restoring
             newest = v.newest_rag()
             found = Verdict(v.table(newest)[1].get("device_class", "unrecorded"),
@@ -303,7 +343,8 @@ def verify(rev: str) -> Verdict:
 def main(argv: list[str]) -> None:
     ap = cli.parser("python -m pipeline.audit", __doc__)
     sub = ap.add_subparsers(dest="command", required=True)
-    sub.add_parser("release", help="tag the current state as tables/<period.month>")
+    sub.add_parser("release", help="push every output to the default DVC remote and tag the current state as "
+                                   "tables/<period.month>")
     sub.add_parser("list", help="released versions")
     s = sub.add_parser("show", help="a version's lineage, and a pair's prediction with its prompt")
     s.add_argument("rev")
@@ -319,7 +360,7 @@ def main(argv: list[str]) -> None:
     args = ap.parse_args(argv)
     with cli.user_errors("audit"):
         if args.command == "release":
-            print(f"released {release(config.load())}")
+            print(f"released {release(config.load())}; its outputs are on {remote_text(*remote())}")
         elif args.command == "list":
             print(json.dumps(listing(), indent=2))
         elif args.command == "show":

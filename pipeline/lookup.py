@@ -2,7 +2,8 @@
 
 Serve one pair from a transition table, as production would: by lookup. The table is the newest
 RAG table (dated on or before --date, if given), the base table with --strategy base, or the file
-given by --table; --rev reads it from a past git revision through DVC (`dvc.api`), as released.
+given by --table; --rev reads it from a past git revision through DVC (`dvc.api`), as released:
+from this machine's DVC cache, else from the default DVC remote.
 """
 from __future__ import annotations
 

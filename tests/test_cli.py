@@ -115,11 +115,15 @@ def test_a_fresh_clone_names_what_it_cannot_read(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     shutil.copytree(ROOT / "pipeline", clone / "pipeline", dirs_exist_ok=True)  # the code under test
+    shutil.copy(ROOT / ".dvc/config", clone / ".dvc/config")
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     env.pop(cli.DEBUG, None)
-    for args, problem in ((["pipeline.audit", "show", "HEAD"], "tables/ at HEAD: its data is not in this machine's "
-                                                               "DVC cache"),
-                          (["pipeline.lookup", "1", "2", "--rev", "HEAD"], "its data is not in this machine's DVC"),
+    empty = tmp_path / "remote"  # a remote nothing was pushed to (the default is in the user's home)
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "releases", "url", str(empty)],
+                   cwd=clone, env=env, check=True)
+    missing = f"at HEAD: neither this machine's DVC cache nor the DVC remote 'releases' ({empty}) holds its data"
+    for args, problem in ((["pipeline.audit", "show", "HEAD"], f"tables/ {missing}"),
+                          (["pipeline.lookup", "1", "2", "--rev", "HEAD"], missing),
                           (["pipeline.lookup", "1", "2", "--rev", "nosuchrev"], "nosuchrev: not a revision"),
                           (["pipeline.lookup", "1", "2"], "tables: no tables; run `dvc repro`")):
         done = subprocess.run([sys.executable, "-m", *args], cwd=clone, env=env, capture_output=True, text=True)

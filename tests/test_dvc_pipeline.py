@@ -43,7 +43,7 @@ def sh(repo: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    """A fresh clone-like copy: tracked and new files, no outputs, its own DVC cache."""
+    """A fresh clone-like copy: tracked and new files, no outputs, its own DVC cache and remote."""
     repo = tmp_path_factory.mktemp("repo")
     def git_files(*flags):
         return subprocess.run(["git", "ls-files", *flags], cwd=ROOT, capture_output=True, text=True,
@@ -61,6 +61,8 @@ def repo(tmp_path_factory) -> Path:
                     + TINY_CONF.format(models=ROOT / "models"))
     sh(repo, py, "-m", "pipeline.config")
     sh(repo, "git", "init", "-q")
+    # The default remote lives in the user's home: releases here push to a scratch one instead.
+    sh(repo, py, "-m", "dvc", "remote", "modify", "--local", "releases", "url", str(tmp_path_factory.mktemp("remote")))
     sh(repo, py, "-m", "pipeline.data", "synth", *TINY)
     sh(repo, py, "-m", "pipeline.data", "movielens")
     sh(repo, py, "-m", "dvc", "add", "-q", "data")
@@ -115,7 +117,7 @@ def fails(repo: Path, *args: str) -> str:
     return failed(repo, *args).stderr
 
 
-def test_release_then_audit_list_show_diff_and_verify(repo):
+def test_release_then_audit_list_show_diff_and_verify(repo, tmp_path):
     import pandas as pd
 
     from pipeline import manifest
@@ -140,6 +142,19 @@ def test_release_then_audit_list_show_diff_and_verify(repo):
     assert shown["pair"]["prompt_template_matches"] is True
     assert "not a revision" in fails(repo, *audit, "show", "no-such-tag")
 
+    # A second clone holds no outputs and shares only the remote, to which the release was pushed:
+    # it reads the release from there, and verifies it (a fresh clone's message for an empty
+    # remote is in test_cli.py).
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    shutil.copy(repo / ".dvc/config.local", clone / ".dvc/config.local")
+    assert not (clone / ".dvc/cache").exists()
+    assert json.loads(sh(clone, *audit, "show", "tables/2024-03", "--pair", "0", "1"))["pair"] == shown["pair"]
+    assert "refresh date 2024-03-31" in sh(clone, py, "-m", "pipeline.lookup", "0", "1", "--rev", "tables/2024-03")
+    verified = sh(clone, *audit, "verify", "tables/2024-03")
+    assert "recorded on cpu-avx2, rebuilt on cpu-avx2" in verified
+    assert "all 17 tables and every other output rebuilt byte for byte" in verified
+
     # Tamper with one released table and record the tampered bytes in a second tag.
     path = repo / "tables/rag-2024-03-31.parquet"
     table, meta = pd.read_parquet(path), manifest.read(path)
@@ -150,10 +165,6 @@ def test_release_then_audit_list_show_diff_and_verify(repo):
     sh(repo, "git", "tag", "-a", "tables/tampered", "-m", "tampered")
     changed = json.loads(sh(repo, *audit, "diff", "tables/2024-03", "tables/tampered"))
     assert changed["changed"] == 1 and changed["pairs"] == 30
-
-    verified = sh(repo, *audit, "verify", "tables/2024-03")
-    assert "recorded on cpu-avx2, rebuilt on cpu-avx2" in verified
-    assert "all 17 tables and every other output rebuilt byte for byte" in verified
     tampered = failed(repo, *audit, "verify", "--content", "tables/tampered")
     assert "differs from the record in its predictions" in tampered.stderr
     assert "predictions differ in 1 tables: rag-2024-03-31.parquet (1 pairs)" in tampered.stdout
