@@ -462,6 +462,9 @@ def _relations(c: DictConfig) -> None:
          f"above data.engagement_range.min ({d.engagement_range.min})")
     need(d.engagement_range.min <= c.extract.min_engagement <= d.engagement_range.max, "extract.min_engagement",
          f"inside data.engagement_range [{d.engagement_range.min}, {d.engagement_range.max}]")
+    if d.synth is not None:
+        need(d.synth.cold_clusters < d.synth.n_clusters, "data.synth.cold_clusters",
+             f"fewer than data.synth.n_clusters ({d.synth.n_clusters}): some clusters must exist from the start")
     need(c.finetune.test_days < c.finetune.train_days, "finetune.test_days",
          f"fewer than finetune.train_days ({c.finetune.train_days}): the held-out days end the training window")
     need(c.extract.form != ExtractForm.ordered or c.engine == Engine.duckdb, "extract.form",

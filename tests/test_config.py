@@ -61,6 +61,7 @@ BAD_TOGETHER = [
     (["data.time_range.start=2024-05-01"], "data.time_range.end=2024-04-01", "after data.time_range.start (2024-05-01)"),
     (["model.source=pretrained"], "model.name_or_path=None", "model.source=pretrained"),
     (["finetune.test_days=28"], "finetune.test_days=28", "fewer than finetune.train_days (28)"),
+    (["data.synth.cold_clusters=50"], "data.synth.cold_clusters=50", "fewer than data.synth.n_clusters (50)"),
     (["prompts.popular_n=4"], "prompts.popular_n=4", "at most retrieval.popular_n (3)"),
     (["engine=spark", "extract.form=ordered"], "extract.form=ordered", "ordered relies on DuckDB"),
     (["refresh.until=2024-04-02"], "refresh.until=2024-04-02", "a day of period.month (2024-03)"),

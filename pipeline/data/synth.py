@@ -184,9 +184,7 @@ def build_world(s: DictConfig, time_range) -> World:
     sem_rng = np.random.default_rng([s.seed, 2])
     semantic = s.logit_scale * np.sqrt(s.semantic_share) * semantic_affinity(sem_rng, c)
     prior = -s.zipf_exponent * np.log1p(sem_rng.permutation(c))  # popularity rank r weighs 1 / (r + 1)^exponent
-    cold = s.cold_clusters
-    if not 0 <= cold < c:
-        raise ValueError(f"data.synth.cold_clusters: {cold} must be in 0..n_clusters-1 ({c - 1})")
+    cold = s.cold_clusters  # the schema holds it below n_clusters
     born = np.zeros(c, dtype=np.int64)
     last = month_starts[-2]  # the last month: its first half sees the cold clusters appear
     born[c - cold:] = np.sort(sem_rng.integers(last, last + max(1, (n_days - last) // 2), size=cold))
