@@ -98,8 +98,9 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base:
                          "test_recall": round(hits / max(triples, 1), 6),
                          "copy_rate": round(float(np.mean(copied)), 6) if copied else None}
 
-    c_pred, rag = at_least(cfg.prompts.min_support)
-    rag["by_min_support"] = [at_least(m)[1] for m in g.min_support_candidates]
+    scored = {m: at_least(m) for m in {cfg.prompts.min_support, *g.min_support_candidates}}
+    c_pred, rag = scored[cfg.prompts.min_support]
+    rag = {**rag, "by_min_support": [scored[m][1] for m in g.min_support_candidates]}
     return rag, choose_tau(score, c_pred, {t: retrieval.attach(at, found, "day", t) for t in g.hybrid_taus})
 
 
