@@ -72,12 +72,12 @@ def cfg(tmp_path):
     return compose(tmp_path)
 
 
-def make_world(root: Path) -> Path:
+def make_world(root: Path, *overrides: str) -> Path:
     """extract .. retrieve on a tiny synthetic world, with an untrained adapter and an overridden gate."""
     from pipeline.data import synth
     from pipeline.stages import count, extract, finetune, gate, retrieve
 
-    cfg = compose(root, *TINY_WORLD)
+    cfg = compose(root, *TINY_WORLD, *overrides)
     synth.generate(cfg.data.synth, cfg.data.time_range, cfg.data.path)
     for stage in (extract, count, finetune, gate, retrieve):
         stage.run(cfg)
