@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -15,27 +16,91 @@ from typing import Iterator
 ROW_GROUP_SIZE = 122_880
 
 
+# Left in every folder atomic_path writes: the mark that the pipeline made it, so a later write
+# may replace it. .dvcignore leaves it out of DVC's hashes, tree_sha256 out of ours, so outputs and
+# the manifests that hash them keep their bytes.
+MARK = ".pipeline-output"
+MARK_TEXT = "Written by the transition-tables pipeline: its next write of this folder replaces it whole.\n"
+
+
 @contextmanager
-def atomic_path(target: Path | str) -> Iterator[Path]:
+def atomic_path(target: Path | str, owns: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; it replaces `target` only if the block succeeds.
 
     The sibling is `.<name>.tmp-<pid>`: on the same filesystem, so the replace is atomic, and
     git-ignored (.gitignore: `.*.tmp-*`). A process killed inside the block cannot clean up after
-    itself, so every call first removes the temporaries of `target` whose process is gone."""
+    itself, so every call first removes the temporaries of `target` whose process is gone.
+
+    Nothing that is not ours is replaced: an existing folder is replaced only when it is empty,
+    carries MARK (a folder this function wrote), or holds nothing but files matching `owns` (the
+    names the caller writes there: what DVC restores of an output without the mark); a file
+    output never replaces a folder. Anything else is refused before the block runs. The old folder
+    is renamed aside before the new one moves in, so a failed swap leaves the old complete set."""
     target = Path(target)
+    refuse_foreign(target, owns)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
-        pid = stale.name.rpartition("-")[2]
-        if not (pid.isdigit() and _alive(int(pid))):
-            _remove(stale)
+    for pattern in (".{}.tmp-*", ".{}.old-*"):
+        for stale in target.parent.glob(pattern.format(glob.escape(target.name))):
+            pid = stale.name.rpartition("-")[2]
+            if not (pid.isdigit() and _alive(int(pid))):
+                _remove(stale)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     _remove(tmp)
     try:
         yield tmp
-        _remove(target)
-        os.replace(tmp, target)
+        if tmp.is_dir():
+            (tmp / MARK).write_text(MARK_TEXT, encoding="utf-8")
+        _swap(tmp, target)
     finally:
         _remove(tmp)
+
+
+def refuse_foreign(target: Path | str, owns: tuple[str, ...] = ()) -> None:
+    """Raise unless atomic_path may replace `target` (see there); writers whose work takes long
+    call it first, so a refusal comes before the work."""
+    target = Path(target)
+    if target.is_symlink() or not target.exists():
+        return
+    if target.is_dir():
+        files = [p for p in target.rglob("*") if not p.is_dir()]
+        if not files or (target / MARK).is_file():
+            return
+        foreign = [p for p in files if not any(p.relative_to(target).match(g) for g in owns)]
+        if not foreign:
+            return
+        raise ValueError(f"{target}: holds files the pipeline did not write (e.g. {foreign[0].relative_to(target)}); "
+                         f"nothing was replaced: choose an empty or new folder, or move them away")
+
+
+def _swap(tmp: Path, target: Path) -> None:
+    """Move tmp to target. An old folder is renamed aside first (one rename, whatever its files'
+    permissions), so a failure before the new one is in place puts it back whole."""
+    folder = target.is_dir() and not target.is_symlink()
+    if (target.exists() or target.is_symlink()) and folder != tmp.is_dir():
+        raise ValueError(f"{target}: is a {'folder' if folder else 'file'}, where this output is a "
+                         f"{'file' if folder else 'folder'}; nothing was replaced")
+    if not folder:
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise ValueError(f"{target}: cannot be replaced ({exc.strerror or exc}); the old file is kept") from None
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    try:
+        os.rename(target, old)
+    except OSError as exc:
+        raise ValueError(f"{target}: cannot be replaced ({exc.strerror or exc}); the old folder is kept whole") from None
+    try:
+        os.rename(tmp, target)
+    except OSError as exc:
+        os.rename(old, target)
+        raise ValueError(f"{target}: cannot be replaced ({exc.strerror or exc}); the old folder is kept whole") from None
+    try:
+        _remove(old)
+    except OSError as exc:
+        # The new set is complete and in place; the old one waits for the next write to remove it.
+        print(f"{target}: written; the previous version could not be removed ({exc}) and is kept as {old}",
+              file=sys.stderr)
 
 
 def _alive(pid: int) -> bool:
@@ -96,11 +161,12 @@ def sha256(path: Path | str) -> str:
 
 
 def tree_sha256(path: Path | str) -> str:
-    """A file's sha256, or a directory's: over its files' relative paths and hashes, in sorted order."""
+    """A file's sha256, or a directory's: over its files' relative paths and hashes, in sorted order
+    (atomic_path's MARK left out: it says who wrote the folder, not what it holds)."""
     path = Path(path)
     if path.is_file():
         return sha256(path)
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name != MARK):
         digest.update(f"{file.relative_to(path).as_posix()}\0{sha256(file)}\n".encode())
     return digest.hexdigest()

@@ -2,19 +2,23 @@
 the same output removes it."""
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from pipeline.config import ROOT
-from pipeline.files import atomic_path
+from pipeline.files import MARK, atomic_path, tree_sha256
 
 # A writer killed (SIGKILL: no cleanup runs) in the middle of writing the `tables` folder, as a
 # bulk_infer stopped by the OOM killer or `kill -9` would be.
 KILLED = textwrap.dedent("""
     import os, signal, sys
-    from pipeline.files import atomic_path
+    from pipeline.files import MARK, atomic_path, tree_sha256
     with atomic_path(sys.argv[1]) as out:
         out.mkdir()
         (out / "base.parquet").write_text("half written")
@@ -55,3 +59,98 @@ def test_a_running_writer_keeps_its_temporary(tmp_path):
     with atomic_path(tmp_path / "tables") as out:
         out.write_text("y")
     assert not running.exists()
+
+
+def write_set(target, names, content):
+    with atomic_path(target) as out:
+        out.mkdir()
+        for name in names:
+            (out / name).write_text(content)
+
+
+def test_a_folder_holding_files_the_pipeline_did_not_write_is_refused_and_kept(tmp_path):
+    users = tmp_path / "raw"  # outside the repository's work tree, like a path= override pointing anywhere
+    users.mkdir()
+    (users / "ratings.csv").write_text("mine")
+    (users / "LICENSE.txt").write_text("theirs")
+    with pytest.raises(ValueError, match=r"raw: holds files the pipeline did not write .*nothing was replaced"):
+        write_set(users, ["base.parquet"], "new")
+    assert sorted(p.name for p in users.iterdir()) == ["LICENSE.txt", "ratings.csv"]
+    # A file among the names the writer owns (what DVC restores of an output, without the mark) is
+    # not enough when another file sits beside it.
+    (users / "base.parquet").write_text("old")
+    with pytest.raises(ValueError, match="holds files"):
+        with atomic_path(users, owns=("*.parquet",)):
+            pass
+    assert (users / "ratings.csv").read_text() == "mine"
+
+
+def test_a_folder_the_pipeline_wrote_is_replaced_whole(tmp_path):
+    write_set(tmp_path / "tables", ["base.parquet", "rag-2024-03-01.parquet"], "old")
+    assert (tmp_path / "tables" / MARK).is_file()
+    write_set(tmp_path / "tables", ["base.parquet"], "new")
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == [MARK, "base.parquet"]
+    # An output restored by DVC carries no mark (.dvcignore leaves it out): its owned names suffice.
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    (restored / "base.parquet").write_text("old")
+    with atomic_path(restored, owns=("*.parquet",)) as out:
+        out.mkdir()
+        (out / "rag-2024-03-02.parquet").write_text("new")
+    assert sorted(p.name for p in restored.iterdir()) == [MARK, "rag-2024-03-02.parquet"]
+    # The mark is who wrote the folder, not what it holds: the content hash leaves it out.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "rag-2024-03-02.parquet").write_text("new")
+    assert tree_sha256(restored) == tree_sha256(plain)
+
+
+def test_a_file_output_never_replaces_a_folder(tmp_path):
+    write_set(tmp_path / "out", ["a"], "x")
+    with pytest.raises(ValueError, match="out: is a folder, where this output is a file; nothing was replaced"):
+        with atomic_path(tmp_path / "out") as tmp:
+            tmp.write_text("file")
+    assert (tmp_path / "out" / "a").read_text() == "x"
+
+
+def test_a_failed_swap_leaves_the_old_complete_set(tmp_path, monkeypatch):
+    target = tmp_path / "tables"
+    write_set(target, ["a.parquet", "b.parquet", "c.parquet", "d.parquet"], "old")
+    real = os.rename
+
+    def new_set_cannot_move_in(src, dst):
+        if ".tmp-" in str(src):
+            raise PermissionError(13, "Permission denied")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", new_set_cannot_move_in)
+    with pytest.raises(ValueError, match="tables: cannot be replaced .*the old folder is kept whole"):
+        write_set(target, ["a.parquet"], "new")
+    monkeypatch.undo()
+    assert sorted(p.name for p in target.glob("*.parquet")) == ["a.parquet", "b.parquet", "c.parquet", "d.parquet"]
+    assert {p.read_text() for p in target.glob("*.parquet")} == {"old"}
+    assert not list(tmp_path.glob(".tables.*"))
+
+
+def test_an_old_table_that_cannot_be_removed_leaves_the_new_complete_set(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "tables"
+    write_set(target, ["a.parquet", "b.parquet"], "old")
+    real = shutil.rmtree
+
+    def immutable(path, *args, **kwargs):
+        if ".old-" in str(path):
+            raise PermissionError(1, "Operation not permitted")
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", immutable)
+    write_set(target, ["a.parquet", "c.parquet"], "new")
+    assert "could not be removed" in capsys.readouterr().err
+    assert sorted(p.name for p in target.glob("*.parquet")) == ["a.parquet", "c.parquet"]
+    assert {p.read_text() for p in target.glob("*.parquet")} == {"new"}
+    (old,) = tmp_path.glob(".tables.old-*")
+    assert sorted(p.name for p in old.glob("*.parquet")) == ["a.parquet", "b.parquet"]
+    monkeypatch.undo()
+    # The old set belongs to this (live) process; another writer's next run removes it once it is gone.
+    os.rename(old, tmp_path / ".tables.old-999999999")
+    write_set(target, ["a.parquet"], "newer")
+    assert not list(tmp_path.glob(".tables.old-*"))

@@ -157,3 +157,26 @@ def test_zipf_popularity_concentrates_traffic(tmp_path):
     _, zipf = successor_stats(tmp_path / "z", "data.synth.zipf_exponent=1")
     _, flat = successor_stats(tmp_path / "f", "data.synth.zipf_exponent=0")
     assert zipf > flat + 0.15, (zipf, flat)
+
+
+def test_synth_refuses_a_folder_holding_a_users_dataset_and_keeps_it(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "events.parquet").write_bytes(b"a user's events")
+    (users / "README").write_text("my notes")
+    done = subprocess.run([sys.executable, "-m", "pipeline.data", "synth", f"data.path={users}"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"data synth: {users}: holds files the pipeline did not write")
+    assert (users / "README").read_text() == "my notes" and (users / "events.parquet").read_bytes() == b"a user's events"
+    # A folder beside it that only looks like an interrupted generation is not removed either.
+    (tmp_path / "other.partial").mkdir()
+    (tmp_path / "other.partial" / "notes").write_text("mine")
+    with pytest.raises(ValueError, match="other.partial: exists and is not a generation this command left"):
+        generate(tmp_path / "other")
+    assert (tmp_path / "other.partial" / "notes").read_text() == "mine"

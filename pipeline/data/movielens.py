@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from pipeline.data import contract
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, refuse_foreign
 
 NO_GENRES = "(no genres listed)"
 CATCH_ALL = ()  # the catch-all's key
@@ -114,6 +114,7 @@ def cluster(movies: dict[int, list[str]], tags: list[tuple[int, str]], c: DictCo
 def convert(cfg: DictConfig, out_dir: Path | str) -> dict:
     """Write events/items/clusters for MovieLens from `cfg.source` into `out_dir` (replaced atomically)."""
     source = Path(cfg.source)
+    refuse_foreign(out_dir)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     movies = {m: [g for g in genres.split("|") if g != NO_GENRES]

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 
 from pipeline.data import contract
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, refuse_foreign
 
 # Themes of human-readable keywords; a cluster is a theme plus three of its keywords.
 THEMES = [
@@ -244,7 +244,11 @@ def generate(s: DictConfig, time_range, out_dir: Path | str) -> dict:
     settings = json.dumps({"synth": OmegaConf.to_container(s), "time_range": OmegaConf.to_container(time_range)},
                           sort_keys=True)
     stamp = partial / "settings.json"
-    if partial.exists() and not (stamp.exists() and stamp.read_text() == settings):
+    refuse_foreign(out_dir)
+    if partial.exists() and not stamp.exists():
+        raise ValueError(f"{partial}: exists and is not a generation this command left (no settings.json); "
+                         "nothing was replaced: move it away")
+    if partial.exists() and stamp.read_text() != settings:
         shutil.rmtree(partial)  # left by a run with other settings: its parts do not fit
     (partial / "events").mkdir(parents=True, exist_ok=True)
     stamp.write_text(settings)
