@@ -132,8 +132,25 @@ def findings(s: dict, apart: dict, study: dict, topk: pd.DataFrame, every: int, 
     return out
 
 
+def comparators(m: dict, labels: list[str], against: tuple[str, ...]) -> list[str]:
+    """The fixed table against the no-LLM strategies that are its fair bar, per support bucket and
+    overall, with fixed minus the first of them (its training days as a lookup) and that CI."""
+    first = against[0]
+    rows = [("all", m["strategies"])] + [(label, b["strategies"]) for label, b in zip(labels, buckets_of(m).values())]
+    head = ["fixed", *against]
+    lines = ["| pairs | " + " | ".join(head) + f" | fixed - {first}, points (95 % CI) |",
+             "| --- | " + " | ".join("---:" for _ in head) + " | ---: |"]
+    for label, x in rows:
+        if not x:
+            continue
+        d = x[first]  # diff_vs_fixed is first - fixed: negated, with its interval turned round
+        lines.append(f"| {label} | " + " | ".join(_pct(x[s]["hit_rate"]) for s in head) +
+                     f" | {_pts(-d['diff_vs_fixed'])} ({_pts(-d['diff_ci'][1])} to {_pts(-d['diff_ci'][0])}) |")
+    return lines
+
+
 def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame, strategies: dict[str, str],
-             metrics: Path) -> str:
+             against: tuple[str, ...], metrics: Path) -> str:
     s, study, c = m["strategies"], m["overlap"], m["cost"]
     r = cfg.retrieval
     lines = [
@@ -182,7 +199,15 @@ def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame,
             "" if not b["strategies"] else f"{_pct(b['strategies'][name]['hit_rate'])} "
             f"({_pct(b['strategies'][name]['hit_rate_ci'][0])} to {_pct(b['strategies'][name]['hit_rate_ci'][1])})"
             for b in buckets.values()) + " |")
-    lines += ["", "![hit rate by support](../metrics/evaluate/hit_rate_by_support.png)", "",
+    distinct = m["distinct_clusters"]
+    lines += ["", "## The fixed table against its no-LLM comparators", "",
+              f"`{against[0]}` is the lookup the fine-tune's own sample days give (each pair's most frequent "
+              "successor there, else their most popular cluster): what the fixed table could have learned. "
+              "Hit rate by pair support:", "", *comparators(m, labels, against), "",
+              "Distinct clusters named over every pair: " + ", ".join(
+                  f"{k} {v:,}" for k, v in distinct["tables"].items()) + "; over the month's events served: " +
+              ", ".join(f"{k} {v:,}" for k, v in distinct["served"].items()) + ".", "",
+              "![hit rate by support](../metrics/evaluate/hit_rate_by_support.png)", "",
               "## How RAG changes the answers", "",
               "| measure | this run | paper |", "| --- | ---: | ---: |",
               f"| RAG answer identical to the no-RAG answer (same pair) | {_pct(study['rag_identical_to_base'])} | 7.8 % |",

@@ -32,6 +32,12 @@ def popular(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[date],
     return found
 
 
+def first_popular(clusters, c1: int, c2: int) -> int | None:
+    """The first of `clusters` (most popular first) that is neither c1 nor c2, the no-LLM fallback
+    of every table and baseline; None when there is none."""
+    return next((int(c) for c in clusters if c != c1 and c != c2), None)
+
+
 def attach(frame: pd.DataFrame, found: pd.DataFrame, day_column: str, min_support: int = 1) -> pd.Series:
     """Each row's retrieved successors with at least min_support in the window (empty when none),
     matched on (c1, c2, day)."""

@@ -34,7 +34,8 @@ def test_each_strategy_serves_its_newest_table_dated_on_or_before_the_day():
     popular = {D1: [0, 1, 6], D3: [3, 1, 0]}
     events = pd.DataFrame({"day": [D1, date(2024, 3, 2), D3, date(2024, 3, 9), D1], "c1": [0, 0, 0, 1, 1],
                            "c2": [1, 1, 1, 0, 0]})
-    served = evaluate.serve(events, base, rag, popular, found, fallback, [D1, D3])
+    lookup = pd.DataFrame({"c1": [1, 0], "c2": [0, 1], "c_pred": pd.array([3, 2], dtype="Int32")})
+    served = evaluate.serve(events, base, rag, popular, found, fallback, [D1, D3], lookup)
     assert served.fixed.tolist() == [5, 5, 5, 6, 6]
     assert served.rag_refreshed.tolist() == [7, 7, 2, 4, 9]
     assert served.rag_day1.tolist() == [7, 7, 7, 9, 9]
@@ -45,8 +46,29 @@ def test_each_strategy_serves_its_newest_table_dated_on_or_before_the_day():
     # on Mar 1 nothing followed 0 at all: popularity
     assert served.backoff.tolist() == [8, 8, 3, 4, 6]
     assert served.popular.tolist() == [6, 6, 3, 3, 6]
+    # the training days' lookup is one table held all month, matched on the pair
+    assert served.train_top1.tolist() == [2, 2, 2, 3, 3]
     with pytest.raises(ValueError, match="before the first refresh date"):
-        evaluate.serve(events.assign(day=date(2024, 2, 28)), base, rag, popular, found, fallback, [D1, D3])
+        evaluate.serve(events.assign(day=date(2024, 2, 28)), base, rag, popular, found, fallback, [D1, D3], lookup)
+
+
+def test_the_training_lookup_reads_only_the_fine_tunes_sample_days(tmp_path):
+    from pipeline.period import windows
+    from tests.test_finetune import daily_frame
+
+    cfg = compose(tmp_path, "period.month=2024-03", "finetune.train_days=28", "finetune.test_days=7")
+    w = windows(cfg)  # sample days [Feb 2, Feb 23)
+    path = tmp_path / "daily.parquet"
+    daily_frame([("2024-02-05", 0, 1, 2, 3), ("2024-02-20", 0, 1, 3, 3),  # a tie: the lower id
+                 ("2024-02-06", 0, 1, 0, 9),  # c1 again: never an answer
+                 ("2024-02-25", 0, 1, 3, 50),  # held-out days: not training data
+                 ("2024-02-01", 1, 0, 4, 50), ("2024-03-02", 1, 0, 4, 99),  # before the window, the month
+                 ("2024-02-10", 2, 3, 1, 4), ("2024-02-11", 3, 2, 0, 2)]).to_parquet(path)
+    pairs = pd.DataFrame({"c1": [0, 1, 2, 1], "c2": [1, 0, 3, 2]})
+    got = evaluate.train_lookup(db.connect(cfg), str(path), w, pairs)
+    # reached in the window: 0 eleven times, 1 four, 2 and 3 three each: popular 0, 1, 2
+    # (1, 0) and (1, 2) were never seen in the sample days: the first popular cluster not c1/c2
+    assert got.c_pred.tolist() == [2, 2, 1, 0]
 
 
 def test_backoff_sql_ranks_what_followed_c2_alone_in_the_window(tmp_path):
@@ -140,9 +162,15 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
     files = [Path(cfg.paths.metrics) / "evaluate.json", Path(cfg.paths.metrics) / "evaluate" / "detail.json"]
     headline, m = (json.loads(f.read_text()) for f in files)
     assert set(m["strategies"]) == set(evaluate.STRATEGIES) and m["events"] > 100
+    assert "train_top1" in evaluate.STRATEGIES
+    clusters = 5  # the tiny world's
+    assert set(m["distinct_clusters"]["served"]) == set(evaluate.STRATEGIES)
+    assert all(1 <= n <= clusters for d in m["distinct_clusters"].values() for n in d.values())
+    assert m["distinct_clusters"]["tables"]["fixed"] == pd.read_parquet(
+        Path(cfg.paths.tables) / "base.parquet").c_pred.nunique()
     # The headline, what `dvc metrics show` prints: overall figures only, no per-bucket or per-date keys.
     assert headline == evaluate.headline(m) and set(headline) == {
-        "hit_rate", "rag_refreshed_vs_fixed", "rag_identical_to_base", "rag_copies_retrieved"}
+        "hit_rate", "rag_refreshed_vs_fixed", "rag_identical_to_base", "rag_copies_retrieved", "distinct_clusters"}
     assert headline["hit_rate"]["backoff"] == m["strategies"]["backoff"]["hit_rate"]
     buckets = m["by_support"]
     assert set(buckets) == {"cold", "tail", "torso", "head"}
@@ -163,7 +191,8 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
     text = Path(cfg.paths.report).read_text()
     for section in ("## Setup", "## Hit rate by strategy", "## Hit rate by pair support", "| backoff |", "| hybrid |",
                     "cold (0) | tail (1-4) | torso (5-29) | head (>= 30)", "## How RAG changes the answers", "## Successor drift",
-                    "## Cost and agility", "## Findings"):
+                    "## Cost and agility", "## Findings", "## The fixed table against its no-LLM comparators",
+                    "| pairs | fixed | train_top1 | popular | backoff | fixed - train_top1, points (95 % CI) |"):
         assert section in text
     assert f"{100 * m['strategies']['rag_refreshed']['hit_rate']:.2f} %" in text
     first = [f.read_bytes() for f in files]

@@ -52,9 +52,9 @@ def serve(rows: pd.DataFrame, outputs: list[str], names: dict[int, str], popular
     c_pred, served, valid = [], [], []
     for c1, c2, got, day, p in zip(rows.c1, rows.c2, rows.retrieved, rows.refresh_date, parsed):
         ok = p is not None and p not in (c1, c2)
-        fallback = [c for c in popular.get(day, []) if c not in (c1, c2)]
+        fallback = retrieval.first_popular(popular.get(day, []), c1, c2)
         pick, how = ((p, "llm") if ok else (got[0], "retrieved") if got else
-                     (fallback[0], "popular") if fallback else (None, "none"))
+                     (fallback, "popular") if fallback is not None else (None, "none"))
         c_pred.append(pick)
         served.append(how)
         valid.append(ok)

@@ -35,7 +35,12 @@ STRATEGIES = {
     "backoff": "no LLM: the pair's top retrieved successor, else the top successor of c2 alone over the same "
                "window, else popular",
     "popular": "no LLM: the most popular recent cluster that is neither c1 nor c2",
+    "train_top1": "no LLM: the pair's most frequent successor in the fine-tune's sample days, else their most "
+                  "popular cluster (a lookup of what the fixed table was trained on)",
 }
+# The fixed table's honest comparators: what it was trained on, served as a lookup, and the no-LLM
+# strategies it competes with during the month.
+COMPARATORS = ("train_top1", "popular", "backoff")
 
 
 def load_tables(tables: Path, days: list[date]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -51,10 +56,6 @@ def load_tables(tables: Path, days: list[date]) -> tuple[pd.DataFrame, pd.DataFr
     return base, pd.concat(rag, ignore_index=True)
 
 
-def first_popular(popular: dict, day: date, c1: int, c2: int):
-    return next((c for c in popular.get(day, []) if c != c1 and c != c2), None)
-
-
 def active_dates(events: pd.DataFrame, days: list[date]) -> list[date]:
     """Each event's active refresh date: the newest dated on or before its day."""
     stamps = np.array(days, dtype="datetime64[D]")
@@ -65,20 +66,23 @@ def active_dates(events: pd.DataFrame, days: list[date]) -> list[date]:
 
 
 def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: dict, found: pd.DataFrame,
-          fallback: pd.DataFrame, days: list[date]) -> pd.DataFrame:
+          fallback: pd.DataFrame, days: list[date], lookup: pd.DataFrame) -> pd.DataFrame:
     """The cluster each strategy serves to each event, from the newest table dated <= its day.
 
     retrieved_top1 serves the top successor `found` holds for that date however thin its support:
     the no-LLM baseline does not depend on which lines the prompts carry (prompts.min_support).
     backoff serves the same where the pair has one, else c2's top successor (`fallback`:
-    backoff_successors) other than c1, else popular."""
+    backoff_successors) other than c1, else popular. train_top1 serves `lookup` (train_lookup), a table
+    of every pair held all month like the base table."""
     active = active_dates(events, days)
     keyed = events[["c1", "c2"]].assign(active=active, first=days[0])
     table = rag.set_index(["refresh_date", "c1", "c2"])
     now = table.reindex(pd.MultiIndex.from_frame(keyed[["active", "c1", "c2"]]))
     day1 = table.reindex(pd.MultiIndex.from_frame(keyed[["first", "c1", "c2"]]))
-    fixed = base.set_index(["c1", "c2"]).reindex(pd.MultiIndex.from_frame(keyed[["c1", "c2"]]))
-    pop = [first_popular(popular, d, a, b) for d, a, b in zip(active, events.c1, events.c2)]
+    pairs = pd.MultiIndex.from_frame(keyed[["c1", "c2"]])
+    fixed = base.set_index(["c1", "c2"]).reindex(pairs)
+    trained = lookup.set_index(["c1", "c2"]).reindex(pairs)
+    pop = [retrieval.first_popular(popular.get(d, []), a, b) for d, a, b in zip(active, events.c1, events.c2)]
     retrieved = retrieval.attach(keyed, found, "active")
     top1 = [got[0] if got else p for got, p in zip(retrieved, pop)]
     ranked = fallback.assign(active=fallback.refresh_date.dt.date, top=fallback.backoff.str[0],
@@ -88,7 +92,31 @@ def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: 
     back = [got[0] if got else (c if pd.notna(c) else p) for got, c, p in zip(retrieved, c2_top, pop)]
     return pd.DataFrame({"fixed": fixed.c_pred.to_numpy(), "rag_refreshed": now.c_pred.to_numpy(),
                          "rag_day1": day1.c_pred.to_numpy(), "hybrid": now.hybrid.to_numpy(),
-                         "retrieved_top1": top1, "backoff": back, "popular": pop}, index=events.index)
+                         "retrieved_top1": top1, "backoff": back, "popular": pop,
+                         "train_top1": trained.c_pred.to_numpy()}, index=events.index)
+
+
+def train_lookup(con, daily: str, w, pairs: pd.DataFrame) -> pd.DataFrame:
+    """(c1, c2, c_pred) for every pair of `pairs`: its most frequent successor other than c1 and c2
+    in the fine-tune's sample days [train_start, test_start), else the first of those days' most
+    popular clusters that is neither (the frequency table the fine-tune's data could teach).
+    retrieve.sql and popular.sql over that window, dated test_start: ties go to the lower cluster id."""
+    span = (w.test_start - w.train_start).days
+    top = retrieval.successors(con, daily, [w.test_start], span, 1)
+    # Three popular clusters always hold one that is neither c1 nor c2.
+    ranked = retrieval.popular(con, daily, [w.test_start], span, 3).popular
+    popular = ranked.iloc[0] if len(ranked) else []
+    got = retrieval.attach(pairs.assign(day=w.test_start), top, "day")
+    c_pred = [line[0] if line else retrieval.first_popular(popular, a, b) for a, b, line in
+              zip(pairs.c1, pairs.c2, got)]
+    return pd.DataFrame({"c1": pairs.c1.to_numpy(), "c2": pairs.c2.to_numpy(), "c_pred": pd.array(c_pred, dtype="Int32")})
+
+
+def distinct_answers(served: pd.DataFrame, tables: dict[str, pd.Series]) -> dict:
+    """How many distinct clusters each strategy names: over the month's events it serves, and over
+    every pair of the tables given (a table that names few clusters explores little)."""
+    return {"served": {s: int(served[s].dropna().astype(int).nunique()) for s in served.columns},
+            "tables": {name: int(c.dropna().nunique()) for name, c in tables.items()}}
 
 
 def backoff_successors(con, daily: str, days: list[date], window_days: int) -> pd.DataFrame:
@@ -258,7 +286,8 @@ def headline(m: dict) -> dict:
     return {"hit_rate": {s: x["hit_rate"] for s, x in m["strategies"].items()},
             "rag_refreshed_vs_fixed": {"diff": rag["diff_vs_fixed"], "ci_low": rag["diff_ci"][0],
                                        "ci_high": rag["diff_ci"][1]},
-            **{k: m["overlap"][k] for k in ("rag_identical_to_base", "rag_copies_retrieved")}}
+            **{k: m["overlap"][k] for k in ("rag_identical_to_base", "rag_copies_retrieved")},
+            "distinct_clusters": m["distinct_clusters"]["tables"]}
 
 
 def run(cfg: DictConfig) -> None:
@@ -276,7 +305,8 @@ def run(cfg: DictConfig) -> None:
     found = pd.read_parquet(cfg.paths.retrieved)
     daily = cfg.paths.daily_counts
     fallback = backoff_successors(con, daily, days, cfg.retrieval.window_days)
-    served = serve(events, base, rag, popular, found, fallback, days)
+    lookup = train_lookup(con, daily, w, base[["c1", "c2"]])
+    served = serve(events, base, rag, popular, found, fallback, days, lookup)
     hit = hits(served, events.future)
     by_day = hit.groupby(events.day.astype(str)).mean().round(6).rename_axis("day").reset_index()
     strategies = bootstrap(hit, events.user_id, e.bootstrap, e.seed)
@@ -296,6 +326,7 @@ def run(cfg: DictConfig) -> None:
 
     metrics = {"horizon": e.horizon, "events": len(events), "users": int(events.user_id.nunique()),
                "days": int(events.day.nunique()), "strategies": strategies, "by_support": buckets,
+               "distinct_clusters": distinct_answers(served, {"fixed": base.c_pred, "train_top1": lookup.c_pred}),
                "unseen_in_training": unseen_in_training(con, daily, events, w),
                "hybrid_tau": json.loads(manifest.read(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet")["hybrid_tau"]),
                "rag_departs_from_retrieved": departures(served, hit), "overlap": study,
@@ -310,7 +341,7 @@ def run(cfg: DictConfig) -> None:
     report.support_figure(metrics, list(STRATEGIES), plots)
     write_metrics(cfg.paths.metrics, "evaluate", headline(metrics), metrics)
     with atomic_path(cfg.paths.report) as tmp:
-        tmp.write_text(report.markdown(cfg, metrics, by_day, topk, STRATEGIES, Path(cfg.paths.metrics)),
+        tmp.write_text(report.markdown(cfg, metrics, by_day, topk, STRATEGIES, COMPARATORS, Path(cfg.paths.metrics)),
                        encoding="utf-8")
     s = strategies["rag_refreshed"]
     print(f"evaluate: {len(events)} events; hit rate fixed {strategies['fixed']['hit_rate']:.4f}, RAG refreshed "
