@@ -4,7 +4,8 @@ A release is an annotated git tag `tables/<period.month>` on a commit whose dvc.
 output. Past versions are read through DVC's filesystem at that tag (`dvc.api.DVCFileSystem`),
 never by parsing its cache by hand; what this machine's DVC cache lacks comes from the default
 DVC remote, to which `release` pushes. `verify` rebuilds a tag in a scratch git worktree and
-compares every table's hash with the one the tag recorded.
+compares every output's hash with the one the tag recorded: within one device class the bytes
+must match; across classes (another CPU vendor, ISA or GPU) the predictions must.
 """
 from __future__ import annotations
 
@@ -237,7 +238,11 @@ def outputs(lock: dict) -> dict[str, str]:
 class Verdict:
     """What a rebuild found: outputs whose bytes differ from the record and, for those, whether
     their content agrees (per table, how many pairs predict another cluster; for the adapter, the
-    largest absolute weight difference), and the device classes of record and rebuild."""
+    largest absolute weight difference), and the device classes of record and rebuild.
+
+    Within one device class the bytes are the guarantee, so any byte difference fails. Across
+    classes (another CPU vendor, ISA or GPU) bytes are expected to differ and the content decides:
+    every table's predictions must agree."""
 
     def __init__(self, recorded_class: str, rebuilt_class: str):
         self.recorded_class, self.rebuilt_class = recorded_class, rebuilt_class
@@ -246,20 +251,27 @@ class Verdict:
         self.adapter_max_abs_diff: float | None = None
 
     @property
+    def same_class(self) -> bool:
+        return self.recorded_class == self.rebuilt_class
+
+    @property
     def predictions_agree(self) -> bool:
         return not any(self.pairs_differ.values())
 
-    def failure(self, rev: str, content: bool) -> str | None:
-        """Why the rebuild does not pass (None when it does): any byte difference fails, unless
-        `content` is asked for and every prediction agrees."""
-        if not self.bytes_differ or (content and self.predictions_agree):
+    def failure(self, rev: str) -> str | None:
+        """Why the rebuild does not pass (None when it does)."""
+        if not self.bytes_differ or (not self.same_class and self.predictions_agree):
             return None
-        if self.predictions_agree:
-            return f"verify {rev}: the rebuild differs from the record; every prediction agrees: --content accepts that"
-        return f"verify {rev}: the rebuild differs from the record in its predictions"
+        if not self.predictions_agree:
+            return f"verify {rev}: the rebuild differs from the record in its predictions"
+        return (f"verify {rev}: the rebuild differs from the record in its bytes within one device class "
+                f"({self.rebuilt_class}), where bytes must match")
 
     def lines(self, rev: str, tables: int) -> list[str]:
-        out = [f"verify {rev}: recorded on {self.recorded_class}, rebuilt on {self.rebuilt_class}"]
+        head = f"verify {rev}: recorded on {self.recorded_class}, rebuilt on {self.rebuilt_class}"
+        if not self.same_class:
+            head += ": another device class, so bytes are expected to differ and the content decides"
+        out = [head]
         if not self.bytes_differ:
             return out + [f"verify {rev}: all {tables} tables and every other output rebuilt byte for byte"]
         out.append(f"verify {rev}: bytes differ in {', '.join(self.bytes_differ)}")
@@ -355,8 +367,6 @@ def main(argv: list[str]) -> None:
     f = sub.add_parser("verify", help="rebuild a version by running ITS OWN stage code (verifying an untrusted "
                                       "revision runs its code) and compare every output with the record")
     f.add_argument("rev")
-    f.add_argument("--content", action="store_true",
-                   help="succeed when every table's predictions agree even if bytes differ (another device class)")
     args = ap.parse_args(argv)
     with cli.user_errors("audit"):
         if args.command == "release":
@@ -370,7 +380,7 @@ def main(argv: list[str]) -> None:
         else:
             found = verify(args.rev)
             print("\n".join(found.lines(args.rev, len(Version(args.rev).table_names()))))
-            failure = found.failure(args.rev, args.content)
+            failure = found.failure(args.rev)
             if failure:
                 raise AuditError(failure)
 

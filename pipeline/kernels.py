@@ -9,7 +9,7 @@ point (and in tests/conftest.py). `native` lets them use the CPU's best kernels 
 faster there, not reproducible elsewhere. Measured with ../shared/probes/: only these two
 variables change the result; oneDNN is not on torch's float32 path (ONEDNN_MAX_CPU_ISA changed
 nothing). MKL's conditional reproducibility holds across Intel CPUs; on AMD CPUs MKL takes a
-code path of its own, so tables built there differ in the low bits (README: "Reproduction").
+code path of its own, so the device class names the CPU vendor too (docs/reproduction.md).
 
 On CUDA the same discipline is torch's deterministic algorithms plus the cuBLAS workspace setting.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from pathlib import Path
 
 PORTABLE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT"}
 # cuBLAS needs a fixed workspace for deterministic GEMMs (torch.use_deterministic_algorithms).
@@ -63,8 +64,22 @@ def deterministic() -> None:
     torch.use_deterministic_algorithms(True)
 
 
+# MKL's code path per CPU vendor (vendor_id in /proc/cpuinfo).
+VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
+
+
+def cpu_vendor(info: Path = Path("/proc/cpuinfo")) -> str:
+    """intel, amd, or the vendor (else the machine type) as the OS names it: with the ISA pinned,
+    MKL still takes one code path on Intel CPUs and another on AMD CPUs, which differ in the low
+    bits (measured: ../shared/probes/), so the vendor is part of what decides the bits."""
+    lines = info.read_text().splitlines() if info.exists() else []
+    vendor = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "")
+    return VENDORS.get(vendor, (vendor or platform.machine() or "unknown").lower())
+
+
 def device_class(device: str = "cpu") -> str:
-    """What decides the bits besides the code and inputs: "cpu-avx2" when pinned, "cpu-native-<isa>"
+    """What decides the bits besides the code and inputs: "cpu-avx2-<vendor>" when pinned (the ISA
+    pin plus the BLAS vendor path: cpu-avx2-intel, cpu-avx2-amd), "cpu-native-<isa>-<vendor>"
     otherwise, "cuda-<GPU name>" on a GPU. Outputs of one class are byte-identical."""
     import torch
 
@@ -72,7 +87,7 @@ def device_class(device: str = "cpu") -> str:
         return f"cuda-{torch.cuda.get_device_name(torch.device(device))}"
     capability = torch.backends.cpu.get_cpu_capability().lower()
     pinned = all(os.environ.get(k) == v for k, v in PORTABLE.items())
-    return f"cpu-{capability}" if pinned else f"cpu-native-{capability}"
+    return f"cpu-{capability}-{cpu_vendor()}" if pinned else f"cpu-native-{capability}-{cpu_vendor()}"
 
 
 def lineage(device: str = "cpu") -> dict:

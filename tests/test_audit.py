@@ -17,18 +17,24 @@ def test_pairs_differ_counts_changed_missing_and_null_predictions():
     assert pairs_differ(table([2, 1, None]), table([2, 1, None]).iloc[:2]) == 1
 
 
-def test_byte_differences_fail_unless_content_is_asked_for_and_every_prediction_agrees():
-    same = Verdict("cpu-avx2", "cpu-avx2")
+def test_within_one_class_bytes_decide_and_across_classes_the_predictions_do():
+    same = Verdict("cpu-avx2-amd", "cpu-avx2-amd")
     same.pairs_differ = {"base.parquet": 0}
-    assert same.failure("r", content=False) is None
+    assert same.failure("r") is None
     assert "rebuilt byte for byte" in same.lines("r", 1)[-1]
+    same.bytes_differ = ["tables/base.parquet"]
+    assert same.failure("r").endswith("differs from the record in its bytes within one device class (cpu-avx2-amd), "
+                                      "where bytes must match")
 
-    moved = Verdict("cuda-NVIDIA H100", "cpu-avx2")
-    moved.bytes_differ, moved.pairs_differ, moved.adapter_max_abs_diff = ["tables/base.parquet"], {"base.parquet": 0}, 3e-8
-    assert "every prediction agrees: --content accepts that" in moved.failure("r", content=False)
-    assert moved.failure("r", content=True) is None
-    lines = "\n".join(moved.lines("r", 1))
-    assert "recorded on cuda-NVIDIA H100, rebuilt on cpu-avx2" in lines and "differ by at most 3e-08" in lines
+    vendors = Verdict("cpu-avx2-intel", "cpu-avx2-amd")
+    vendors.bytes_differ, vendors.pairs_differ, vendors.adapter_max_abs_diff = (
+        ["tables/base.parquet", "work/finetune/adapter"], {"base.parquet": 0}, 3e-8)
+    assert vendors.failure("r") is None
+    lines = "\n".join(vendors.lines("r", 1))
+    assert ("recorded on cpu-avx2-intel, rebuilt on cpu-avx2-amd: another device class, so bytes are expected to "
+            "differ and the content decides") in lines
+    assert "every prediction of all 1 tables agrees" in lines and "differ by at most 3e-08" in lines
 
-    moved.pairs_differ = {"base.parquet": 2}
-    assert moved.failure("r", content=True).endswith("differs from the record in its predictions")
+    vendors.pairs_differ = {"base.parquet": 2}
+    assert vendors.failure("r").endswith("differs from the record in its predictions")
+    assert "predictions differ in 1 tables: base.parquet (2 pairs)" in "\n".join(vendors.lines("r", 1))

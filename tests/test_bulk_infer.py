@@ -130,7 +130,7 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
         assert meta["period"] == "2024-03" and meta["template_hash"] == prompts.TEMPLATE_HASH
         assert json.loads(meta["gate"])["override_reason"] == "tiny random model"
         assert set(json.loads(meta["params"])) == set(manifest.stage_deps("bulk_infer")[1])
-        assert meta["device_class"] == kernels.device_class() and meta["torch_version"] == torch.__version__
+        assert meta["device_class"] == f"cpu-avx2-{kernels.cpu_vendor()}" and meta["torch_version"] == torch.__version__
         assert json.loads(meta["hybrid_tau"]) == tau
         if path.name.startswith("rag"):
             assert meta["strategy"] == "rag" and path.name == f"rag-{meta['refresh_date']}.parquet"

@@ -22,9 +22,18 @@ def capability(mode: str) -> str:
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the AVX2 pin is for x86-64 CPUs")
 def test_portable_pins_torch_to_avx2_kernels_before_it_is_imported():
     assert capability("portable") == "AVX2"
-    assert kernels.device_class() == "cpu-avx2"  # this test process, pinned by conftest
+    # this test process, pinned by conftest; the vendor names MKL's code path
+    assert kernels.device_class() == f"cpu-avx2-{kernels.cpu_vendor()}"
     with pytest.raises(RuntimeError, match="after torch was imported"):
         kernels.pin("native")
+
+
+@pytest.mark.parametrize("vendor_id, named", [("GenuineIntel", "intel"), ("AuthenticAMD", "amd"),
+                                              ("HygonGenuine", "hygongenuine"), (None, platform.machine().lower())])
+def test_the_device_class_names_the_cpu_vendor(tmp_path, vendor_id, named):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\n" + (f"vendor_id\t: {vendor_id}\n" if vendor_id else "") + "flags\t\t: fpu\n")
+    assert kernels.cpu_vendor(info) == named
 
 
 def test_auto_picks_the_cpu_when_cuda_is_absent(monkeypatch):
