@@ -389,6 +389,16 @@ class Spark:
 
 
 @dataclass
+class Ray:
+    # Decoding workers (pipeline/llm/pool.py): 1 decodes in this process without Ray; above 1, a
+    # pool of Ray actors, one per GPU on CUDA. Not part of any stage's declared params: the tables
+    # are the same bytes at any worker count.
+    workers: int = at_least(1)
+    # null: a local Ray started for the run; else a running cluster's host:port, ray://host:port or auto.
+    address: Optional[str] = None
+
+
+@dataclass
 class Paths:
     sequences: str = MISSING
     triples: str = MISSING
@@ -423,6 +433,7 @@ class Config:
     duckdb: DuckDB = MISSING
     engine: Engine = MISSING
     spark: Spark = MISSING
+    ray: Ray = MISSING
     torch_threads: int = at_least(1)
     kernels: Kernels = MISSING
     device: Device = MISSING
