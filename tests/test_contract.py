@@ -119,17 +119,18 @@ def test_duplicate_descriptions(tmp_path):
     items = pa.table({"item_id": pa.array([0, 100, 200], pa.int64()), "cluster_id": pa.array([0, 1, 2], pa.int32())})
     message = expect(write_dataset(tmp_path, events_frame(GOOD_EVENTS), items=items, clusters=clusters),
                      "clusters.parquet", "keywords", "street food, travel")
-    assert "duplicate cluster description (spaces normalised) in rows [0, 2]" in message
+    assert "duplicate cluster description (Unicode NFKC, spaces normalised) in rows [0, 2]" in message
 
 
-@pytest.mark.parametrize("twin", [["street\u00a0food", "travel"], ["street  food", "travel"]])
+@pytest.mark.parametrize("twin", [["street\u00a0food", "travel"], ["street  food", "travel"],
+                                  ["street food", "\uff54ravel"], ["street\u3000food", "travel"]])
 def test_descriptions_equal_after_whitespace_normalisation(tmp_path, twin):
     clusters = pa.table({"cluster_id": pa.array([0, 1, 2], pa.int32()),
                          "keywords": [["street food", "travel"], ["chess", "go"], twin]})
     items = pa.table({"item_id": pa.array([0, 100, 200], pa.int64()), "cluster_id": pa.array([0, 1, 2], pa.int32())})
     message = expect(write_dataset(tmp_path, events_frame(GOOD_EVENTS), items=items, clusters=clusters),
                      "clusters.parquet", "keywords", "street food, travel")
-    assert "duplicate cluster description (spaces normalised) in rows [0, 2]" in message
+    assert "duplicate cluster description (Unicode NFKC, spaces normalised) in rows [0, 2]" in message
 
 
 def test_keyword_over_the_configured_length(tmp_path):
@@ -278,3 +279,25 @@ def test_a_part_with_another_schema_is_named(tmp_path):
     doubles = pa.Table.from_pandas(frame, preserve_index=False)  # engagement float64, part-0 has float32
     message = expect(events_folder(tmp_path / "c", doubles), "part-1.parquet", "engagement", "DOUBLE")
     assert "differs from FLOAT in part-0.parquet" in message
+
+
+@pytest.mark.parametrize("keywords, problem", [
+    (["street\u200bfood", "travel"], "invisible characters"),  # a zero-width space: prints as "streetfood"
+    (["street\u00adfood", "travel"], "invisible characters"),  # a soft hyphen
+    (["street food\uff0c travel", "vlog"], "read as ',' or ';'"),  # a full-width comma: a third keyword to a reader
+])
+def test_keywords_that_print_alike_are_refused(tmp_path, keywords, problem):
+    clusters = pa.table({"cluster_id": pa.array([0, 1, 2], pa.int32()),
+                         "keywords": pa.array([["x", "y"], keywords, ["z", "w"]], pa.list_(pa.string()))})
+    items = pa.table({"item_id": pa.array([0, 100, 200], pa.int64()), "cluster_id": pa.array([0, 1, 2], pa.int32())})
+    message = expect(write_dataset(tmp_path, events_frame(GOOD_EVENTS), items=items, clusters=clusters),
+                     "clusters.parquet", "keywords", keywords)
+    assert problem in message and "row 1" in message
+
+
+def test_events_file_and_events_folder_together_are_refused(tmp_path):
+    write_dataset(tmp_path, events_frame(GOOD_EVENTS))
+    (tmp_path / "events").mkdir()
+    pq.write_table(pq.read_table(tmp_path / "events.parquet"), tmp_path / "events" / "part-0.parquet")
+    with pytest.raises(contract.ContractError, match="holds both events.parquet and events/"):
+        contract.register(duckdb.connect(), tmp_path, RANGE)

@@ -7,6 +7,8 @@ the file, the row, the column and the offending value.
 """
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,12 +27,10 @@ CLUSTERS_SCHEMA = pa.schema([("cluster_id", pa.int32()), ("keywords", pa.list_(p
 MIN_KEYWORDS, MAX_KEYWORDS = 2, 6
 SEPARATOR = ", "
 # Characters a keyword may not hold: control characters and line or paragraph separators (they
-# would start a new line in every prompt that lists the keyword), and ';' (the prompt joins
-# retrieved and popular descriptions with "; ").
-FORBIDDEN = r"[\p{Cc}\p{Zl}\p{Zp};]"
-# Runs of any whitespace (Unicode spaces included): descriptions equal once each run is one space
-# would read the same to the model, so an answer could not tell them apart.
-WHITESPACE = r"[\s\p{Z}]+"
+# would start a new line in every prompt that lists the keyword), invisible format characters
+# (zero-width spaces and joiners, soft hyphens: two descriptions that print the same would differ),
+# and ';' (the prompt joins retrieved and popular descriptions with "; ").
+FORBIDDEN = r"[\p{Cc}\p{Cf}\p{Zl}\p{Zp};]"
 
 _INT = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"}
 _TS = {"TIMESTAMP WITH TIME ZONE", "TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "VARCHAR"}
@@ -77,6 +77,9 @@ def files(data_dir: Path | str) -> dict[str, Path]:
     data_dir = Path(data_dir)
     found = {"events": data_dir / "events.parquet", "items": data_dir / "items.parquet",
              "clusters": data_dir / "clusters.parquet"}
+    if found["events"].exists() and (data_dir / "events").exists():
+        raise ContractError(data_dir, "holds both events.parquet and events/: which one is the data is ambiguous; "
+                                      "keep one")
     if not found["events"].exists() and (data_dir / "events").is_dir():
         found["events"] = data_dir / "events"
     for name, path in found.items():
@@ -86,6 +89,22 @@ def files(data_dir: Path | str) -> dict[str, Path]:
     if found["events"].is_dir() and not any(found["events"].glob("*.parquet")):
         raise ContractError(found["events"], "events folder holds no .parquet parts")
     return found
+
+
+def _read_alike(path: Path) -> None:
+    """Refuse descriptions that read the same: equal after Unicode NFKC (a full-width comma is a
+    comma, a ligature its letters) with each run of whitespace one space, and keywords whose NFKC
+    form holds a separator. In Python: DuckDB has no NFKC, and clusters are few."""
+    rows: dict[str, int] = {}
+    for row, keywords in enumerate(pq.read_table(path, columns=["keywords"]).column("keywords").to_pylist()):
+        if any(sep in unicodedata.normalize("NFKC", k) for k in keywords for sep in ",;"):
+            raise ContractError(path, "keywords must not hold characters that read as ',' or ';' (Unicode NFKC, "
+                                      "e.g. a full-width comma)", "keywords", keywords, row)
+        key = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", description(keywords)))
+        if key in rows:
+            raise ContractError(path, f"duplicate cluster description (Unicode NFKC, spaces normalised) in rows "
+                                      f"[{rows[key]}, {row}]", "keywords", key)
+        rows[key] = row
 
 
 def _scan(path: Path) -> str:
@@ -175,7 +194,8 @@ def register(con: duckdb.DuckDBPyConnection, data_dir: Path | str, time_range, u
         Rule("keywords", "list_bool_or([k IS NULL OR trim(k) = '' FOR k IN keywords])",
              "null or empty keyword"),
         Rule("keywords", f"list_bool_or([regexp_matches(k, '{FORBIDDEN}') FOR k IN keywords])",
-             "keywords must not hold control characters, line breaks or ';' (the prompt's separators)"),
+             "keywords must not hold control characters, invisible characters, line breaks or ';' "
+             "(the prompt's separators)"),
         Rule("keywords", "list_bool_or([k <> lower(trim(k)) OR contains(k, ',') FOR k IN keywords])",
              "keywords must be lower case, trimmed, without commas"),
     ]
@@ -185,8 +205,7 @@ def register(con: duckdb.DuckDBPyConnection, data_dir: Path | str, time_range, u
     _enforce(con, clusters_src, paths["clusters"], [
         Rule("cluster_id", "cluster_id IS NULL", "null cluster_id"), *_fits("clusters"), *keyword_rules])
     _duplicates(con, clusters_src, paths["clusters"], "cluster_id", "cluster_id")
-    _duplicates(con, clusters_src, paths["clusters"], "keywords", "cluster description (spaces normalised)",
-                f"regexp_replace(array_to_string(keywords, '{SEPARATOR}'), '{WHITESPACE}', ' ', 'g')")
+    _read_alike(paths["clusters"])
 
     _check_columns(con, "items", paths["items"])
     _enforce(con, items_src, paths["items"], [
