@@ -24,13 +24,16 @@ def main(argv: list[str]) -> None:
     ap = cli.parser("python -m pipeline", __doc__)
     ap.add_argument("stage", choices=STAGES, metavar="STAGE", help="one of: " + ", ".join(STAGES))
     stage = ap.parse_args(argv).stage
-    from pipeline import config, kernels, timing
+    from pipeline import config, kernels, lineage, timing
 
     began = time.perf_counter()
     with cli.user_errors(stage):
         cfg = config.load()
+        # Inputs missing, or built from other data or settings than this run records, stop it here.
+        lineage.check(cfg, stage)
         kernels.pin(cfg.kernels)  # before the stage imports torch
         importlib.import_module(f"pipeline.stages.{stage}").run(cfg)
+        lineage.record(cfg, stage)
     wall = time.perf_counter() - began
     timing.write(cfg.paths.metrics, stage, wall)
     print(f"{stage}: done in {wall:.1f}s", file=sys.stderr)

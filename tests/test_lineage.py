@@ -1,0 +1,75 @@
+"""Inputs checked against what built them (pipeline/lineage.py, run by `python -m pipeline STAGE`)."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline import lineage
+from tests.conftest import TINY_WORLD, compose
+
+UPSTREAM = ("extract", "count", "finetune", "gate", "retrieve")
+# The default world instead of the dense one (its cold clusters fewer than the tiny world's clusters).
+SWITCHED = ("data=synthetic", "data.synth.cold_clusters=1")
+
+
+@pytest.fixture
+def recorded(world, tmp_path):
+    """A copy of the session world whose outputs carry the records the stage runner leaves."""
+    where = tmp_path / "w"
+    shutil.copytree(world, where, ignore=shutil.ignore_patterns("tables", ".infer_cache"))
+    cfg = compose(where, *TINY_WORLD)
+    for stage in UPSTREAM:
+        lineage.record(cfg, stage)
+    return where, cfg
+
+
+def test_a_stage_run_before_its_inputs_exist_names_the_stage_to_run(tmp_path):
+    cfg = compose(tmp_path, *TINY_WORLD)
+    for stage, missing, producer in (("count", "triples.parquet", "extract"), ("retrieve", "daily_counts", "count"),
+                                     ("finetune", "daily_counts", "count"), ("gate", "adapter", "finetune"),
+                                     ("bulk_infer", "adapter", "finetune"), ("evaluate", "tables", "bulk_infer")):
+        with pytest.raises(FileNotFoundError, match=rf"{missing}.*: missing; run the {producer} stage \(dvc repro\)$"):
+            lineage.check(cfg, stage)
+
+
+def test_inputs_built_under_the_same_settings_pass(recorded):
+    _, cfg = recorded
+    for stage in ("gate", "bulk_infer"):
+        lineage.check(cfg, stage)
+
+
+def test_switching_the_dataset_stops_bulk_infer_and_the_gate(recorded):
+    where, _ = recorded
+    switched = compose(where, *TINY_WORLD, *SWITCHED)
+    for stage in ("gate", "bulk_infer", "retrieve"):
+        with pytest.raises(ValueError, match=r"extract/triples.parquet \(behind .*\): built with data.name="
+                                             r"\"synthetic_dense\", but params.yaml has \"synthetic\"; run dvc repro"):
+            lineage.check(switched, stage)
+    # A dataset at another path: the fine-tune read the old one's clusters.
+    moved = compose(where, *TINY_WORLD, f"data.path={where / 'other'}")
+    with pytest.raises(ValueError, match=r"finetune/adapter: built from .*/data/clusters.parquet, not "
+                                         r".*/other/clusters.parquet; run dvc repro"):
+        lineage.check(moved, "bulk_infer")
+
+
+def test_an_input_rebuilt_after_its_consumer_is_named(recorded):
+    where, cfg = recorded
+    daily = Path(cfg.paths.daily_counts)
+    daily.write_bytes(daily.read_bytes() + b"rebuilt")  # count reran, the fine-tune did not
+    lineage.record(cfg, "count")
+    with pytest.raises(ValueError, match=r"finetune/adapter: built from another .*count/daily_counts.parquet than "
+                                         "the one there now; run dvc repro"):
+        lineage.check(cfg, "gate")
+
+
+def test_an_output_restored_since_its_record_is_not_judged(recorded):
+    where, _ = recorded
+    switched = compose(where, *TINY_WORLD, *SWITCHED)
+    triples = Path(switched.paths.triples)
+    os.utime(triples, ns=(1, 1))  # as `dvc checkout` leaves it: the record no longer describes the file
+    with pytest.raises(ValueError, match=r"extract/sequences.parquet: built with data.name="):
+        lineage.check(switched, "gate")  # the gate reads sequences too, whose record still holds
+    lineage.check(switched, "count")
