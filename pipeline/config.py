@@ -39,9 +39,26 @@ def load(path: Path | str = PARAMS) -> DictConfig:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no params file; run `python -m pipeline.config` to compose it")
-    cfg = schema.load(OmegaConf.load(path), str(path))
+    cfg = schema.load(read_yaml(path.read_text(encoding="utf-8"), str(path)), str(path))
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def read_yaml(text: str, source: str) -> DictConfig:
+    """A params file's text as a config; YAML that does not parse is one line naming `source` and its line."""
+    import yaml
+
+    try:
+        found = OmegaConf.create(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{source}:{where}: not valid YAML ({what}); recompose it with `python -m pipeline.config`") \
+            from None
+    if not isinstance(found, DictConfig):
+        raise ValueError(f"{source}: not a mapping of settings; recompose it with `python -m pipeline.config`")
+    return found
 
 
 def main(argv: list[str]) -> None:

@@ -448,8 +448,14 @@ def _fail(key: str, value: Any, allowed: str) -> None:
 
 
 def _walk(node: DictConfig, prefix: str) -> None:
-    """Every field's range, depth first in key order; a MISSING value is named too."""
-    for f in dataclasses.fields(OmegaConf.get_type(node)):
+    """Every field's range, depth first in key order; a MISSING value is named too, and a key the
+    schema does not know (Hydra's `+key=value` adds one past the typed nodes)."""
+    fields = dataclasses.fields(OmegaConf.get_type(node))
+    # Hydra's own node sits beside the settings while it composes (dropped before params.yaml is written).
+    unknown = sorted(set(node.keys()) - {f.name for f in fields} - ({"hydra"} if not prefix else set()))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: not a setting (the settings are in conf/ and pipeline/schema.py)")
+    for f in fields:
         key = prefix + f.name
         if OmegaConf.is_missing(node, f.name):
             raise ConfigError(f"{key} is missing: give {key}=...")

@@ -175,3 +175,28 @@ def test_bulk_infer_refuses_a_constrained_budget_below_what_the_trie_needs(world
 
     with pytest.raises(ValueError, match=r"params.yaml: infer.max_new_tokens=1: constrained decoding needs at least \d+"):
         build(world, tmp_path / "a", "infer.decoding=constrained", "infer.max_new_tokens=1")
+
+
+def test_an_added_unknown_key_is_refused_at_composition_and_nothing_is_written(tmp_path):
+    written = tmp_path / "params.yaml"
+    for override, named in (("+foo=1", "foo"), ("+data.bar=2", "data.bar")):
+        with pytest.raises(ValueError, match=rf"^{named}: not a setting"):
+            config.dump([override], written)
+        assert not written.exists()
+
+
+@pytest.mark.parametrize("text, line", [("data:\n  name: x\n  path: [a, b\nmodel: 1\n", 4), ("a: 1\n  b: 2\n", 2)])
+def test_params_yaml_that_is_not_yaml_is_named_with_its_line(tmp_path, monkeypatch, text, line):
+    from pipeline import cli, lookup
+    from pipeline.__main__ import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    load = config.load
+    monkeypatch.setattr(config, "load", lambda: load(params))
+    monkeypatch.delenv(cli.DEBUG, raising=False)
+    for entry, args, prog in ((main, ["extract"], "extract"), (main, ["bulk_infer"], "bulk_infer"),
+                              (lookup.main, ["0", "1"], "lookup")):
+        with pytest.raises(SystemExit) as done:
+            entry(args)
+        assert done.value.code.startswith(f"{prog}: {params}: line {line}: not valid YAML ("), done.value.code
