@@ -8,6 +8,7 @@ Arrow schema, so the Parquet files are the same bytes as the DuckDB path's.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -72,6 +73,10 @@ class Spark:
             .getOrCreate()
         )
         self.session.sparkContext.setLogLevel("ERROR")
+        # py4j logs every connection it closes at INFO, from __del__ at interpreter exit, after
+        # handlers' streams (a test runner's capture, Hydra's job log) may be closed: a "Logging
+        # error" traceback after the run's last line. Its warnings and errors still show.
+        logging.getLogger("py4j").setLevel(logging.WARNING)
         self.stage_dir = Path(cfg.spark.stage_dir)
         self.stage: Path | None = None
 

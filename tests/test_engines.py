@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 from pipeline import spark
 from pipeline.stages import count, extract
-from tests.conftest import compose, events_frame, write_dataset
+from tests.conftest import ROOT, compose, events_frame, write_dataset
 
 OUTPUTS = ("sequences", "triples", "daily_counts")
 METRICS = ("extract.json", "extract/detail.json", "drift.json", "drift_by_month.csv")
@@ -51,6 +53,30 @@ def test_spark_writes_the_bytes_duckdb_writes(tmp_path, dedupe):
     assert len(duck["triples"]) > 1000 and b'"pairs_compared": 0' not in duck["drift.json"]
     sparked = run_engine(tmp_path / "spark", "spark", f"extract.dedupe={dedupe}")
     assert {name: sparked[name] == duck[name] for name in duck} == {name: True for name in duck}
+
+
+SPARK_THEN_EXIT = """
+import io, logging
+from pipeline import config
+from pipeline.spark import Spark
+with Spark(config.compose(["engine=spark"])):
+    pass
+stream = io.StringIO()
+logging.basicConfig(level=logging.INFO, stream=stream)  # as Hydra's job logging or a test runner's capture
+stream.close()
+print("last line")
+"""
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="engine=spark needs a Java 17+ runtime: no java on PATH")
+@pytest.mark.skipif(importlib.util.find_spec("pyspark") is None, reason="engine=spark needs pyspark: bin/setup --spark")
+def test_a_spark_run_ends_with_its_own_last_line():
+    """py4j closes its connections at interpreter exit and logs it: that must not print a logging
+    traceback after the run's (or CI's) last line."""
+    done = subprocess.run([sys.executable, "-c", SPARK_THEN_EXIT], cwd=ROOT, capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip().endswith("last line")
+    assert "Logging error" not in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("dedupe", ["first_occurrence", "consecutive"])
