@@ -3,7 +3,10 @@
     python -m pipeline.sweep -m retrieval.method=frequency,trend retrieval.top_n=1,3
         a Hydra multirun: one `dvc exp run -S ...` per combination, in turn, in this workspace
         (the same as `dvc exp run --queue -S 'retrieval.method=frequency,trend' -S
-        'retrieval.top_n=1,3'` followed by `dvc queue start`, without the queue's temporary copies);
+        'retrieval.top_n=1,3'` followed by `dvc queue start`, without the queue's temporary copies).
+        Each job composes conf/ with its overrides alone: a workspace composed with other settings
+        (`python -m pipeline.config data=movielens`) is refused until the sweep names them too
+        (`python -m pipeline.sweep -m data=movielens retrieval.top_n=1,3`); a failed job stops the sweep;
     python -m pipeline.sweep summary
         one row per experiment of the current commit: the swept settings and evaluate's headline.
 
@@ -12,11 +15,14 @@ retrieve, bulk_infer and evaluate, never extract, count or the fine-tune.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 
-from pipeline import cli
+from omegaconf import OmegaConf
+
+from pipeline import cli, config
 from pipeline.audit import flatten
 from pipeline.config import CONF_DIR, ROOT
 
@@ -32,7 +38,60 @@ def run_one(overrides: list[str]) -> None:
     for override in overrides:
         args += ["-S", override]
     print("$ " + " ".join(args[1:]), flush=True)
-    subprocess.run(args, cwd=ROOT, check=True)
+    done = subprocess.run(args, cwd=ROOT)
+    if done.returncode:
+        raise ValueError(f"`dvc exp run {' '.join(args[5:])}` exited with status {done.returncode} (its output is above)")
+
+
+def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The jobs of a sweep: one per combination of the comma-separated values (as Hydra's basic
+    sweeper expands them), each a list of plain overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    swept = [o for o in parsed if o.is_sweep_override()]
+    if swept and not multirun:
+        raise ValueError(f"{swept[0].input_line}: several values make a sweep; add -m")
+    choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+               else [o.input_line] for o in parsed]
+    return [list(job) for job in itertools.product(*choices)]
+
+
+def _leaves(cfg) -> dict:
+    return {k: json.dumps(v, sort_keys=True, default=str)
+            for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()}
+
+
+def check_carried(job: list[str]) -> None:
+    """Refuse a job that would drop a setting of the workspace: `dvc exp run -S` composes conf/ with
+    the job's overrides alone, so what params.yaml was composed with (data=, model=, any key=value)
+    must be among them."""
+    workspace = _leaves(config.load())
+    default, composed = _leaves(config.compose()), _leaves(config.compose(job))
+    lost = [k for k in sorted(workspace) if workspace[k] != composed.get(k) and composed.get(k) == default.get(k)]
+    if lost:
+        key = lost[0]
+        raise ValueError(f"params.yaml has {key}={workspace[key]}, which the job `{' '.join(job) or '(no overrides)'}` "
+                         f"would reset to {composed.get(key)}: give the sweep the overrides params.yaml was composed "
+                         f"with too{_hint(key)}")
+
+
+def _hint(key: str) -> str:
+    """`(data=NAME)` when the lost key belongs to a config group whose option params.yaml matches."""
+    group = key.split(".")[0]
+    if not (CONF_DIR / group).is_dir():
+        return ""
+    workspace = OmegaConf.to_container(config.load()[group], resolve=True)
+    from hydra.errors import HydraException
+
+    for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
+        try:
+            found = OmegaConf.to_container(config.compose([f"{group}={option}"])[group], resolve=True)
+        except (ValueError, HydraException):  # an option that needs more settings (data=contract: data.path)
+            continue
+        if found == workspace:
+            return f" (here {group}={option})"
+    return ""
 
 
 def _record(rev: dict) -> tuple[str, dict, dict]:
@@ -45,8 +104,11 @@ def _record(rev: dict) -> tuple[str, dict, dict]:
 def summary() -> list[dict]:
     """Per experiment of the current commit (`dvc exp show`): the params that vary across them and
     evaluate's headline metrics."""
-    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=ROOT, check=True,
-                           capture_output=True, text=True).stdout
+    done = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=ROOT, capture_output=True,
+                          text=True)
+    if done.returncode:
+        raise ValueError(f"`dvc exp show` exited with status {done.returncode}: {done.stderr.strip()}")
+    shown = done.stdout
     commits = [r for r in json.loads(shown) if r["rev"] != "workspace"]
     exps = [_record(rev) for commit in commits[:1] for group in (commit.get("experiments") or [])
             for rev in group.get("revs", [])]
@@ -84,17 +146,15 @@ def main(argv: list[str]) -> None:
         if args.overrides == ["summary"]:
             print_summary(summary())
             return
-        import hydra
-        from hydra.core.hydra_config import HydraConfig
-
-        @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
-        def job(cfg) -> None:
-            run_one(list(HydraConfig.get().overrides.task))
-
-        # hydra.main expands the sweep from the command line it finds in sys.argv: hand it the
-        # arguments argparse has checked, and nothing else.
-        sys.argv = [sys.argv[0], *(["-m"] if args.multirun else []), *args.overrides]
-        job()
+        planned = jobs(args.overrides, args.multirun)
+        for job in planned:
+            check_carried(job)
+        for n, job in enumerate(planned, 1):
+            try:
+                run_one(job)
+            except ValueError as exc:
+                raise ValueError(f"job {n} of {len(planned)} failed: {exc}; the {n - 1} before it are experiments "
+                                 "(python -m pipeline.sweep summary)") from None
 
 
 if __name__ == "__main__":
