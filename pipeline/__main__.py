@@ -24,6 +24,8 @@ def main(argv: list[str]) -> None:
     ap = cli.parser("python -m pipeline", __doc__)
     ap.add_argument("stage", choices=STAGES, metavar="STAGE", help="one of: " + ", ".join(STAGES))
     stage = ap.parse_args(argv).stage
+    import duckdb
+
     from pipeline import config, kernels, lineage, timing
 
     began = time.perf_counter()
@@ -32,7 +34,12 @@ def main(argv: list[str]) -> None:
         # Inputs missing, or built from other data or settings than this run records, stop it here.
         lineage.check(cfg, stage)
         kernels.pin(cfg.kernels)  # before the stage imports torch
-        importlib.import_module(f"pipeline.stages.{stage}").run(cfg)
+        try:
+            importlib.import_module(f"pipeline.stages.{stage}").run(cfg)
+        except duckdb.OutOfMemoryException as exc:
+            raise ValueError(f"duckdb.memory_limit={cfg.duckdb.memory_limit} is too small for this data (DuckDB: "
+                             f"{str(exc).splitlines()[0]}); raise it, e.g. python -m pipeline.config "
+                             "duckdb.memory_limit=4GB") from None
         lineage.record(cfg, stage)
     wall = time.perf_counter() - began
     timing.write(cfg.paths.metrics, stage, wall)

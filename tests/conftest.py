@@ -41,6 +41,26 @@ def compose(tmp_path: Path, *overrides: str):
     ])
 
 
+def run_stage(monkeypatch, tmp_path: Path, stage: str, *overrides: str) -> str | None:
+    """`python -m pipeline STAGE` in this process on a params.yaml composed as compose(tmp_path,
+    *overrides) composes; returns its one-line error (None when it succeeded)."""
+    from pipeline import cli
+    from pipeline.__main__ import main
+
+    paths = config.compose().paths
+    params = tmp_path / "params.yaml"
+    config.dump([f"data.path={tmp_path / 'data'}", *[f"paths.{key}={tmp_path / value}" for key, value in paths.items()],
+                 f"duckdb.temp_directory={tmp_path / 'duckdb_tmp'}", *overrides], params)
+    load = config.load
+    monkeypatch.setattr(config, "load", lambda: load(params))
+    monkeypatch.delenv(cli.DEBUG, raising=False)
+    try:
+        main([stage])
+    except SystemExit as done:
+        return done.code
+    return None
+
+
 def events_frame(rows: list[tuple]) -> pd.DataFrame:
     """rows: (user_id, item_id, seconds after T0, engagement)."""
     frame = pd.DataFrame(rows, columns=["user_id", "item_id", "seconds", "engagement"])

@@ -1,6 +1,8 @@
 """Bad input gets an error naming the file, the column and the offending value."""
 from __future__ import annotations
 
+import datetime
+
 import duckdb
 import pandas as pd
 import pyarrow as pa
@@ -301,3 +303,12 @@ def test_events_file_and_events_folder_together_are_refused(tmp_path):
     pq.write_table(pq.read_table(tmp_path / "events.parquet"), tmp_path / "events" / "part-0.parquet")
     with pytest.raises(contract.ContractError, match="holds both events.parquet and events/"):
         contract.register(duckdb.connect(), tmp_path, RANGE)
+
+
+def test_a_nanosecond_timestamp_that_rounds_past_the_range_shows_the_rounded_value(tmp_path):
+    events = pa.Table.from_pandas(events_frame(GOOD_EVENTS), preserve_index=False)
+    ts = pa.array([1704067200000000000 + i for i in range(len(events) - 1)] + [1711929599999999999], pa.timestamp("ns"))
+    events = events.set_column(events.schema.get_field_index("ts"), "ts", ts)
+    write_dataset(tmp_path, events)
+    message = expect(tmp_path, "events.parquet", "ts", datetime.datetime(2024, 4, 1, 0, 0).isoformat(sep=" "))
+    assert "outside the declared range [2024-01-01, 2024-04-01) once rounded to the microsecond" in message

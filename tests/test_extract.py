@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pipeline.stages import extract
-from tests.conftest import compose, events_frame, write_dataset
+from tests.conftest import compose, events_frame, run_stage, write_dataset
 
 HOUR = 3600
 # user 1: c0 c0(repeat) c1 [negative c5] c0(revisit) c2 c3 | 2h gap | c4 c5 c4 (2 distinct: dropped)
@@ -135,3 +135,20 @@ def test_outputs_have_fixed_row_groups_so_their_bytes_do_not_depend_on_threads(w
             assert len(sizes) > 3 and set(sizes[:-1]) == {200} and 0 < sizes[-1] <= 200, (out, sizes)
         seen.add(tuple(hashlib.md5(Path(p).read_bytes()).hexdigest() for p in (cfg.paths.triples, cfg.paths.sequences)))
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize("n_clusters", [1, 2])
+def test_too_few_clusters_for_a_triple_say_so(tmp_path, n_clusters):
+    cfg = compose(tmp_path)
+    write_dataset(tmp_path / "data", events_frame([(1, 100 * (i % n_clusters), 60 * i, 0.9) for i in range(8)]),
+                  n_clusters=n_clusters)
+    with pytest.raises(ValueError, match=rf"data: {n_clusters} clusters; a triple \(c1, c2, c_next\) needs three "
+                                         "distinct clusters$"):
+        extract.run(cfg)
+
+
+def test_a_memory_limit_too_small_names_the_setting(tmp_path, monkeypatch):
+    write_dataset(tmp_path / "data", events_frame(EVENTS))
+    error = run_stage(monkeypatch, tmp_path, "extract", "duckdb.memory_limit=100KB")
+    assert error.startswith("extract: duckdb.memory_limit=100KB is too small for this data (DuckDB: Out of Memory"), error
+    assert "\n" not in error and "clusters.parquet" not in error

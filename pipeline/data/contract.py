@@ -118,11 +118,14 @@ class Rule:
     column: str
     condition: str  # SQL, true for an offending row
     problem: str
+    shown: str | None = None  # SQL of the value the error shows, when not the column as stored
 
 
 def _describe(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str]:
     try:
         return {row[0]: row[1] for row in con.execute(f"DESCRIBE SELECT * FROM {_scan(path)}").fetchall()}
+    except duckdb.OutOfMemoryException:
+        raise  # duckdb.memory_limit, not the file (the stage runner names the setting)
     except duckdb.Error as exc:
         raise ContractError(path, f"unreadable as Parquet: {str(exc).splitlines()[0]}") from exc
 
@@ -162,7 +165,7 @@ def _enforce(con: duckdb.DuckDBPyConnection, source: str, path: Path, rules: lis
     for rule, n in zip(rules, counts):
         if n:
             file, row, value = con.execute(
-                f"SELECT filename, file_row_number, {rule.column} FROM {source} WHERE {rule.condition} "
+                f"SELECT filename, file_row_number, {rule.shown or rule.column} FROM {source} WHERE {rule.condition} "
                 "ORDER BY filename, file_row_number LIMIT 1").fetchone()
             shown = path if Path(file) == path else Path(file)
             raise ContractError(shown, f"{rule.problem} ({n} rows)", rule.column, value, row)
@@ -231,8 +234,12 @@ def register(con: duckdb.DuckDBPyConnection, data_dir: Path | str, time_range, u
         Rule("item_id", "item_id IS NULL", "null item_id"),
         Rule("ts", "ts IS NULL", "null timestamp"),
         Rule("ts", f"ts IS NOT NULL AND {ts_value} IS NULL", "unparsable timestamp"),
+        # Nanoseconds round to the microsecond (23:59:59.9999999 is the next day): the check and the
+        # value it shows are the rounded ones, as extract reads them.
         Rule("ts", f"{ts_value} < {start} OR {ts_value} >= {end}",
-             f"timestamp outside the declared range [{time_range['start']}, {time_range['end']})"),
+             f"timestamp outside the declared range [{time_range['start']}, {time_range['end']})"
+             + (" once rounded to the microsecond" if types["ts"] == "TIMESTAMP_NS" else ""),
+             ts_value if types["ts"] == "TIMESTAMP_NS" else None),
         Rule("engagement", f"engagement IS NULL{nan}", "null or NaN engagement"),
         *_fits("events"),
     ]

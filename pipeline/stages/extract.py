@@ -68,6 +68,9 @@ def run(cfg: DictConfig) -> None:
     counts = contract.register(con, cfg.data.path, cfg.data.time_range, cfg.data.unknown_items,
                                max_keyword_chars=cfg.data.max_keyword_chars,
                                engagement_range=cfg.data.engagement_range)
+    if counts["clusters"] < 3:
+        raise ValueError(f"{cfg.data.path}: {counts['clusters']} clusters; a triple (c1, c2, c_next) needs three "
+                         "distinct clusters")
     with engines.open_engine(cfg, con) as engine:
         if cfg.engine != "duckdb":
             engine.stage_views(con, ("events", "items"))
