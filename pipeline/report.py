@@ -53,9 +53,12 @@ def support_figure(m: dict, strategies: list[str], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 4))
     for i, name in enumerate(strategies):
         rate = np.array([g[name]["hit_rate"] for _, g in groups])
-        ci = np.array([g[name]["hit_rate_ci"] for _, g in groups]).T
-        ax.bar(np.arange(len(groups)) + (i - (len(strategies) - 1) / 2) * width, rate, width, label=name,
-               yerr=[rate - ci[0], ci[1] - rate], capsize=2)
+        low, high = np.array([g[name]["hit_rate_ci"] for _, g in groups]).T
+        x = np.arange(len(groups)) + (i - (len(strategies) - 1) / 2) * width
+        ax.bar(x, rate, width, label=name)
+        # The interval drawn as it is, about its own middle: a percentile interval need not hold the
+        # point estimate (a few resamples, a tiny bucket), and yerr about the bar would go negative.
+        ax.errorbar(x, (low + high) / 2, yerr=(high - low) / 2, fmt="none", ecolor="black", capsize=2, linewidth=0.8)
     ax.set_xticks(np.arange(len(groups)), [label for label, _ in groups], fontsize=8)
     ax.set_title("Hit rate by the pair's support in the retrieval window (95 % CI)")
     ax.set_ylabel("hit rate")
@@ -90,7 +93,16 @@ def timings(metrics: Path) -> dict[str, float]:
     return {stage: t["wall_s"] for stage in STAGES if (t := timing.read(metrics, stage))}
 
 
-def findings(s: dict, apart: dict, study: dict, topk: pd.DataFrame, every: int, by_support: dict) -> list[str]:
+def hybrid_rule(rule: dict) -> str:
+    """The hybrid rule the gate chose, in words."""
+    if rule["rule"] == "support":
+        return f"the retrieved successor where its window support reaches tau = {rule['tau']}, else the RAG table's answer"
+    return (f"the RAG table's answer where the model's log-probability of it reaches {rule['min_logprob']}, else the "
+            "retrieved successor")
+
+
+def findings(s: dict, apart: dict, study: dict, topk: pd.DataFrame, every: int, by_support: dict,
+             rule: dict) -> list[str]:
     rag, day1 = s["rag_refreshed"], s["rag_day1"]
     lo, hi = rag["diff_ci"]
     verdict = ("the interval excludes zero: refreshing the RAG table helps" if lo > 0 else
@@ -109,14 +121,15 @@ def findings(s: dict, apart: dict, study: dict, topk: pd.DataFrame, every: int, 
            f"would have hit {_pct(apart['retrieved_hit_rate'])}. "
            + ("On this data, departing from the retrieval costs hits." if (apart['rag_hit_rate'] or 0) < (apart['retrieved_hit_rate'] or 0) else
               "On this data, departing from the retrieval gains hits."),
-           f"RAG changes the answers: {_pct(study['rag_identical_to_base'])} of RAG answers equal the no-RAG answer "
-           f"(paper: 7.8 %), while two sampled repeats of the no-RAG prompt agree {_pct(study['base_repeats_identical'])} "
-           f"of the time (paper: 37.5 %). The model copies the retrieved cluster in "
-           f"{_pct(study['rag_copies_retrieved'])} of RAG answers and gives a cluster that is neither the retrieved "
-           f"one nor its no-RAG answer in {_pct(study['rag_differs_from_both'])}."]
-    backoff = s["backoff"]
-    out.append(f"The back-off frequency baseline (no LLM) scores {_pct(backoff['hit_rate'])}; the hybrid (retrieved "
-               f"successor where its support reaches tau, else the RAG table's answer) {_pct(s['hybrid']['hit_rate'])}.")
+           f"RAG changes the answers: of the {study['lined_answers']:,} answers whose prompt carried a retrieved line, "
+           f"{_pct(study['rag_identical_to_base'])} equal the no-RAG answer (paper: 7.8 %), while two sampled repeats "
+           f"of the no-RAG prompt agree {_pct(study['base_repeats_identical'])} of the time (paper: 37.5 %). On those "
+           f"answers the model copies the retrieved cluster in {_pct(study['rag_copies_retrieved'])} and gives a "
+           f"cluster that is neither the retrieved one nor its no-RAG answer in {_pct(study['rag_differs_from_both'])}."]
+    backoff, hyb = s["backoff"], s["hybrid"]
+    out.append(f"The back-off frequency baseline (no LLM) scores {_pct(backoff['hit_rate'])}; the hybrid "
+               f"({hybrid_rule(rule)}) {_pct(hyb['hit_rate'])}: {_pts(hyb['diff_vs_backoff'])} points against "
+               f"back-off (95 % CI {_pts(hyb['diff_vs_backoff_ci'][0])} to {_pts(hyb['diff_vs_backoff_ci'][1])}).")
     for name, b in by_support.items():
         if b["strategies"]:
             x = b["strategies"]
@@ -188,9 +201,9 @@ def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame,
     lines += ["", "![hit rate by day](../metrics/evaluate/hit_rate_by_day.png)", "",
               "## Hit rate by pair support", "",
               f"Each event's pair (c1, c2) by its support: the triples of (c1, c2) to any successor in the {r.window_days} "
-              "days before the event's refresh date. The hybrid serves the retrieved successor where its support "
-              f"reaches tau = {m['hybrid_tau']} (chosen on the gate's held-out days, before the month), else the RAG "
-              f"table's LLM answer. {_pct(m['unseen_in_training'])} of events have a pair that never occurs in the "
+              f"days before the event's refresh date. The hybrid serves {hybrid_rule(m['hybrid'])} (the rule chosen on "
+              f"the gate's held-out days, before the month). {_pct(m['unseen_in_training'])} of events have a pair "
+              "that never occurs in the "
               "fine-tune's sample days. Hit rate (95 % CI over the bucket's users):", "",
               "| strategy | " + " | ".join(labels) + " |", "| --- | " + " | ".join("---:" for _ in labels) + " |",
               "| share of events | " + " | ".join(f"{_pct(b['share'])} ({b['events']:,})" for b in buckets.values()) + " |"]
@@ -209,15 +222,25 @@ def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame,
               ", ".join(f"{k} {v:,}" for k, v in distinct["served"].items()) + ".", "",
               "![hit rate by support](../metrics/evaluate/hit_rate_by_support.png)", "",
               "## How RAG changes the answers", "",
-              "| measure | this run | paper |", "| --- | ---: | ---: |",
-              f"| RAG answer identical to the no-RAG answer (same pair) | {_pct(study['rag_identical_to_base'])} | 7.8 % |",
+              "Each share is over the answers it concerns: the RAG tables' (pair, refresh date) answers where both the "
+              "RAG and the no-RAG answer are the model's own, split by whether the RAG prompt carried a retrieved line "
+              f"(at least prompts.min_support = {cfg.prompts.min_support} triples). Only lined answers were generated "
+              "with RAG, as the paper's were; an unlined prompt is the no-RAG prompt"
+              + (" plus the popular line" if cfg.prompts.popular_n else "") + ".", "",
+              "| measure | over (answers) | this run | paper |", "| --- | ---: | ---: | ---: |",
+              f"| RAG answer identical to the no-RAG answer (same pair) | lined, {study['lined_answers']:,} | "
+              f"{_pct(study['rag_identical_to_base'])} | 7.8 % |",
+              f"| RAG answer equal to the retrieved cluster | lined, {study['lined_answers']:,} | "
+              f"{_pct(study['rag_copies_retrieved'])} | |",
+              f"| RAG answer neither the retrieved nor the no-RAG cluster | lined, {study['lined_answers']:,} | "
+              f"{_pct(study['rag_differs_from_both'])} | |",
+              f"| answer identical to the no-RAG answer | unlined, {study['unlined_answers']:,} | "
+              f"{_pct(study['unlined_identical_to_base'])} | |",
+              f"| answer identical to the no-RAG answer | all, {study['answers_compared']:,} | "
+              f"{_pct(study['all_identical_to_base'])} | |",
               f"| two repeats of the no-RAG prompt identical (sampling, T={cfg.eval.repeat_temperature}; "
-              f"{_pct(study['base_repeats_valid'])} of sampled answers valid) | "
-              f"{_pct(study['base_repeats_identical'])} | 37.5 % |",
-              f"| RAG answer equal to the retrieved cluster | {_pct(study['rag_copies_retrieved'])} | |",
-              f"| RAG answer neither the retrieved nor the no-RAG cluster | {_pct(study['rag_differs_from_both'])} | |",
-              "", f"Over {study['pairs_compared']:,} (pair, refresh date) answers; repeats over "
-              f"{study['repeat_prompts']:,} no-RAG prompts.", "",
+              f"{_pct(study['base_repeats_valid'])} of sampled answers valid) | prompts, {study['repeat_prompts']:,} | "
+              f"{_pct(study['base_repeats_identical'])} | 37.5 % |", "",
               "## Successor drift (paper Figure 3b)", "",
               "Share of pairs whose top-k most frequent successors (as a set) equal those of the first refresh date.",
               "", "| refresh date | " + " | ".join(f"top-{x[3:]}" for x in topk.columns[1:]) + " |",
@@ -237,7 +260,7 @@ def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame,
               f"| tokens | {ft['tokens']:,} (forward and backward) | {rf['tokens_est']:,} prompt tokens (forward only) |",
               "", "## Findings", ""]
     lines += [f"- {f}" for f in findings(s, m["rag_departs_from_retrieved"], study, topk, cfg.refresh.every_days,
-                                         buckets_of(m))]
+                                         buckets_of(m), m["hybrid"])]
     lines += ["", "## Wall times (this machine, the last run of each stage)", "", TIMINGS_START,
               f"Fine-tune {f'{train_s:.0f} s' if train_s else 'n/a'} against one RAG refresh {refresh_s}.", "",
               "| stage | wall s |", "| --- | ---: |"]

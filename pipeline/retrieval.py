@@ -1,10 +1,12 @@
 """Retrieval over daily counts: what followed a pair recently (paper section 2.3)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from pipeline import db
@@ -54,3 +56,71 @@ def hybrid(answers, trusted) -> pd.arrays.IntegerArray:
     """Hybrid serving: the top retrieved successor where one has enough support (`trusted`: the
     rows' attach(..., min_support=tau)), else the LLM's answer (NA stays NA)."""
     return pd.array([got[0] if got else answer for got, answer in zip(trusted, answers)], dtype="Int32")
+
+
+def confident(answers, logprob, retrieved) -> Callable[[float], pd.arrays.IntegerArray]:
+    """Hybrid serving by the model's confidence: for a threshold, the LLM's answer where its
+    log-probability reaches it, else the top retrieved successor (`retrieved`: the rows'
+    attach(..., min_support=1)), else the answer; an invalid answer (NA) is never confident."""
+    rows = list(zip(answers, logprob, retrieved))
+    return lambda min_logprob: pd.array([got[0] if got and (pd.isna(a) or not lp >= min_logprob) else a
+                                         for a, lp, got in rows], dtype="Int32")
+
+
+# The hybrid rules, as the gate records its choice (metrics/gate.json "hybrid") and bulk_infer applies it.
+RULES = {"support": "tau", "confidence": "min_logprob"}
+CONFIDENCE_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def serve_hybrid(rule: dict, answers, logprob, frame: pd.DataFrame, found: pd.DataFrame,
+                 day_column: str) -> pd.arrays.IntegerArray:
+    """The hybrid column under a chosen rule: {"rule": "support", "tau": t} serves the top retrieved
+    successor where its window support reaches t, else the answer; {"rule": "confidence",
+    "min_logprob": m} serves the answer where the model's log-probability reaches m, else the top
+    retrieved successor (any support), else the answer."""
+    if rule["rule"] == "support":
+        return hybrid(answers, attach(frame, found, day_column, rule["tau"]))
+    return confident(answers, logprob, attach(frame, found, day_column))(rule["min_logprob"])
+
+
+def choose_hybrid(recall: Callable[[pd.Series], float], answers: pd.Series, logprob: pd.Series,
+                  frame: pd.DataFrame, found: pd.DataFrame, day_column: str, taus: list[int]) -> dict:
+    """The hybrid rule with the best held-out recall, among window support at each of `taus` and
+    the model's confidence at each decile of the held-out answers' log-probabilities (thresholds
+    from the held-out answers themselves, never from the month the tables serve). On a tie: support
+    before confidence, then the smaller tau or threshold. recall(served) scores served clusters
+    (indexed like `answers`) on the held-out days; frame, found, day_column as attach's.
+
+    Returns {"rule", "tau", "min_logprob", "candidates"}; the parameter of the other rule is None."""
+    def scored(served) -> float:
+        return round(float(recall(pd.Series(served, index=answers.index))), 6)
+
+    candidates = [{"rule": "support", "tau": int(t), "test_recall": scored(
+        hybrid(answers, attach(frame, found, day_column, int(t))))} for t in taus]
+    by_confidence = confident(answers, logprob, attach(frame, found, day_column))
+    valid = pd.Series(logprob, dtype="float64")[pd.Series(answers).notna().to_numpy()].dropna()
+    thresholds = sorted({round(float(x), 6) for x in np.quantile(valid, CONFIDENCE_QUANTILES)}) if len(valid) else []
+    candidates += [{"rule": "confidence", "min_logprob": m, "test_recall": scored(by_confidence(m))}
+                   for m in thresholds]
+    best = max(c["test_recall"] for c in candidates)
+    pick = min((c for c in candidates if c["test_recall"] == best),
+               key=lambda c: (list(RULES).index(c["rule"]), c[RULES[c["rule"]]]))
+    return {"rule": pick["rule"], **{p: pick.get(p) for p in RULES.values()}, "candidates": candidates}
+
+
+def hybrid_rule(recorded: dict, where: str) -> dict:
+    """The hybrid rule a gate verdict records ({"rule", "tau", "min_logprob"}), checked; a verdict
+    with a tau and no rule (written before the gate chose between rules) is the support rule.
+    A missing or mistyped field is one line naming `where` and the key."""
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{where}: key 'hybrid' is not an object; rerun the gate stage (dvc repro)")
+    rule = recorded.get("rule", "support")
+    if rule not in RULES:
+        raise ValueError(f"{where}: key 'hybrid.rule' is {rule!r}, not one of {sorted(RULES)}; rerun the gate stage")
+    field = RULES[rule]
+    value = recorded.get(field)
+    kind = int if rule == "support" else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"{where}: key 'hybrid.{field}' is missing or not a number (the {rule} rule needs it); "
+                         "rerun the gate stage (dvc repro)")
+    return {"rule": rule, **{p: (value if p == field else None) for p in RULES.values()}}

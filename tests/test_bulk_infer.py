@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import kernels, manifest, timing
+from pipeline import kernels, manifest, retrieval, timing
 from pipeline.data import contract
 from pipeline.llm import bulk, model, prompts
 from pipeline.llm.cache import AnswerCache
@@ -40,6 +40,13 @@ def plain_greedy(llm, tokenizer, tokens: list[int], max_new: int) -> tuple[int, 
     return tuple(ids[:ids.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in ids else ids)
 
 
+@torch.inference_mode()
+def logprob(llm, prompt: list[int], answer: tuple[int, ...]) -> float:
+    """The model's log-probability of answer after prompt, one plain forward pass."""
+    logits = llm(input_ids=torch.tensor([prompt + list(answer)])).logits[0, len(prompt) - 1:-1]
+    return float(logits.float().log_softmax(-1).gather(1, torch.tensor(answer)[:, None]).sum())
+
+
 def test_radix_tree_rebuilds_every_prompt_and_shares_prefixes(tiny):
     _, tokenizer = tiny
     tokens = rag_prompts(tokenizer) + [[7, 8, 9], [7, 8], [7, 8, 9]]  # a prefix of another, and a duplicate
@@ -62,8 +69,13 @@ def test_free_decoding_equals_plain_greedy_with_drafts_kept_and_rejected(tiny, b
     paths = {i: r + (eos,) for i, r in enumerate(sorted(set(reference))[::2])}
     paths.update({1000 + i: r[:2] + (eos - 1, eos) for i, r in enumerate(sorted(set(reference))[1::2])})
     trie = bulk.Trie.from_paths(paths, eos)
-    got = bulk.decode(llm, tokens, trie, bulk.Settings(False, 6, batch_size), tokenizer.pad_token_id)
-    assert got == reference
+    scored = bulk.decode_scored(llm, tokens, trie, bulk.Settings(False, 6, batch_size), tokenizer.pad_token_id)
+    assert [ids for ids, _ in scored] == reference
+    assert bulk.decode(llm, tokens, trie, bulk.Settings(False, 6, batch_size), tokenizer.pad_token_id) == reference
+    # Each answer's log-probability: its tokens', EOS included where it ended the answer.
+    for t, (ids, got) in zip(tokens, scored):
+        ended = ids + (eos,) if len(ids) < 6 else ids
+        assert got == pytest.approx(logprob(llm, t, ended), abs=1e-4) and got < 0
 
 
 def test_constrained_decoding_equals_a_step_by_step_reference(tiny):
@@ -83,6 +95,10 @@ def test_constrained_decoding_equals_a_step_by_step_reference(tiny):
 
     with torch.inference_mode():
         assert got == [reference(t, pair) for t, pair in zip(tokens, pairs)]
+    # constrained answers score the tokens decoding chose: at most the whole answer's log-probability
+    for t, (ids, logp) in zip(tokens, bulk.decode_scored(llm, tokens, trie, bulk.Settings(True, 24, 4),
+                                                         tokenizer.pad_token_id, exclude=pairs)):
+        assert logprob(llm, t, ids + (tokenizer.eos_token_id,)) - 1e-4 <= logp < 0
     assert all(prompts.parse([tokenizer.decode(g)], NAMES)[0] not in pair for g, pair in zip(got, pairs))
 
 
@@ -110,11 +126,13 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
     cfg = build(world, tmp_path / "a")
     assert sorted(tables(cfg)) == ["base.parquet", "rag-2024-03-01.parquet", "rag-2024-03-03.parquet",
                                    "rag-2024-03-05.parquet"]
-    tau = json.loads((Path(cfg.paths.metrics) / "gate.json").read_text())["hybrid"]["tau"]
+    rule = retrieval.hybrid_rule(json.loads((Path(cfg.paths.metrics) / "gate.json").read_text())["hybrid"], "gate")
+    assert rule["rule"] == "support"  # the tiny world's gate records a tau
+    tau = rule["tau"]
     found = pd.read_parquet(cfg.paths.retrieved)
     for path in sorted(Path(cfg.paths.tables).glob("*.parquet")):
         table = pd.read_parquet(path)
-        columns = ["c1", "c2", "c_pred", "description", "valid", "served", "retrieved", "output"]
+        columns = ["c1", "c2", "c_pred", "description", "valid", "served", "retrieved", "output", "logprob"]
         assert list(table.columns) == columns + (["hybrid"] if path.name.startswith("rag") else [])
         assert len(table) == 20 and (table.c1 != table.c2).all()
         assert table[["c1", "c2"]].drop_duplicates().shape[0] == 20
@@ -131,7 +149,8 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
         assert json.loads(meta["gate"])["override_reason"] == "tiny random model"
         assert set(json.loads(meta["params"])) == set(manifest.stage_deps("bulk_infer")[1])
         assert meta["device_class"] == f"cpu-avx2-{kernels.cpu_vendor()}" and meta["torch_version"] == torch.__version__
-        assert json.loads(meta["hybrid_tau"]) == tau
+        assert json.loads(meta["hybrid"]) == rule
+        assert table.logprob.dtype == "float64" and (table.logprob < 0).all()
         if path.name.startswith("rag"):
             assert meta["strategy"] == "rag" and path.name == f"rag-{meta['refresh_date']}.parquet"
             assert table.retrieved.map(len).sum() > 0
@@ -147,6 +166,10 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
     assert run["decoded"] == m["unique_prompts"] > 20 and run["cached_at_start"] == 0
     valid = pd.concat([pd.read_parquet(path).valid for path in Path(cfg.paths.tables).glob("*.parquet")])
     assert m["valid_share"] == round(valid.mean(), 6) and m["tables"] == len(m["per_table"]) == 4
+    distinct = {p.stem: pd.read_parquet(p).c_pred.nunique() for p in Path(cfg.paths.tables).glob("*.parquet")}
+    rag = [n for name, n in distinct.items() if name != "base"]
+    assert m["distinct_answers"] == {"base": distinct["base"], "rag_min": min(rag), "rag_max": max(rag)}
+    assert all(m["per_table"][name]["distinct_answers"] == n for name, n in distinct.items())
 
 
 def test_the_cache_serves_every_prompt_again_and_never_changes_a_result(world, tmp_path):
@@ -218,6 +241,36 @@ def test_a_failed_gate_stops_with_a_clear_error(world, tmp_path):
     assert not (tmp_path / "a" / "tables").exists()
 
 
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "gate.json: not a readable gate verdict (JSONDecodeError"),
+    ("[]", "gate.json: not a gate verdict"),
+    ({"drop": "override_reason"}, "gate.json: key 'override_reason' is missing"),
+    ({"drop": "hybrid"}, "gate.json: key 'hybrid' is missing"),
+    ({"hybrid": {}}, "gate.json: key 'hybrid.tau' is missing or not a number"),
+    ({"hybrid": {"rule": "confidence", "tau": 3}}, "gate.json: key 'hybrid.min_logprob' is missing"),
+    ({"hybrid": {"rule": "vibes"}}, "gate.json: key 'hybrid.rule' is 'vibes'"),
+])
+def test_a_broken_gate_verdict_is_one_line_naming_the_file_and_key(world, tmp_path, content, message):
+    path = tmp_path / "gate.json"
+    if isinstance(content, str):
+        path.write_text(content)
+    else:
+        verdict = json.loads((world / "metrics" / "gate.json").read_text())
+        verdict.pop(content.get("drop"), None)
+        verdict.update({k: v for k, v in content.items() if k != "drop"})
+        path.write_text(json.dumps(verdict))
+    with pytest.raises(ValueError) as err:
+        bulk_infer._gate(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_gate_verdicts_hybrid_rule_is_read_as_recorded(world, tmp_path):
+    verdict = json.loads((world / "metrics" / "gate.json").read_text())
+    path = tmp_path / "gate.json"
+    path.write_text(json.dumps({**verdict, "hybrid": {"rule": "confidence", "tau": None, "min_logprob": -1.5}}))
+    assert bulk_infer._gate(path)[1] == {"rule": "confidence", "tau": None, "min_logprob": -1.5}
+
+
 def test_lookup_serves_a_pair_with_its_lineage_and_names_bad_input(world, tmp_path):
     from pipeline import lookup
 
@@ -271,8 +324,36 @@ def test_the_popular_line_goes_into_rag_prompts_only_when_asked():
 
 
 def test_hybrid_serves_a_trusted_successor_else_the_answer():
-    from pipeline import retrieval
-
     got = retrieval.hybrid(pd.array([5, pd.NA, 7], dtype="Int32"), [[2], [3], []])
     assert got.tolist() == [2, 3, 7]
     assert retrieval.hybrid(pd.array([5, pd.NA], dtype="Int32"), [[], []]).tolist() == [5, pd.NA]
+
+
+def test_hybrid_by_confidence_serves_the_answer_only_where_the_model_is_sure_enough():
+    serve = retrieval.confident(pd.array([5, pd.NA, 7, 8], dtype="Int32"), [-0.1, -0.2, -3.0, -3.0],
+                                [[2], [3], [4], []])
+    assert serve(-1.0).tolist() == [5, 3, 4, 8]  # unsure of 7: the retrieved 4; nothing retrieved for 8
+    assert serve(-5.0).tolist() == [5, 3, 7, 8]  # an invalid answer is never trusted
+
+
+def test_the_hybrid_rule_is_chosen_by_held_out_recall_among_support_and_confidence():
+    days = [date(2024, 2, 23)]
+    frame = pd.DataFrame({"c1": [0, 0, 1, 2], "c2": [1, 2, 0, 1], "day": days * 4})
+    found = pd.DataFrame({"refresh_date": pd.to_datetime(days * 3), "c1": [0, 0, 1], "c2": [1, 2, 0],
+                          "retrieved": [[3], [4], [2]], "support": [[9], [1], [1]]})
+    answers = pd.Series(pd.array([5, 6, 7, 8], dtype="Int32"))
+    logprob = pd.Series([-0.1, -4.0, -0.2, -0.3])
+
+    def recall(truth):
+        return lambda served: float((served.astype("Int64") == pd.Series(truth).astype("Int64")).mean())
+
+    # What held out rewards: the retrieved successor on the thin pair the model is unsure of (0, 2)
+    # and the model's answers elsewhere, which no support threshold gives and a confidence one does.
+    got = retrieval.choose_hybrid(recall([5, 4, 7, 8]), answers, logprob, frame, found, "day", [1, 5])
+    assert got["rule"] == "confidence" and got["tau"] is None and -4.0 < got["min_logprob"] <= -0.3
+    assert retrieval.serve_hybrid(got, answers, logprob, frame, found, "day").tolist() == [5, 4, 7, 8]
+    assert {c["rule"] for c in got["candidates"]} == {"support", "confidence"}
+    # Trusting the thick pair's count and the model elsewhere: support at tau 5.
+    got = retrieval.choose_hybrid(recall([3, 6, 7, 8]), answers, logprob, frame, found, "day", [1, 5])
+    assert (got["rule"], got["tau"], got["min_logprob"]) == ("support", 5, None)
+    assert retrieval.serve_hybrid(got, answers, logprob, frame, found, "day").tolist() == [3, 6, 7, 8]

@@ -19,7 +19,10 @@ PROMPTS = [f"prompt {i}" for i in range(6)]
 
 def decode(prompts, advance):
     advance(len(prompts))
-    return [f"answer to {p}" for p in prompts]
+    return [(f"answer to {p}", -0.5 * len(p)) for p in prompts]
+
+
+WANT = {p: (f"answer to {p}", -0.5 * len(p)) for p in PROMPTS}
 
 
 def filled(root, ns=NS) -> AnswerCache:
@@ -39,7 +42,22 @@ def forge(part, answer="forged"):
 def test_a_filled_cache_loads_every_answer(tmp_path):
     cache = filled(tmp_path)
     assert len(list(cache.dir.glob("part-*.parquet"))) == 2
-    assert AnswerCache(tmp_path, NS).load() == {p: f"answer to {p}" for p in PROMPTS}
+    assert AnswerCache(tmp_path, NS).load() == WANT
+
+
+def test_a_forged_log_probability_is_refused_and_an_old_part_without_one_is_named(tmp_path):
+    cache = filled(tmp_path)
+    part = sorted(cache.dir.glob("part-*.parquet"))[0]
+    table = pq.read_table(part)
+    column = table.schema.get_field_index("logprob")
+    pq.write_table(table.set_column(column, "logprob", pa.array([0.0] * table.num_rows))
+                   .replace_schema_metadata(table.schema.metadata), part)
+    with pytest.raises(ValueError, match="fails its checksum"):
+        cache.load()
+    # A part of the format before log-probabilities, checksum and all, moved into today's namespace.
+    pq.write_table(table.remove_column(column).replace_schema_metadata(table.schema.metadata), part)
+    with pytest.raises(ValueError, match=f"{part.name}: answer-cache part has no logprob column"):
+        cache.load()
 
 
 def test_a_forged_answer_is_a_one_line_error_naming_the_part(tmp_path):
@@ -92,7 +110,7 @@ def test_only_drop_corrupt_deletes_a_bad_part_and_the_next_fill_recomputes_it(tm
     missing = [p for p in PROMPTS if p not in kept]
     assert 0 < len(missing) < len(PROMPTS)
     kept.update(cache.fill(missing, decode, shard_size=4))
-    assert AnswerCache(tmp_path, NS).load() == kept == {p: f"answer to {p}" for p in PROMPTS}
+    assert AnswerCache(tmp_path, NS).load() == kept == WANT
     llm_cli.main(["cache", "--root", str(tmp_path)])  # clean again: exits normally
 
 

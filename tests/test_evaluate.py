@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import db
+from pipeline import db, report
 from pipeline.stages import evaluate
 from tests.conftest import TINY_WORLD, build, compose
 
@@ -101,6 +101,45 @@ def test_events_fall_in_the_bucket_of_their_pairs_support_at_the_active_refresh_
         "min_support": 100, "events": 0, "share": 0.0, "strategies": None}
 
 
+def test_each_overlap_share_is_over_the_answers_it_concerns():
+    base = table([(0, 1, 5, []), (1, 0, 6, []), (0, 2, 7, []), (2, 0, 8, [])]).assign(
+        served=["llm", "llm", "llm", "popular"])
+    rag = pd.concat([
+        table([(0, 1, 3, [3]), (1, 0, 6, [4]), (0, 2, 7, []), (2, 0, 9, [1])]).assign(refresh_date=D1),
+        table([(0, 1, 5, [4]), (1, 0, 9, [2]), (0, 2, 7, []), (2, 0, 1, [1])]).assign(
+            refresh_date=D3, served=["llm", "llm", "llm", "llm"])])
+    names = {c: f"topic {c}" for c in range(10)}
+    got = evaluate.overlap(base, rag, (["topic 1", "topic 2"], ["topic 1", "x"]), names)
+    # (2, 0) has no model answer in the base table: never compared. Lined: (0, 1) and (1, 0) on both
+    # dates; one copies its line, two equal the no-RAG answer, one is neither.
+    assert (got["lined_answers"], got["unlined_answers"], got["answers_compared"]) == (4, 2, 6)
+    assert got["rag_copies_retrieved"] == 0.25 and got["rag_identical_to_base"] == 0.5
+    assert got["rag_differs_from_both"] == 0.25 and got["unlined_identical_to_base"] == 1.0
+    assert got["all_identical_to_base"] == round(4 / 6, 6)
+    assert got["rag_identical_to_base_by_date"] == {str(D1): 0.5, str(D3): 0.5}
+    assert got["base_repeats_identical"] == 0.5 and got["base_repeats_valid"] == 0.75 and got["repeat_prompts"] == 2
+
+
+def test_paired_differences_come_from_the_same_resamples():
+    rng = np.random.default_rng(3)
+    users = pd.Series(np.repeat(np.arange(200), 4))
+    base = rng.random(800) < 0.3
+    hit = pd.DataFrame({"fixed": base, "hybrid": base | (rng.random(800) < 0.1), "backoff": base})
+    out = evaluate.bootstrap(hit, users, 300, seed=2, paired=(("hybrid", "backoff"),))
+    assert out["hybrid"]["diff_vs_backoff"] == out["hybrid"]["diff_vs_fixed"] > 0
+    assert out["hybrid"]["diff_vs_backoff_ci"] == out["hybrid"]["diff_ci"]  # backoff equals fixed here
+    assert "diff_vs_backoff" not in out["fixed"]
+
+
+def test_the_support_figure_draws_an_interval_that_misses_its_estimate(tmp_path):
+    # eval.bootstrap=1: the one resample's rate is the whole "interval", often away from the estimate
+    entry = {"hit_rate": 0.3, "hit_rate_ci": [0.32, 0.32]}
+    m = {"strategies": {"fixed": entry, "backoff": {"hit_rate": 0.2, "hit_rate_ci": [0.1, 0.15]}},
+         "by_support": {"cold": {"min_support": 0, "share": 1.0, "strategies": {"fixed": entry, "backoff": entry}}}}
+    report.support_figure(m, ["fixed", "backoff"], tmp_path)
+    assert (tmp_path / "hit_rate_by_support.png").stat().st_size > 1000
+
+
 def test_the_repeat_sample_is_seeded_and_keeps_the_prompt_order():
     texts = [f"prompt {i:03d}" for i in range(50)]
     sample = evaluate.repeat_sample(texts, 10, seed=7)
@@ -170,14 +209,21 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
         Path(cfg.paths.tables) / "base.parquet").c_pred.nunique()
     # The headline, what `dvc metrics show` prints: overall figures only, no per-bucket or per-date keys.
     assert headline == evaluate.headline(m) and set(headline) == {
-        "hit_rate", "rag_refreshed_vs_fixed", "rag_identical_to_base", "rag_copies_retrieved", "distinct_clusters"}
+        "hit_rate", "rag_refreshed_vs_fixed", "hybrid_vs_backoff", "rag_identical_to_base", "rag_copies_retrieved",
+        "lined_answers", "distinct_clusters"}
+    paired, rates = headline["hybrid_vs_backoff"], headline["hit_rate"]
+    assert paired["diff"] == pytest.approx(rates["hybrid"] - rates["backoff"], abs=2e-6)
+    assert paired["ci_low"] <= paired["ci_high"]
     assert headline["hit_rate"]["backoff"] == m["strategies"]["backoff"]["hit_rate"]
     buckets = m["by_support"]
     assert set(buckets) == {"cold", "tail", "torso", "head"}
     assert sum(b["events"] for b in buckets.values()) == m["events"]
     assert abs(sum(b["share"] for b in buckets.values()) - 1) < 1e-5 and 0 <= m["unseen_in_training"] <= 1
     assert all(set(b["strategies"]) == set(evaluate.STRATEGIES) for b in buckets.values() if b["events"])
-    assert m["hybrid_tau"] == json.loads((Path(cfg.paths.metrics) / "gate.json").read_text())["hybrid"]["tau"]
+    assert m["hybrid"]["tau"] == json.loads((Path(cfg.paths.metrics) / "gate.json").read_text())["hybrid"]["tau"]
+    # Every overlap share states the answers it is over: lined and unlined make up all.
+    study = m["overlap"]
+    assert study["lined_answers"] + study["unlined_answers"] == study["answers_compared"]
     by_support = pd.read_csv(Path(cfg.paths.plots) / "hit_rate_by_support.csv")
     assert by_support.bucket.tolist() == ["cold", "tail", "torso", "head"]
     assert by_support.min_support.tolist() == [0, 1, 5, 30]
@@ -195,6 +241,8 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
                     "| pairs | fixed | train_top1 | popular | backoff | fixed - train_top1, points (95 % CI) |"):
         assert section in text
     assert f"{100 * m['strategies']['rag_refreshed']['hit_rate']:.2f} %" in text
+    assert f"| unlined, {study['unlined_answers']:,} |" in text and f"| all, {study['answers_compared']:,} |" in text
+    assert f"| lined, {study['lined_answers']:,} | {report._pct(study['rag_identical_to_base'])} | 7.8 % |" in text
     first = [f.read_bytes() for f in files]
     with pytest.MonkeyPatch.context() as patch:  # the sampled repeats now come from the answer cache
         patch.setattr(evaluate.model, "load", lambda *a, **k: pytest.fail("loaded the model with every answer cached"))

@@ -11,9 +11,15 @@ This is the cost centre of every table, so three things cut the work; none chang
 Padding is always on the right and masked, with explicit position ids, so rows of different
 lengths share a batch without shifting each other.
 
+Every answer also carries its log-probability under the model: the sum of each chosen token's
+log-softmax over the whole vocabulary (temperature 1), EOS included when it ends the answer. In
+free decoding every token is chosen (a kept draft token is the argmax at its position), so it is
+the log-probability of the whole answer; constrained decoding scores only the tokens it chose, as
+the trie leaves the forced ones no alternative. Hybrid serving uses it as the model's confidence.
+
 Everything lives on the model's device. Per decoding step the host reads back one small tensor
-(each row's chosen tokens), which the trie logic needs; inputs are built on the host and moved in
-one copy per step.
+(each row's chosen tokens and their log-probabilities), which the trie logic needs; inputs are
+built on the host and moved in one copy per step.
 """
 from __future__ import annotations
 
@@ -222,11 +228,20 @@ class Settings:
     temperature: float = 0.0
 
 
-@torch.inference_mode()
 def decode(model, tokens: list[list[int]], trie: Trie, settings: Settings, pad_id: int,
            exclude: list[tuple[int, ...]] | None = None, advance: Callable[[int], None] = lambda n: None,
            seeds: list[int] | None = None) -> list[tuple[int, ...]]:
-    """Answer token ids (EOS dropped) of each tokenised prompt, in the order given.
+    """Answer token ids (EOS dropped) of each tokenised prompt, in the order given (decode_scored
+    without the log-probabilities)."""
+    return [ids for ids, _ in decode_scored(model, tokens, trie, settings, pad_id, exclude, advance, seeds)]
+
+
+@torch.inference_mode()
+def decode_scored(model, tokens: list[list[int]], trie: Trie, settings: Settings, pad_id: int,
+                  exclude: list[tuple[int, ...]] | None = None, advance: Callable[[int], None] = lambda n: None,
+                  seeds: list[int] | None = None) -> list[tuple[tuple[int, ...], float]]:
+    """(answer token ids with EOS dropped, the answer's log-probability) of each tokenised prompt,
+    in the order given.
 
     exclude: per prompt, clusters constrained decoding may not answer (c1 and c2);
     seeds: per prompt, the sampling seed when settings.temperature > 0."""
@@ -239,7 +254,7 @@ def decode(model, tokens: list[list[int]], trie: Trie, settings: Settings, pad_i
     tree = _Tree.build(tokens)
     kv: dict[int, torch.Tensor] = {}
     _run_nodes(model, tree, kv, settings.batch_size, pad_id)
-    out: list[tuple[int, ...]] = [()] * len(tokens)
+    out: list[tuple[tuple[int, ...], float]] = [((), 0.0)] * len(tokens)
     # Rows with the same leaf length go together: every padded leaf slot costs a full token's compute.
     order = sorted(range(len(tokens)), key=lambda i: (len(tree.leaf_tokens[i]), len(tokens[i]), tokens[i]))
     for rows in _batches(order, lambda i: len(tree.leaf_tokens[i]), settings.batch_size):
@@ -287,9 +302,11 @@ def _run_nodes(model, tree: _Tree, kv: dict[int, torch.Tensor], batch_size: int,
 
 
 def _answer(batch: _Batch, logits: torch.Tensor, trie: Trie, s: Settings, exclude: list[tuple[int, ...]],
-            rng: list[torch.Generator] | None) -> list[tuple[int, ...]]:
-    """Decode answers from the first-token logits, drafting (free) or forcing (constrained) from the trie."""
+            rng: list[torch.Generator] | None) -> list[tuple[tuple[int, ...], float]]:
+    """Decode answers and their log-probabilities from the first-token logits, drafting (free) or
+    forcing (constrained) from the trie."""
     out: list[list[int]] = [[] for _ in exclude]
+    score = [0.0] * len(exclude)
     active = list(range(len(exclude)))
     # Per active row, the logits of each fed position and how many drafted tokens to verify.
     lengths = [1] * len(active)
@@ -299,14 +316,20 @@ def _answer(batch: _Batch, logits: torch.Tensor, trie: Trie, s: Settings, exclud
         # allows (constrained; one position per row), or the logits to sample from (on the host,
         # where each prompt's generator lives).
         if s.constrained:
-            tops = _constrained_choices(logits, trie, [tuple(out[r]) for r in active], [exclude[r] for r in active])
+            tops, logps = _constrained_choices(logits, trie, [tuple(out[r]) for r in active],
+                                               [exclude[r] for r in active])
         elif rng:
             per_row = list(logits.float().cpu().split(lengths))
         else:
-            flat, tops = logits.argmax(-1).tolist(), []
+            # The argmax of the logits themselves, as always; its log-probability is read beside it.
+            chosen = logits.argmax(-1)
+            scored = logits.float().log_softmax(-1).gather(1, chosen[:, None])[:, 0]
+            ids, lps = torch.stack([chosen.double(), scored.double()]).tolist()
+            tops, logps = [], []
             for n in lengths:
-                tops.append(flat[:n])
-                flat = flat[n:]
+                tops.append([int(t) for t in ids[:n]])
+                logps.append(lps[:n])
+                ids, lps = ids[n:], lps[n:]
         still, feeds, next_drafts = [], [], []
         for slot, r in enumerate(active):
             generated, done = out[r], False
@@ -314,13 +337,14 @@ def _answer(batch: _Batch, logits: torch.Tensor, trie: Trie, s: Settings, exclud
                 if rng:
                     probs = torch.softmax(per_row[slot][j] / s.temperature, dim=-1)
                     token = int(torch.multinomial(probs, 1, generator=rng[r]))
+                    logp = float(torch.log_softmax(per_row[slot][j], dim=-1)[token])
                 else:
-                    token = tops[slot][j]
+                    token, logp = tops[slot][j], logps[slot][j]
+                generated.append(token)
+                score[r] += logp
                 if draft_token is not None and token == draft_token:
-                    generated.append(token)
                     continue
                 batch.unfeed(slot, len(drafts[slot]) - j)
-                generated.append(token)
                 break
             if generated[-1] == trie.eos or len(generated) >= s.max_new_tokens:
                 done = True
@@ -355,19 +379,23 @@ def _answer(batch: _Batch, logits: torch.Tensor, trie: Trie, s: Settings, exclud
                 out[r].extend(next_drafts[i])
             next_drafts = [() for _ in active]
         drafts = next_drafts
-    return [tuple(t for t in answer if t != trie.eos) for answer in out]
+    return [(tuple(t for t in answer if t != trie.eos), logp) for answer, logp in zip(out, score)]
 
 
 def _constrained_choices(logits: torch.Tensor, trie: Trie, generated: list[tuple[int, ...]],
-                         exclude: list[tuple[int, ...]]) -> list[list[int]]:
+                         exclude: list[tuple[int, ...]]) -> tuple[list[list[int]], list[list[float]]]:
     """Per row (one logits row each), the argmax over the next tokens the trie allows after its
-    generated tokens, the excluded clusters left out; as one gather and one read-back."""
+    generated tokens, the excluded clusters left out, and its log-probability over the whole
+    vocabulary; as one gather and one read-back."""
     allowed = [sorted({trie.paths[c][len(g)] for c in trie.clusters(g, x)}) for g, x in zip(generated, exclude)]
     width = max(len(a) for a in allowed)
     index = _padded(allowed, 0, width).to(logits.device)
     valid = _padded([[1] * len(a) for a in allowed], 0, width).to(logits.device).bool()
     scores = logits.gather(1, index).masked_fill(~valid, float("-inf"))
-    return [[a[k]] for a, k in zip(allowed, scores.argmax(-1).tolist())]
+    k = scores.argmax(-1)
+    logp = logits.float().log_softmax(-1).gather(1, index.gather(1, k[:, None]))[:, 0]
+    picks, lps = torch.stack([k.double(), logp.double()]).tolist()
+    return [[a[int(i)]] for a, i in zip(allowed, picks)], [[x] for x in lps]
 
 
 
@@ -375,7 +403,14 @@ def answers(model, tokenizer, texts: list[str], trie: Trie, settings: Settings,
             exclude: list[tuple[int, ...]] | None = None, advance: Callable[[int], None] = lambda n: None,
             seeds: list[int] | None = None) -> list[str]:
     """decode() on prompt texts: the answer texts, special tokens dropped."""
+    return [text for text, _ in scored_answers(model, tokenizer, texts, trie, settings, exclude, advance, seeds)]
+
+
+def scored_answers(model, tokenizer, texts: list[str], trie: Trie, settings: Settings,
+                   exclude: list[tuple[int, ...]] | None = None, advance: Callable[[int], None] = lambda n: None,
+                   seeds: list[int] | None = None) -> list[tuple[str, float]]:
+    """decode_scored() on prompt texts: (answer text with special tokens dropped, its log-probability)."""
     tokens = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else trie.eos
-    out = decode(model, tokens, trie, settings, pad, exclude, advance, seeds)
-    return [tokenizer.decode(list(ids), skip_special_tokens=True) for ids in out]
+    out = decode_scored(model, tokens, trie, settings, pad, exclude, advance, seeds)
+    return [(tokenizer.decode(list(ids), skip_special_tokens=True), logp) for ids, logp in out]

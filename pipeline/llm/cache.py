@@ -2,7 +2,9 @@
 
 Everything that can change an answer except the prompt itself (base weights, adapter, template,
 the description set, decoding settings, the decoder's code) names the namespace directory; the
-prompt's sha256 is the key inside it. Entries are only ever added, as whole Parquet parts written
+prompt's sha256 is the key inside it. An entry is the answer text and its log-probability under the
+model (bulk.decode_scored); FORMAT, part of the namespace, moved when the log-probability joined,
+so parts written before hold no place in today's namespaces. Entries are only ever added, as whole Parquet parts written
 atomically, so a killed run keeps every finished part and a hit is the answer a fresh run gives.
 It lives outside DVC's outputs, which DVC deletes before rerunning a stage.
 
@@ -27,6 +29,9 @@ from rich.text import Text
 from pipeline.files import atomic_path, write_annotated
 
 CHECKSUM = b"answer_cache_sha256"
+# What a part holds; part of every namespace, so parts of another format are never read together.
+FORMAT = "answer+logprob"
+COLUMNS = ["key", "prompt", "answer", "logprob"]
 DROP = "python -m pipeline.llm cache --drop-corrupt"
 
 
@@ -42,7 +47,7 @@ def namespace(m, adapter: Path | str | None, names: dict[int, str], dtype: str, 
     return {"base_model_hash": model.identity(m), "adapter_hash": tree_sha256(adapter) if adapter else None,
             "template_hash": prompts.TEMPLATE_HASH, "descriptions": {str(k): v for k, v in sorted(names.items())},
             "dtype": str(kernels.dtype(dtype)), "device_class": kernels.device_class(device),
-            "decoder": tree_sha256(bulk.__file__), **decoding}
+            "decoder": tree_sha256(bulk.__file__), "format": FORMAT, **decoding}
 
 
 def key(prompt: str) -> str:
@@ -59,29 +64,31 @@ class AnswerCache:
             with atomic_path(ns) as tmp:
                 tmp.write_text(blob + "\n", encoding="utf-8")
 
-    def load(self) -> dict[str, str]:
-        """prompt -> answer for every stored entry; a part that fails its checksum stops the run."""
-        found: dict[str, str] = {}
+    def load(self) -> dict[str, tuple[str, float]]:
+        """prompt -> (answer, log-probability) for every stored entry; a part that fails its check
+        stops the run."""
+        found: dict[str, tuple[str, float]] = {}
         for part in sorted(self.dir.glob("part-*.parquet")):
             frame, problem = read_part(part)
             if problem:
                 raise ValueError(f"{part}: answer-cache part {problem}; `{DROP}` deletes it and the next run "
                                  "recomputes its answers")
-            found.update(zip(frame.prompt, frame.answer))
+            found.update(zip(frame.prompt, zip(frame.answer, frame.logprob.tolist())))
         return found
 
-    def add(self, prompts: list[str], answers: list[str]) -> None:
-        frame = pd.DataFrame({"key": [key(p) for p in prompts], "prompt": prompts, "answer": answers})
+    def add(self, prompts: list[str], answers: list[tuple[str, float]]) -> None:
+        frame = pd.DataFrame({"key": [key(p) for p in prompts], "prompt": prompts,
+                              "answer": [a for a, _ in answers], "logprob": [float(x) for _, x in answers]})
         name = hashlib.sha256("".join(frame.key).encode()).hexdigest()[:24]
         write_annotated(frame, self.dir / f"part-{name}.parquet",
                         {CHECKSUM: checksum(self.dir.name, frame).encode()})
 
-    def fill(self, missing: list[str], decode: Callable[[list[str], Callable[[int], None]], list[str]],
-             shard_size: int, label: str = "decoding") -> dict[str, str]:
+    def fill(self, missing: list[str], decode: Callable[[list[str], Callable[[int], None]], list[tuple[str, float]]],
+             shard_size: int, label: str = "decoding") -> dict[str, tuple[str, float]]:
         """Decode `missing` in shards of shard_size (in the order given), storing each shard as it completes.
 
-        decode(prompts, advance) returns their answers and calls advance(n) as it goes."""
-        done: dict[str, str] = {}
+        decode(prompts, advance) returns their (answer, log-probability) and calls advance(n) as it goes."""
+        done: dict[str, tuple[str, float]] = {}
         columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), _Rate(), TimeRemainingColumn())
         with Progress(*columns) as bar:
             task = bar.add_task(label, total=len(missing))
@@ -96,14 +103,18 @@ class AnswerCache:
 def checksum(namespace_dir: str, frame: pd.DataFrame) -> str:
     """sha256 over the namespace directory's name and every row: the same rows stored under another
     namespace (other weights, template or decoding) do not pass."""
-    rows = [frame.key.tolist(), frame.prompt.tolist(), frame.answer.tolist()]
+    rows = [frame[c].tolist() for c in COLUMNS]
     return hashlib.sha256(json.dumps([namespace_dir, rows]).encode()).hexdigest()
 
 
 def read_part(part: Path) -> tuple[pd.DataFrame | None, str | None]:
     """(rows, None) for a part whose checksum holds, else (None, what is wrong with it)."""
     try:
-        table = pq.read_table(part, columns=["key", "prompt", "answer"])
+        schema = pq.read_schema(part)
+        lacking = [c for c in COLUMNS if c not in schema.names]
+        if lacking:
+            return None, f"has no {', '.join(lacking)} column (written by an older pipeline, or not by it)"
+        table = pq.read_table(part, columns=COLUMNS)
     except Exception as exc:  # pyarrow raises several types for a truncated or foreign file
         return None, f"is unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
     stored = (table.schema.metadata or {}).get(CHECKSUM)

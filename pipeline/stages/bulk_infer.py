@@ -2,8 +2,9 @@
 
 One base table (no RAG) and one RAG table per refresh date; a pair with nothing retrieved at least
 prompts.min_support times on a date gets the base prompt (plus the popular line when
-prompts.popular_n is on). Each RAG table's hybrid column serves the retrieved successor where its
-window support reaches the gate's tau, else the table's LLM answer. Answers come from the content-addressed cache when an identical prompt
+prompts.popular_n is on). Each RAG table's hybrid column serves under the gate's hybrid rule: the
+retrieved successor where its window support reaches tau, else the table's LLM answer; or the LLM's
+answer where its log-probability reaches the gate's threshold, else the retrieved successor. Answers come from the content-addressed cache when an identical prompt
 was decoded before under the same model, adapter and settings; the rest are decoded in shards of
 sorted prompts, each stored as soon as it is done, so a killed run resumes where it stopped and
 computes exactly the batches an uninterrupted run would.
@@ -45,9 +46,11 @@ def table_rows(names: dict[int, str], found: pd.DataFrame, days: list, min_suppo
     return rows
 
 
-def serve(rows: pd.DataFrame, outputs: list[str], names: dict[int, str], popular: dict) -> pd.DataFrame:
+def serve(rows: pd.DataFrame, answers: list[tuple[str, float]], names: dict[int, str], popular: dict) -> pd.DataFrame:
     """What each pair serves: the model's answer when it names a novel cluster, else the retrieved
-    successor, else the first popular cluster of that date that is neither c1 nor c2."""
+    successor, else the first popular cluster of that date that is neither c1 nor c2. `answers`:
+    each row's (model output, its log-probability), kept as `output` and `logprob`."""
+    outputs = [a for a, _ in answers]
     parsed = prompts.parse(outputs, names)
     c_pred, served, valid = [], [], []
     for c1, c2, got, day, p in zip(rows.c1, rows.c2, rows.retrieved, rows.refresh_date, parsed):
@@ -62,14 +65,15 @@ def serve(rows: pd.DataFrame, outputs: list[str], names: dict[int, str], popular
     return pd.DataFrame({
         "c1": rows.c1.astype("int32").to_numpy(), "c2": rows.c2.astype("int32").to_numpy(), "c_pred": c_pred,
         "description": [names[c] if pd.notna(c) else None for c in c_pred], "valid": valid, "served": served,
-        "retrieved": [[int(r) for r in got] for got in rows.retrieved], "output": outputs})
+        "retrieved": [[int(r) for r in got] for got in rows.retrieved], "output": outputs,
+        "logprob": [float(x) for _, x in answers]})
 
 
 def run(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
     inf = cfg.infer
     days = refresh_dates(cfg)
-    gate, tau = _gate(Path(cfg.paths.metrics) / "gate.json")
+    gate, rule = _gate(Path(cfg.paths.metrics) / "gate.json")
     found = pd.read_parquet(cfg.paths.retrieved)
     stale = set(found.refresh_date.dt.date) - set(days)
     if stale:
@@ -99,7 +103,7 @@ def run(cfg: DictConfig) -> None:
     began = time.perf_counter()
     if missing:  # a build whose answers are all cached never loads the model
         llm, _ = model.load(cfg.model, cfg.paths.adapter, where, inf.dtype)
-        answers.update(cache.fill(missing, lambda shard, advance: bulk.answers(
+        answers.update(cache.fill(missing, lambda shard, advance: bulk.scored_answers(
             llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard], advance=advance),
             inf.shard_size[where]))
     decode_s = time.perf_counter() - began
@@ -108,7 +112,7 @@ def run(cfg: DictConfig) -> None:
     fields = {**lineage, **kernels.lineage(where), "dtype": inf.dtype, "period": cfg.period.month,
               "decoding": inf.decoding, "data_hash": tree_sha256(cfg.data.path), "params": manifest.params(cfg, declared),
               "code_revision": manifest.code_revision(code), "code_hash": manifest.code_hash(code),
-              "packages": manifest.packages(), "gate": gate, "hybrid_tau": tau}
+              "packages": manifest.packages(), "gate": gate, "hybrid": rule}
     fields["params_hash"] = manifest.sha256_json(fields["params"])
     # Only what the tables determine goes into tracked outputs: a table's new prompts are those no
     # earlier table of this run holds, whatever the answer cache held when the run began.
@@ -119,7 +123,8 @@ def run(cfg: DictConfig) -> None:
             table = serve(part, [answers[p] for p in part.prompt], names, popular)
             day = part.refresh_date.iloc[0]
             if name != "base":
-                table["hybrid"] = retrieval.hybrid(table.c_pred, retrieval.attach(part.assign(day=day), found, "day", tau))
+                table["hybrid"] = retrieval.serve_hybrid(rule, table.c_pred, table.logprob, part.assign(day=day),
+                                                         found, "day")
             manifest.write_table(table, out / f"{name}.parquet", {
                 **fields, "strategy": "base" if name == "base" else "rag", "refresh_date": str(day),
                 "rows": len(table)})
@@ -129,6 +134,7 @@ def run(cfg: DictConfig) -> None:
             valid_rows += int(table.valid.sum())
             per_table[name] = {"rows": len(table), "prompts": len(prompts_here), "new_prompts": len(new),
                                "valid_share": round(float(table.valid.mean()), 6),
+                               "distinct_answers": int(table.c_pred.nunique()),
                                "served": {k: int(v) for k, v in table.served.value_counts().sort_index().items()}}
     rate = len(missing) / decode_s if missing else 0.0
     timing.note(decode_s=round(decode_s, 1), cached_at_start=len(unique) - len(missing), decoded=len(missing),
@@ -137,23 +143,41 @@ def run(cfg: DictConfig) -> None:
         "tables": len(per_table), "pairs": int((rows.table == "base").sum()), "unique_prompts": len(unique),
         "tokens_per_prompt": round(sum(len(tokenizer(p, add_special_tokens=False).input_ids)
                                        for p in unique.prompt) / len(unique), 2),
-        "valid_share": round(valid_rows / len(rows), 6)},
+        "valid_share": round(valid_rows / len(rows), 6), "distinct_answers": collapse(per_table)},
         {"decoding": inf.decoding, "per_table": per_table})
     print(f"bulk_infer: {len(per_table)} tables of {per_table['base']['rows']} pairs; decoded {len(missing)} of "
           f"{len(unique)} distinct prompts ({len(unique) - len(missing)} from the cache) in {decode_s:.1f}s, "
           f"{rate:.1f} prompts/s")
 
 
-def _gate(path: Path) -> tuple[dict, int]:
-    """(the gate's verdict and figures the tables are built under, its hybrid tau); a failed gate
-    without an override stops here."""
+def collapse(per_table: dict) -> dict:
+    """How many distinct clusters the tables serve over every pair: the base table's, and the
+    fewest and most of any RAG table's (few clusters for many pairs: the model collapsed onto them)."""
+    rag = [t["distinct_answers"] for name, t in per_table.items() if name != "base"]
+    return {"base": per_table["base"]["distinct_answers"], "rag_min": min(rag, default=None),
+            "rag_max": max(rag, default=None)}
+
+
+VERDICT = ("passed", "exact_match", "test_recall", "override_reason", "failed_checks")
+
+
+def _gate(path: Path) -> tuple[dict, dict]:
+    """(the gate's verdict and figures the tables are built under, its hybrid rule); a failed gate
+    without an override stops here. A missing, unreadable or hand-broken gate.json is one line
+    naming the file (and the key)."""
     if not path.exists():
         raise ValueError(f"{path}: no gate verdict; run the gate stage first (dvc repro)")
-    g = json.loads(path.read_text())
+    try:
+        g = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable gate verdict ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'empty'}); rerun the gate stage (dvc repro)") from None
+    if not isinstance(g, dict):
+        raise ValueError(f"{path}: not a gate verdict (a JSON object); rerun the gate stage (dvc repro)")
+    lacking = [k for k in (*VERDICT, "hybrid") if k not in g]
+    if lacking:
+        raise ValueError(f"{path}: key {lacking[0]!r} is missing; rerun the gate stage (dvc repro)")
     if not g["passed"] and not g["override_reason"]:
-        raise ValueError(f"{path}: the gate failed ({'; '.join(g['failed_checks'])}) and was not overridden; "
-                         "no table is built from this adapter")
-    if "hybrid" not in g:
-        raise ValueError(f"{path}: no hybrid tau; rerun the gate stage (dvc repro)")
-    return {k: g[k] for k in ("passed", "exact_match", "test_recall", "override_reason", "failed_checks")}, int(
-        g["hybrid"]["tau"])
+        raise ValueError(f"{path}: the gate failed ({'; '.join(map(str, g['failed_checks']))}) and was not "
+                         "overridden; no table is built from this adapter")
+    return {k: g[k] for k in VERDICT}, retrieval.hybrid_rule(g["hybrid"], str(path))

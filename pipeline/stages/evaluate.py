@@ -29,8 +29,9 @@ STRATEGIES = {
     "fixed": "fine-tuned model, no RAG (base table all month)",
     "rag_refreshed": "RAG table refreshed every refresh.every_days",
     "rag_day1": "RAG table of the month's first day, held fixed",
-    "hybrid": "RAG table's hybrid column: the retrieved successor where its window support reaches tau "
-              "(chosen on the gate's held-out days), else the LLM's RAG answer",
+    "hybrid": "RAG table's hybrid column under the rule the gate chose on its held-out days: the retrieved "
+              "successor where its window support reaches tau, else the LLM's RAG answer; or the LLM's answer where "
+              "its log-probability reaches a threshold, else the retrieved successor",
     "retrieved_top1": "no LLM: the retrieved top-1 successor served directly",
     "backoff": "no LLM: the pair's top retrieved successor, else the top successor of c2 alone over the same "
                "window, else popular",
@@ -38,6 +39,8 @@ STRATEGIES = {
     "train_top1": "no LLM: the pair's most frequent successor in the fine-tune's sample days, else their most "
                   "popular cluster (a lookup of what the fixed table was trained on)",
 }
+# Paired differences (a, b) reported as a - b with their interval, beside each strategy's against fixed.
+PAIRED = (("hybrid", "backoff"),)
 # The fixed table's honest comparators: what it was trained on, served as a lookup, and the no-LLM
 # strategies it competes with during the month.
 COMPARATORS = ("train_top1", "popular", "backoff")
@@ -138,14 +141,14 @@ def support_buckets(events: pd.DataFrame, found: pd.DataFrame, days: list[date],
 
 
 def by_support(hit: pd.DataFrame, users: pd.Series, bucket: pd.Series, bounds: dict[str, int], reps: int,
-               seed: int) -> dict:
+               seed: int, paired: tuple[tuple[str, str], ...] = ()) -> dict:
     """Per support bucket: its share of events and every strategy's hit rate with bootstrap CIs
     over the bucket's users (null for a bucket without events)."""
     out = {}
     for name, low in bounds.items():
         inside = (bucket == name).to_numpy()
         out[name] = {"min_support": int(low), "events": int(inside.sum()), "share": share(inside),
-                     "strategies": bootstrap(hit[inside], users[inside], reps, seed) if inside.any() else None}
+                     "strategies": bootstrap(hit[inside], users[inside], reps, seed, paired) if inside.any() else None}
     return out
 
 
@@ -163,8 +166,10 @@ def hits(served: pd.DataFrame, future: pd.Series) -> pd.DataFrame:
                          for s in served.columns}, index=served.index)
 
 
-def bootstrap(hit: pd.DataFrame, users: pd.Series, reps: int, seed: int) -> dict:
-    """Per strategy: hit rate and its difference to fixed, each with a 95% CI over users resampled."""
+def bootstrap(hit: pd.DataFrame, users: pd.Series, reps: int, seed: int,
+              paired: tuple[tuple[str, str], ...] = ()) -> dict:
+    """Per strategy: hit rate and its difference to fixed, each with a 95% CI over users resampled;
+    for each (a, b) of `paired`, a's entry also holds `diff_vs_<b>` and its CI, from the same resamples."""
     per_user = hit.groupby(users.to_numpy()).sum()
     n = hit.groupby(users.to_numpy()).size().to_numpy()
     h = {s: per_user[s].to_numpy() for s in hit.columns}
@@ -183,6 +188,9 @@ def bootstrap(hit: pd.DataFrame, users: pd.Series, reps: int, seed: int) -> dict
                   "hit_rate_ci": [round(float(x), 6) for x in np.percentile(rates[s], [2.5, 97.5])],
                   "diff_vs_fixed": round(float((h[s].sum() - h["fixed"].sum()) / n.sum()), 6),
                   "diff_ci": [round(float(x), 6) for x in np.percentile(diff, [2.5, 97.5])]}
+    for a, b in paired:
+        out[a][f"diff_vs_{b}"] = round(float((h[a].sum() - h[b].sum()) / n.sum()), 6)
+        out[a][f"diff_vs_{b}_ci"] = [round(float(x), 6) for x in np.percentile(rates[a] - rates[b], [2.5, 97.5])]
     return out
 
 
@@ -202,21 +210,30 @@ def share(flags) -> float | None:
 
 def overlap(base: pd.DataFrame, rag: pd.DataFrame, repeats: tuple[list[str], list[str]],
             names: dict[int, str]) -> dict:
-    """How RAG changes the answers (paper section 3.1: 7.8 % identical to non-RAG, 37.5 % for repeats)."""
+    """How RAG changes the answers (paper section 3.1: "only 7.8 % of the RAG-generated outputs were
+    identical to those produced without RAG, compared to a 37.5 % overlap when using repeated prompts
+    without RAG"). Each share is over the answers it concerns, with their count: the (pair, refresh
+    date) answers of the RAG tables where both the RAG and the no-RAG answer are the model's own
+    (served llm), split by whether the RAG prompt carried a retrieved line. Only lined answers were
+    generated with RAG, the paper's case; an unlined prompt is the base prompt (plus the popular line
+    when prompts.popular_n is on), so it is identical by construction otherwise."""
     merged = rag.merge(base[["c1", "c2", "c_pred", "served"]], on=["c1", "c2"], suffixes=("", "_base"))
     both = merged[(merged.served == "llm") & (merged.served_base == "llm")]
-    with_rag = merged[(merged.served == "llm") & (merged.retrieved.map(len) > 0)]
-    copied = (with_rag.c_pred == with_rag.retrieved.str[0]).to_numpy()
-    same_as_base = (with_rag.c_pred == with_rag.c_pred_base).fillna(False).to_numpy(dtype=bool)
+    has_line = (both.retrieved.map(len) > 0).to_numpy()
+    identical = (both.c_pred == both.c_pred_base).to_numpy(dtype=bool)
+    copied = (both.c_pred == both.retrieved.str[0]).fillna(False).to_numpy(dtype=bool)
     first, second = repeats
     known = set(names.values())
-    return {"rag_identical_to_base": share(both.c_pred == both.c_pred_base),
-            "rag_identical_to_base_by_date": {str(d): share(f.c_pred == f.c_pred_base)
-                                              for d, f in both.groupby("refresh_date")},
+    return {"rag_identical_to_base": share(identical[has_line]), "rag_copies_retrieved": share(copied[has_line]),
+            "rag_differs_from_both": share(~copied[has_line] & ~identical[has_line]),
+            "lined_answers": int(has_line.sum()),
+            "rag_identical_to_base_by_date": {str(d): share(identical[has_line & (both.refresh_date == d).to_numpy()])
+                                              for d in sorted(set(both.refresh_date))},
+            "unlined_identical_to_base": share(identical[~has_line]), "unlined_answers": int((~has_line).sum()),
+            "all_identical_to_base": share(identical), "answers_compared": int(len(both)),
             "base_repeats_identical": share([a == b for a, b in zip(first, second)]),
             "base_repeats_valid": share([a.strip() in known for a in first + second]),
-            "rag_copies_retrieved": share(copied), "rag_differs_from_both": share(~copied & ~same_as_base),
-            "pairs_compared": int(len(both)), "repeat_prompts": len(first)}
+            "repeat_prompts": len(first)}
 
 
 def drift(con, daily: str, days: list[date], window_days: int, ks: list[int]) -> pd.DataFrame:
@@ -259,10 +276,10 @@ def repeat_answers(cfg: DictConfig, names: dict[int, str], texts: list[str]) -> 
         for repeat, cache, answers in zip((1, 2), caches, found):
             missing = sorted(t for t in texts if t not in answers)
             seed = {t: int(hashlib.sha256(f"{e.seed}:{repeat}:{t}".encode()).hexdigest()[:15], 16) for t in missing}
-            answers.update(cache.fill(missing, lambda shard, advance, seed=seed: bulk.answers(
+            answers.update(cache.fill(missing, lambda shard, advance, seed=seed: bulk.scored_answers(
                 llm, tokenizer, shard, trie, settings, advance=advance, seeds=[seed[t] for t in shard]),
                 inf.shard_size[where], f"repeat {repeat}"))
-    return [found[0][t] for t in texts], [found[1][t] for t in texts]
+    return [found[0][t][0] for t in texts], [found[1][t][0] for t in texts]
 
 
 def cost(metrics: Path, cfg: DictConfig, newest: str) -> dict:
@@ -280,13 +297,17 @@ def cost(metrics: Path, cfg: DictConfig, newest: str) -> dict:
 
 def headline(m: dict) -> dict:
     """What `dvc metrics show` and `diff` compare across experiments: each strategy's hit rate,
-    refreshing RAG against the fixed table with its interval, and how RAG answers relate to the
-    no-RAG answer and the retrieved cluster. Intervals per strategy and bucket stay in the detail."""
-    rag = m["strategies"]["rag_refreshed"]
-    return {"hit_rate": {s: x["hit_rate"] for s, x in m["strategies"].items()},
+    refreshing RAG against the fixed table and hybrid against back-off with their intervals, how
+    lined RAG answers relate to the no-RAG answer and the retrieved cluster, and how many clusters
+    the tables name. Intervals per strategy and bucket stay in the detail."""
+    s = m["strategies"]
+    rag, hyb = s["rag_refreshed"], s["hybrid"]
+    return {"hit_rate": {name: x["hit_rate"] for name, x in s.items()},
             "rag_refreshed_vs_fixed": {"diff": rag["diff_vs_fixed"], "ci_low": rag["diff_ci"][0],
                                        "ci_high": rag["diff_ci"][1]},
-            **{k: m["overlap"][k] for k in ("rag_identical_to_base", "rag_copies_retrieved")},
+            "hybrid_vs_backoff": {"diff": hyb["diff_vs_backoff"], "ci_low": hyb["diff_vs_backoff_ci"][0],
+                                  "ci_high": hyb["diff_vs_backoff_ci"][1]},
+            **{k: m["overlap"][k] for k in ("rag_identical_to_base", "rag_copies_retrieved", "lined_answers")},
             "distinct_clusters": m["distinct_clusters"]["tables"]}
 
 
@@ -309,10 +330,10 @@ def run(cfg: DictConfig) -> None:
     served = serve(events, base, rag, popular, found, fallback, days, lookup)
     hit = hits(served, events.future)
     by_day = hit.groupby(events.day.astype(str)).mean().round(6).rename_axis("day").reset_index()
-    strategies = bootstrap(hit, events.user_id, e.bootstrap, e.seed)
+    strategies = bootstrap(hit, events.user_id, e.bootstrap, e.seed, PAIRED)
     bounds = {str(k): int(v) for k, v in e.support_buckets.items()}
     buckets = by_support(hit, events.user_id, support_buckets(events, found, days, bounds), bounds,
-                         e.bootstrap, e.seed)
+                         e.bootstrap, e.seed, PAIRED)
     support_rates = pd.DataFrame([{"bucket": name, "min_support": b["min_support"], "share": b["share"],
                                    **{s: b["strategies"][s]["hit_rate"] if b["strategies"] else None for s in STRATEGIES}}
                                   for name, b in buckets.items()])
@@ -328,7 +349,7 @@ def run(cfg: DictConfig) -> None:
                "days": int(events.day.nunique()), "strategies": strategies, "by_support": buckets,
                "distinct_clusters": distinct_answers(served, {"fixed": base.c_pred, "train_top1": lookup.c_pred}),
                "unseen_in_training": unseen_in_training(con, daily, events, w),
-               "hybrid_tau": json.loads(manifest.read(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet")["hybrid_tau"]),
+               "hybrid": json.loads(manifest.read(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet")["hybrid"]),
                "rag_departs_from_retrieved": departures(served, hit), "overlap": study,
                "drift_last_date": {c: topk[c].iloc[-1] for c in topk.columns if c != "refresh_date"}, "cost": spend}
     plots = Path(cfg.paths.plots)
