@@ -490,6 +490,12 @@ def _relations(c: DictConfig) -> None:
          "an HF id or a local directory with model.source=pretrained")
     need(c.model.source != ModelSource.random or c.model.random is not None, "model.random",
          "the random model's shape with model.source=random (see conf/model/tiny_random.yaml)")
+    if c.model.random is not None:
+        r = c.model.random
+        need(r.hidden_size % r.num_attention_heads == 0, "model.random.num_attention_heads",
+             f"a divisor of model.random.hidden_size ({r.hidden_size}): each head takes an equal share")
+        need(r.num_attention_heads % r.num_key_value_heads == 0, "model.random.num_key_value_heads",
+             f"a divisor of model.random.num_attention_heads ({r.num_attention_heads}): heads share key-value heads evenly")
     need(c.prompts.popular_n <= c.retrieval.popular_n, "prompts.popular_n",
          f"at most retrieval.popular_n ({c.retrieval.popular_n}): the retrieve stage keeps that many popular clusters")
     if c.refresh.until is not None and c.period.month is not None:

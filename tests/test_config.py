@@ -68,6 +68,10 @@ BAD_TOGETHER = [
     (["data=contract"], "data.path is missing", "give data.path="),
     (["extract.min_engagement=1.5"], "extract.min_engagement=1.5", "inside data.engagement_range [0.0, 1.0]"),
     (["eval.support_buckets.cold=2"], "eval.support_buckets={'cold': 2, 'tail': 1", "start at 0 and ascend"),
+    (["model=tiny_random", "model.random.num_attention_heads=3"], "model.random.num_attention_heads=3",
+     "a divisor of model.random.hidden_size (64)"),
+    (["model=tiny_random", "model.random.num_key_value_heads=3"], "model.random.num_key_value_heads=3",
+     "a divisor of model.random.num_attention_heads (4)"),
 ]
 
 

@@ -16,10 +16,12 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from functools import cache
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors import SafetensorError
 
 from pipeline import kernels
 from pipeline.files import atomic_path, sha256
@@ -89,13 +91,66 @@ def _prepared_or_fail(m: DictConfig) -> Path:
     return target
 
 
+@cache
+def _weights_sha256(weights: Path, size: int, mtime_ns: int) -> str:
+    """sha256 of a weights file, once per process for its size and modification time."""
+    return sha256(weights)
+
+
+def _verified(target: Path) -> str:
+    """The prepared model's weights hash, from the weights themselves: they must be the ones its
+    manifest records (a truncated or edited file would otherwise keep the hash, and the answers
+    cached under it)."""
+    weights = target / "model.safetensors"
+    recorded = json.loads((target / MANIFEST).read_text())["weights_sha256"]
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: missing; remove {target} and run `python -m pipeline.llm prepare`")
+    found = _weights_sha256(weights, weights.stat().st_size, weights.stat().st_mtime_ns)
+    if found != recorded:
+        raise ValueError(f"{weights}: sha256 {found[:12]} is not the {recorded[:12]} its manifest records (truncated or "
+                         f"edited); remove {target} and run `python -m pipeline.llm prepare`")
+    return recorded
+
+
+def _pretrained_dir(m: DictConfig) -> Path:
+    """The folder of a pretrained model: model.name_or_path itself, or that Hugging Face id's
+    snapshot in the local cache (fetched first unless model.local_files_only; weights as
+    safetensors only, never pickles)."""
+    from huggingface_hub import snapshot_download
+
+    path = Path(m.name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or m.name_or_path.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model.name_or_path={m.name_or_path}: no such folder")
+    try:
+        return Path(snapshot_download(m.name_or_path, local_files_only=m.local_files_only,
+                                      allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    except (ValueError, OSError) as exc:  # not an id, not cached, not on the hub, no network
+        how = ("and model.local_files_only=true: download it first (huggingface-cli download ID) or give a folder"
+               if m.local_files_only else f"and fetching it failed ({str(exc).splitlines()[0]})")
+        raise FileNotFoundError(f"model.name_or_path={m.name_or_path}: not a folder, and no Hugging Face model of that id "
+                                f"is in the local cache, {how}") from None
+
+
+def _unreadable(what: str, where: Path | str, exc: Exception, fix: str) -> ValueError:
+    return ValueError(f"{where}: not a readable {what} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                      f"{fix}")
+
+
+def _fix(m: DictConfig, where: Path) -> str:
+    return ("check model.name_or_path" if m.source == "pretrained"
+            else f"remove {where} and run `python -m pipeline.llm prepare`")
+
+
 def load_tokenizer(m: DictConfig):
     from transformers import AutoTokenizer
 
-    if m.source == "pretrained":
-        return AutoTokenizer.from_pretrained(m.name_or_path, local_files_only=m.local_files_only,
-                                             trust_remote_code=False)
-    return AutoTokenizer.from_pretrained(_prepared_or_fail(m))
+    where = _pretrained_dir(m) if m.source == "pretrained" else _prepared_or_fail(m)
+    try:
+        return AutoTokenizer.from_pretrained(where, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise _unreadable("tokenizer", where, exc, _fix(m, where)) from None
 
 
 def load(m: DictConfig, adapter: Path | str | None = None, device: str = "cpu", dtype: str = "float32"):
@@ -104,6 +159,8 @@ def load(m: DictConfig, adapter: Path | str | None = None, device: str = "cpu", 
     runs at base-model speed)."""
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+    if m.source == "gguf_wheel":
+        _verified(_prepared_or_fail(m))
     tokenizer = load_tokenizer(m)
     if m.source == "random":
         config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
@@ -113,13 +170,20 @@ def load(m: DictConfig, adapter: Path | str | None = None, device: str = "cpu", 
         torch.manual_seed(m.random.seed)
         model = LlamaForCausalLM(config)
     else:  # gguf_wheel or pretrained
-        where = _prepared_or_fail(m) if m.source == "gguf_wheel" else m.name_or_path
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, use_safetensors=True,
-                                                     trust_remote_code=False, local_files_only=m.local_files_only)
+        where = _pretrained_dir(m) if m.source == "pretrained" else _prepared_or_fail(m)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, use_safetensors=True,
+                                                         trust_remote_code=False, local_files_only=True)
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise _unreadable("base model (safetensors)", where, exc, _fix(m, where)) from None
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+            raise _unreadable("LoRA adapter for this base model", adapter, exc,
+                              "rerun the finetune stage (dvc repro)") from None
     kernels.deterministic()
     return model.to(device=device, dtype=kernels.dtype(dtype)).eval(), tokenizer
 
@@ -127,15 +191,11 @@ def load(m: DictConfig, adapter: Path | str | None = None, device: str = "cpu", 
 def identity(m: DictConfig) -> str:
     """A content hash of the base weights, for manifests: same hash, same model."""
     if m.source == "gguf_wheel":
-        return json.loads((_prepared_or_fail(m) / MANIFEST).read_text())["weights_sha256"]
+        return _verified(_prepared_or_fail(m))
     if m.source == "random":
         return hashlib.sha256(json.dumps(OmegaConf.to_container(m.random), sort_keys=True).encode()).hexdigest()
-    path = Path(m.name_or_path)
-    if not path.is_dir():
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(m.name_or_path, local_files_only=m.local_files_only))
+    path = _pretrained_dir(m)
     digest = hashlib.sha256()
     for weights in sorted(path.glob("*.safetensors")):
-        digest.update(sha256(weights).encode())
+        digest.update(_weights_sha256(weights, weights.stat().st_size, weights.stat().st_mtime_ns).encode())
     return digest.hexdigest()
