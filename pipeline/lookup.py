@@ -24,6 +24,15 @@ LINEAGE = ("period", "strategy", "refresh_date", "decoding", "data_hash", "base_
 COLUMNS = ("c1", "c2", "c_pred", "description", "valid", "served", "retrieved", "output")
 
 
+def _text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+TYPES = {"c1": pa.types.is_integer, "c2": pa.types.is_integer, "c_pred": pa.types.is_integer, "description": _text,
+         "valid": pa.types.is_boolean, "served": _text, "output": _text,
+         "retrieved": lambda t: (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)}
+
+
 class LookupFailed(ValueError):
     pass
 
@@ -74,15 +83,33 @@ def read_table(name: str, read) -> tuple[pd.DataFrame, dict[str, str]]:
         raise LookupFailed(f"{name}: not a table (tables are the .parquet files bulk_infer writes)")
     blob = read(name)
     try:
-        columns = set(pq.read_schema(blob).names)
+        schema = pq.read_schema(blob)
     except (pa.ArrowException, OSError) as exc:
         raise LookupFailed(f"{name}: not a Parquet file ({str(exc).splitlines()[0]})") from None
     meta = manifest.read(blob)
     lacking = [k for k in LINEAGE if k not in meta]
-    if lacking or not columns.issuperset(COLUMNS):
-        what = f"manifest field {lacking[0]!r}" if lacking else f"column {sorted(set(COLUMNS) - columns)[0]!r}"
+    if lacking or not set(schema.names).issuperset(COLUMNS):
+        what = f"manifest field {lacking[0]!r}" if lacking else f"column {sorted(set(COLUMNS) - set(schema.names))[0]!r}"
         raise LookupFailed(f"{name}: not a transition table written by the pipeline (no {what})")
-    return pd.read_parquet(blob, columns=list(COLUMNS)), meta
+    # A manifest can be forged onto any file: the fields and columns are read as bulk_infer writes them.
+    wrong = [c for c, ok in TYPES.items() if not ok(schema.field(c).type)]
+    if wrong:
+        raise LookupFailed(f"{name}: not a transition table written by the pipeline (column {wrong[0]!r} is "
+                           f"{schema.field(wrong[0]).type})")
+    try:
+        gate = json.loads(meta["gate"])
+    except ValueError:
+        gate = None
+    if not isinstance(gate, dict):
+        raise LookupFailed(f"{name}: not a transition table written by the pipeline (manifest field 'gate' is "
+                           f"{meta['gate'][:40]!r}, not the gate's record)")
+    try:
+        frame = pd.read_parquet(blob, columns=list(COLUMNS))
+    except (pa.ArrowException, OSError) as exc:
+        raise LookupFailed(f"{name}: unreadable rows ({str(exc).splitlines()[0]})") from None
+    if frame.empty:
+        raise LookupFailed(f"{name}: holds no pairs")
+    return frame, meta
 
 
 def lookup(c1: int, c2: int, table: str | None = None, strategy: str = "rag", date: str | None = None,

@@ -111,6 +111,27 @@ def test_lookup_serves_only_tables_the_pipeline_wrote(tmp_path):
             lookup.lookup(1, 2, table=str(path))
 
 
+def test_lookup_refuses_a_file_with_a_forged_manifest(tmp_path):
+    frame = pd.DataFrame({"c1": [1, 2], "c2": [2, 1], "c_pred": pd.array([3, None], "Int32"),
+                          "description": ["c, d", None], "valid": [True, False], "served": ["llm", "popular"],
+                          "retrieved": [[3], []], "output": [" c, d", "?"]})
+    fields = {k: "x" for k in lookup.LINEAGE}
+    cases = (({**fields, "gate": "[1]"}, frame, "manifest field 'gate' is '[1]', not the gate's record"),
+             ({**fields, "gate": "not json"}, frame, "manifest field 'gate' is 'not json', not the gate's record"),
+             ({**fields, "gate": {}}, frame.assign(retrieved=["3", ""]), "column 'retrieved' is large_string"),
+             ({**fields, "gate": {}}, frame.assign(c1=["1", "2"]), "column 'c1' is large_string"))
+    for n, (meta, rows, problem) in enumerate(cases):
+        table = tmp_path / f"forged-{n}.parquet"
+        manifest.write_table(rows, table, meta)
+        with pytest.raises(lookup.LookupFailed, match=rf"^{table}: .*{problem.replace('[', '.').replace(']', '.')}"):
+            lookup.lookup(1, 2, table=str(table))
+    empty = tmp_path / "empty.parquet"
+    rows = pa.Table.from_pandas(frame, preserve_index=False).slice(0, 0)
+    pq.write_table(rows.replace_schema_metadata(manifest.encode({**fields, "gate": {}})), empty)
+    with pytest.raises(lookup.LookupFailed, match=rf"^{empty}: holds no pairs$"):
+        lookup.lookup(1, 2, table=str(empty))
+
+
 def test_a_fresh_clone_names_what_it_cannot_read(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
