@@ -127,8 +127,6 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
     assert sorted(tables(cfg)) == ["base.parquet", "rag-2024-03-01.parquet", "rag-2024-03-03.parquet",
                                    "rag-2024-03-05.parquet"]
     rule = retrieval.hybrid_rule(json.loads((Path(cfg.paths.metrics) / "gate.json").read_text())["hybrid"], "gate")
-    assert rule["rule"] == "support"  # the tiny world's gate records a tau
-    tau = rule["tau"]
     found = pd.read_parquet(cfg.paths.retrieved)
     for path in sorted(Path(cfg.paths.tables).glob("*.parquet")):
         table = pd.read_parquet(path)
@@ -154,11 +152,17 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
         if path.name.startswith("rag"):
             assert meta["strategy"] == "rag" and path.name == f"rag-{meta['refresh_date']}.parquet"
             assert table.retrieved.map(len).sum() > 0
-            # hybrid: the top successor where its window support reaches tau, else the table's answer
+            # hybrid, by support: the top successor where its window support reaches tau, else the
+            # table's answer; by confidence: the answer where its log-probability reaches the
+            # threshold, else the top successor
             day = found[found.refresh_date == pd.Timestamp(meta["refresh_date"])]
             top = {(a, b): (r[0], n[0]) for a, b, r, n in zip(day.c1, day.c2, day.retrieved, day.support) if len(r)}
-            want = [top[p][0] if p in top and top[p][1] >= tau else c
-                    for p, c in zip(zip(table.c1, table.c2), table.c_pred)]
+            pairs = list(zip(table.c1, table.c2))
+            if rule["rule"] == "support":
+                want = [top[p][0] if p in top and top[p][1] >= rule["tau"] else c for p, c in zip(pairs, table.c_pred)]
+            else:
+                want = [top[p][0] if p in top and lp < rule["min_logprob"] else c
+                        for p, c, lp in zip(pairs, table.c_pred, table.logprob)]
             assert table.hybrid.tolist() == want
         else:
             assert table.retrieved.map(len).sum() == 0
