@@ -154,3 +154,15 @@ def test_an_old_table_that_cannot_be_removed_leaves_the_new_complete_set(tmp_pat
     os.rename(old, tmp_path / ".tables.old-999999999")
     write_set(target, ["a.parquet"], "newer")
     assert not list(tmp_path.glob(".tables.old-*"))
+
+
+def test_bulk_infer_into_a_folder_of_the_users_files_keeps_them(world, tmp_path):
+    from tests.conftest import build
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "ratings.csv").write_text("userId,movieId\n")
+    (raw / "LICENSE.txt").write_text("licence")
+    with pytest.raises(ValueError, match=rf"^{raw}: holds files the pipeline did not write"):
+        build(world, tmp_path / "w", f"paths.tables={raw}")
+    assert sorted(p.name for p in raw.iterdir()) == ["LICENSE.txt", "ratings.csv"]
