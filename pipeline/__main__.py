@@ -33,6 +33,7 @@ def main(argv: list[str]) -> None:
         cfg = config.load()
         # Inputs missing, or built from other data or settings than this run records, stop it here.
         lineage.check(cfg, stage)
+        lineage.check_outputs(cfg, stage)
         kernels.pin(cfg.kernels)  # before the stage imports torch
         try:
             importlib.import_module(f"pipeline.stages.{stage}").run(cfg)

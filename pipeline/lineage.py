@@ -14,6 +14,7 @@ in), is not judged: only what this machine built and recorded is.
 from __future__ import annotations
 
 import json
+import os
 import re
 from functools import cache
 from pathlib import Path
@@ -127,6 +128,19 @@ def check(cfg: DictConfig, stage: str) -> None:
 
     for dep in direct:
         walk(dep, dep)
+
+
+def check_outputs(cfg: DictConfig, stage: str) -> None:
+    """Under `dvc repro` (DVC names its work tree in DVC_ROOT), refuse outputs outside the work tree
+    before the stage runs: DVC tracks none there, and would refuse them only after the stage wrote
+    them. A direct run may write anywhere that holds nothing foreign (files.atomic_path)."""
+    root = os.environ.get("DVC_ROOT")
+    if not root:
+        return
+    for out in graph(cfg)[stage]["outs"]:
+        if not Path(out).resolve().is_relative_to(Path(root).resolve()):
+            raise ValueError(f"{out}: outside the repository's work tree ({root}), where dvc repro tracks no output; "
+                             "set the paths.* setting to a path inside it")
 
 
 def record(cfg: DictConfig, stage: str) -> None:

@@ -41,6 +41,9 @@ def compose(tmp_path: Path, *overrides: str):
     ])
 
 
+LOAD = config.load  # before any test replaces it
+
+
 def run_stage(monkeypatch, tmp_path: Path, stage: str, *overrides: str) -> str | None:
     """`python -m pipeline STAGE` in this process on a params.yaml composed as compose(tmp_path,
     *overrides) composes; returns its one-line error (None when it succeeded)."""
@@ -51,8 +54,7 @@ def run_stage(monkeypatch, tmp_path: Path, stage: str, *overrides: str) -> str |
     params = tmp_path / "params.yaml"
     config.dump([f"data.path={tmp_path / 'data'}", *[f"paths.{key}={tmp_path / value}" for key, value in paths.items()],
                  f"duckdb.temp_directory={tmp_path / 'duckdb_tmp'}", *overrides], params)
-    load = config.load
-    monkeypatch.setattr(config, "load", lambda: load(params))
+    monkeypatch.setattr(config, "load", lambda: LOAD(params))
     monkeypatch.delenv(cli.DEBUG, raising=False)
     try:
         main([stage])

@@ -73,3 +73,17 @@ def test_an_output_restored_since_its_record_is_not_judged(recorded):
     with pytest.raises(ValueError, match=r"extract/sequences.parquet: built with data.name="):
         lineage.check(switched, "gate")  # the gate reads sequences too, whose record still holds
     lineage.check(switched, "count")
+
+
+def test_under_dvc_repro_an_output_outside_the_work_tree_is_refused_before_the_stage_runs(tmp_path, monkeypatch):
+    from tests.conftest import ROOT, events_frame, run_stage, write_dataset
+
+    write_dataset(tmp_path / "data", events_frame([(1, 100 * (i % 4), 60 * i, 0.9) for i in range(8)]))
+    monkeypatch.setenv("DVC_ROOT", str(ROOT))  # as DVC sets it for a stage's command
+    error = run_stage(monkeypatch, tmp_path, "extract")
+    assert error == (f"extract: {tmp_path}/work/extract/sequences.parquet: outside the repository's work tree ({ROOT}), "
+                     "where dvc repro tracks no output; set the paths.* setting to a path inside it")
+    assert not (tmp_path / "work").exists()
+    monkeypatch.delenv("DVC_ROOT")
+    assert run_stage(monkeypatch, tmp_path, "extract") is None  # a direct run may write there
+    assert (tmp_path / "work" / "extract" / ".triples.parquet.lineage").is_file()
