@@ -44,8 +44,9 @@ def load(path: Path | str = PARAMS) -> DictConfig:
     return cfg
 
 
-def read_yaml(text: str, source: str) -> DictConfig:
-    """A params file's text as a config; YAML that does not parse is one line naming `source` and its line."""
+def read_yaml(text: str, source: str, fix: str = "recompose it with `python -m pipeline.config`") -> DictConfig:
+    """A params file's text as a config; YAML that does not parse is one line naming `source`, its
+    line and what to do (`fix`)."""
     import yaml
 
     try:
@@ -54,10 +55,9 @@ def read_yaml(text: str, source: str) -> DictConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ValueError(f"{source}:{where}: not valid YAML ({what}); recompose it with `python -m pipeline.config`") \
-            from None
+        raise ValueError(f"{source}:{where}: not valid YAML ({what}); {fix}") from None
     if not isinstance(found, DictConfig):
-        raise ValueError(f"{source}: not a mapping of settings; recompose it with `python -m pipeline.config`")
+        raise ValueError(f"{source}: not a mapping of settings; {fix}")
     return found
 
 
