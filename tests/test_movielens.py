@@ -91,3 +91,16 @@ def test_cluster_keys_fall_back():
     # A single genre nobody tagged cannot get a second keyword: it folds too (B, then C -> (C, D)).
     keys = cluster_keys(movies, tagged={1, 2, 3}, min_movies=2)
     assert keys[4] == keys[5] == ("C", "D")
+
+
+def test_converting_into_the_source_folder_refuses_and_keeps_it(ml_cfg, converted):
+    from pathlib import Path
+
+    source = Path(ml_cfg.source)
+    before = sorted(p.name for p in source.iterdir())
+    with pytest.raises(ValueError, match=rf"^{source}: holds files the pipeline did not write"):
+        convert(ml_cfg, source)
+    assert sorted(p.name for p in source.iterdir()) == before
+    out, _ = converted  # a folder the pipeline wrote is replaced
+    assert (out / ".pipeline-output").is_file()
+    convert(ml_cfg, out)
