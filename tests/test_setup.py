@@ -42,3 +42,9 @@ def test_java_for_spark(tmp_path, version, uid, sudo, installs, message):
         assert "apt-get install openjdk-17-jre-headless" in done.stderr
     else:
         assert "needs Java 17+ (found" not in done.stderr
+
+
+def test_setup_takes_spark_and_ray_and_refuses_other_options():
+    """An unknown option stops bin/setup before it installs anything, naming both optional installs."""
+    done = subprocess.run([str(SCRIPT.parent / "setup"), "--spark", "--gpu"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr == "usage: bin/setup [--spark] [--ray]\n"
