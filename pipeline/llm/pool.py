@@ -133,7 +133,8 @@ class Worker:
         self.decoder, self.decode = decoder, None
 
     def check(self, device_class: str, packages: dict) -> str | None:
-        """None when this worker can decode as the driver would, else what stops it (one line)."""
+        """None when this worker can decode as the driver would (and has loaded the model), else what
+        stops it (one line)."""
         import ray
 
         node = f"Ray worker on node {ray.util.get_node_ip_address()}"
@@ -148,10 +149,11 @@ class Worker:
         differ = sorted(k for k in packages if manifest.packages().get(k) != packages[k])
         if differ:
             return f"the {node} has other versions of {', '.join(differ)} than the driver; install requirements.txt there"
+        self.decode = self.decoder.load()
         return None
 
     def answers(self, shard: list[str], extras: dict) -> list:
-        if self.decode is None:  # once per actor, and again after a restart
+        if self.decode is None:  # a restarted actor: check() ran in its first life
             self.decode = self.decoder.load()
         return self.decode(shard, lambda n: None, **extras)
 
