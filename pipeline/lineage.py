@@ -6,10 +6,11 @@ records its outputs' lineage when it is done. The record of an output is `.<name
 declares in dvc.yaml as they were, the output's file stamp and sha256, and the sha256 of each input.
 
 check() refuses, in one line, an input of another stage that is missing ("run the S stage (dvc
-repro)"), and an input, or an input behind it, whose record says it was built under other settings
-than params.yaml's or from other files than those there now ("run dvc repro"). An output with no
-record, or whose files changed after its record was written (restored by `dvc checkout`, copied
-in), is not judged: only what this machine built and recorded is.
+repro)"), and, in a direct run, an input or an input behind it whose record says it was built under
+other settings than params.yaml's or from other files than those there now ("run dvc repro"). An
+output with no record, or whose files changed after its record was written (restored by `dvc
+checkout`, copied in), is not judged: only what this machine built and recorded is. Under `dvc
+repro` DVC's own dvc.lock decides what is stale, so records are written but not judged.
 """
 from __future__ import annotations
 
@@ -99,6 +100,12 @@ def check(cfg: DictConfig, stage: str) -> None:
     for dep in direct:
         if not Path(dep).exists():
             raise FileNotFoundError(f"{dep}: missing; run the {producer[dep]} stage (dvc repro)")
+    if os.environ.get("DVC_ROOT"):
+        # Under dvc repro, DVC has rerun every stale input in order; its dvc.lock, not our records,
+        # decides. (An output whose bytes are the same under two settings keeps the record of the
+        # last build, and git or DVC leave it untouched when switching back: judged here, it would
+        # be stale forever.)
+        return
     sha, seen = _Hashes(), set()
 
     def walk(path: str, behind: str) -> None:

@@ -48,6 +48,10 @@ def test_switching_the_dataset_stops_bulk_infer_and_the_gate(recorded):
         with pytest.raises(ValueError, match=r"extract/triples.parquet \(behind .*\): built with data.name="
                                              r"\"synthetic_dense\", but params.yaml has \"synthetic\"; run dvc repro"):
             lineage.check(switched, stage)
+    # Under dvc repro, DVC reruns what is stale before the stage: its dvc.lock decides, not the records.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DVC_ROOT", str(where))
+        lineage.check(switched, "bulk_infer")
     # A dataset at another path: the fine-tune read the old one's clusters.
     moved = compose(where, *TINY_WORLD, f"data.path={where / 'other'}")
     with pytest.raises(ValueError, match=r"finetune/adapter: built from .*/data/clusters.parquet, not "
