@@ -50,9 +50,9 @@ SETUP = "bin/setup --ray"
 class Decoder:
     """What decodes a shard, in this process or in a worker: picklable, every path absolute.
 
-    answer(model, tokenizer, texts, trie, settings, exclude, advance, seeds) is bulk's function the
-    caller stores in its cache (bulk.answers, or another with its signature)."""
-    model: dict
+    conf: conf/model as a plain dict; answer(model, tokenizer, texts, trie, settings, exclude,
+    advance, seeds) is the bulk function whose results the caller stores (bulk.scored_answers)."""
+    conf: dict
     adapter: str | None
     device: str
     dtype: str
@@ -76,14 +76,14 @@ class Decoder:
     def files(self) -> list[str]:
         """What a worker must be able to read: the prepared model (or a local pretrained directory)
         and the adapter. A hub id is each node's own Hugging Face cache."""
-        m = OmegaConf.create(self.model)
+        m = OmegaConf.create(self.conf)
         found = [str(model.prepared_dir(m))] if m.source != "pretrained" else (
             [m.name_or_path] if Path(m.name_or_path).is_absolute() else [])
         return found + ([self.adapter] if self.adapter else [])
 
     def load(self) -> Callable[..., list]:
         """decode(shard, advance, exclude=None, seeds=None): the model and adapter loaded once."""
-        llm, tokenizer = model.load(OmegaConf.create(self.model), self.adapter, self.device, self.dtype)
+        llm, tokenizer = model.load(OmegaConf.create(self.conf), self.adapter, self.device, self.dtype)
         trie = bulk.Trie.build(tokenizer, self.names)
         return lambda shard, advance, exclude=None, seeds=None: self.answer(
             llm, tokenizer, shard, trie, self.settings, exclude, advance, seeds)
@@ -172,24 +172,32 @@ class _Pool:
         self.started = not self.ray.is_initialized()
         if self.started:
             _connect(self.ray, self.address, self.workers * self.threads)
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
+        """The actors, each checked and with its model loaded; what stops one is a one-line error."""
         need, have = ("GPU", 1) if self.cuda else ("CPU", self.threads)
         total = self.ray.cluster_resources().get(need, 0)
         if total < self.workers * have:
-            self.__exit__()
             raise ValueError(f"params.yaml: ray.workers={self.workers} needs {self.workers * have:g} {need}s "
                              f"({have} per worker) and the Ray cluster has {total:g}")
         env = {k: os.environ[k] for k in (*kernels.PORTABLE, *kernels.CUBLAS, "OMP_WAIT_POLICY") if k in os.environ}
         actor = self.ray.remote(Worker).options(
-            num_cpus=have if not self.cuda else 1, num_gpus=1 if self.cuda else 0,
-            max_restarts=RETRIES, max_task_retries=RETRIES,
-            runtime_env={"env_vars": env})
+            num_cpus=1 if self.cuda else have, num_gpus=1 if self.cuda else 0,
+            max_restarts=RETRIES, max_task_retries=RETRIES, runtime_env={"env_vars": env})
         self.actors = [actor.remote(self.decoder, self.threads) for _ in range(self.workers)]
         device_class = kernels.device_class(self.decoder.device)
-        for problem in self.ray.get([a.check.remote(device_class, manifest.packages()) for a in self.actors]):
-            if problem:
-                self.__exit__()
-                raise ValueError(problem)
-        return self
+        try:
+            problems = self.ray.get([a.check.remote(device_class, manifest.packages()) for a in self.actors])
+        except self.ray.exceptions.RayTaskError as exc:  # the model's own one-line errors, raised in a worker
+            raise ValueError(f"{str(exc.cause).splitlines()[0]} (in a Ray worker)") from None
+        for problem in filter(None, problems):
+            raise ValueError(problem)
 
     def fill(self, cache, missing: list[str], shard_size: int, exclude: dict | None = None,
              seeds: dict | None = None, label: str = "decoding") -> dict:
