@@ -113,6 +113,11 @@ class RetrievalMethod(StrEnum):
     trend = "trend"
 
 
+class Labels(StrEnum):  # finetune.labels: what a line-free training sample is labelled with
+    top = "top"
+    drawn = "drawn"
+
+
 class Decoding(StrEnum):
     free = "free"
     constrained = "constrained"
@@ -307,9 +312,12 @@ class Finetune:
     train_days: int = at_least(1)
     test_days: int = at_least(1)
     min_pair_support: int = at_least(1)
+    labels: Labels = MISSING
     samples_per_pair: int = at_least(1)
     seed: int = at_least(0)
     rag_share: float = between(0, 1)
+    line_every_days: int = at_least(0)  # 0: no anchored lined samples
+    line_label_days: int = at_least(1)
     rag_window_days: int = at_least(1)
     rag_top_n: int = at_least(1)
     lora: Lora = MISSING
@@ -484,6 +492,9 @@ def _relations(c: DictConfig) -> None:
              f"fewer than data.synth.n_clusters ({d.synth.n_clusters}): some clusters must exist from the start")
     need(c.finetune.test_days < c.finetune.train_days, "finetune.test_days",
          f"fewer than finetune.train_days ({c.finetune.train_days}): the held-out days end the training window")
+    # float16 weights or autocast on the CPU give NaN adapters (issue 22); bfloat16 and float32/64 train there.
+    need(not c.finetune.trainer.precision.startswith("16-") or c.device == Device.cuda, "finetune.trainer.precision",
+         "32-true, bf16-mixed, bf16-true or 64-true unless device=cuda: float16 does not train on the CPU")
     need(c.extract.form != ExtractForm.ordered or c.engine == Engine.duckdb, "extract.form",
          "auto or partitioned with engine=spark (ordered relies on DuckDB's row order)")
     need(c.model.source != ModelSource.pretrained or bool(c.model.name_or_path), "model.name_or_path",

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pandas as pd
@@ -59,11 +61,39 @@ def test_curation_is_balanced_deterministic_and_stays_in_the_training_days(tmp_p
     w = finetune.windows(cfg)
     rows = con.execute(db.sql("finetune_rows"), {"daily": str(path), "train_start": w.train_start,
                                                   "test_start": w.test_start, "min_support": 3}).df()
-    samples = finetune.curate(rows, 4, seed=7)
+    drawn = OmegaConf.merge(cfg.finetune, {"labels": "drawn", "seed": 7})
+    samples = finetune.curate(rows, drawn, w.test_start)
     assert samples.groupby(["c1", "c2"]).size().to_dict() == {(0, 1): 4, (1, 2): 4}
     assert samples.day.max() < pd.Timestamp(w.test_start)
     assert not ((samples.c_next == samples.c1) | (samples.c_next == samples.c2)).any()
-    assert samples.equals(finetune.curate(rows, 4, seed=7))
+    assert samples.equals(finetune.curate(rows, drawn, w.test_start))
+    # top: each pair's most frequent successor of the training days, dated at their end
+    top = finetune.curate(rows, OmegaConf.merge(cfg.finetune, {"labels": "top", "samples_per_pair": 1}), w.test_start)
+    assert top[["c1", "c2", "c_next"]].values.tolist() == [[0, 1, 2], [1, 2, 3]]
+    assert (top.day == pd.Timestamp(w.test_start)).all() and top.day.dtype == rows.day.dtype
+
+
+def test_lined_samples_see_lines_before_their_day_and_labels_after_it(tmp_path):
+    """On every line_every_days-th training day d, a pair with a line (of at least prompts.min_support in
+    [d - rag_window_days, d)) is labelled with its top successor of [d, d + line_label_days), never
+    from the held-out days."""
+    cfg = compose(tmp_path, "finetune.rag_window_days=3", "finetune.line_every_days=2", "finetune.line_label_days=2",
+                  "prompts.min_support=2")
+    w = finetune.windows(cfg)  # training days [2024-02-02, 2024-02-25)
+    daily = daily_frame([
+        ("2024-02-01", 0, 1, 7, 2),  # the line at Feb 2 (window Jan 30 - Feb 1) ...
+        ("2024-02-02", 0, 1, 8, 1), ("2024-02-03", 0, 1, 9, 3),  # ... its label days: 9 beats 8
+        ("2024-02-03", 2, 3, 4, 1),  # a line of support 1 at Feb 4: too thin
+        ("2024-02-04", 2, 3, 5, 9),
+        ("2024-02-22", 0, 1, 7, 5),  # a line at Feb 24 (in the window) ...
+        ("2024-02-25", 0, 1, 6, 9),  # ... but its label days reach the held-out days: no sample
+    ])
+    path = tmp_path / "daily.parquet"
+    daily.to_parquet(path)
+    got = finetune.lined(db.connect(cfg), path, w, cfg.finetune, cfg.prompts.min_support)
+    assert got[["day", "c1", "c2", "c_next"]].astype({"day": str}).values.tolist() == [["2024-02-02", 0, 1, 9]]
+    assert got.retrieved.tolist() == [[7]]
+    assert finetune.lined(db.connect(cfg), path, w, OmegaConf.merge(cfg.finetune, {"line_every_days": 0}), 2).empty
 
 
 def test_rag_lines_only_read_days_before_the_sample(tmp_path):
@@ -94,8 +124,9 @@ def test_the_popular_line_follows_the_rag_share_and_reads_days_before_the_sample
     def built(*overrides):
         cfg = compose(tmp_path, "finetune.rag_window_days=3", "prompts.min_support=1", *overrides)
         con = db.connect(cfg)
+        chosen = finetune.rag_chosen(samples, cfg.finetune)
         rows = samples.assign(retrieved=finetune.with_rag(con, path, samples, cfg.finetune, cfg.prompts.min_support),
-                              popular=finetune.with_popular(con, path, samples, cfg.finetune,
+                              popular=finetune.with_popular(con, path, samples, chosen, cfg.finetune,
                                                             int(cfg.prompts.popular_n)))
         return rows, finetune.texts(rows, names)[0]
 
@@ -111,15 +142,9 @@ def test_the_popular_line_follows_the_rag_share_and_reads_days_before_the_sample
     assert rows.popular.tolist() == [[], []]
 
 
-def test_adapter_is_bit_identical_and_a_killed_run_resumes(tmp_path):
+def test_adapter_is_bit_identical_and_a_sigtermed_run_resumes(tmp_path):
     def fit(where, *extra):
-        cfg = compose(where, *TINY, *extra)
-        daily = daily_frame([("2024-02-05", a, b, c, 3) for a in range(4) for b in range(4) for c in range(4)
-                             if len({a, b, c}) == 3])
-        Path(cfg.paths.daily_counts).parent.mkdir(parents=True, exist_ok=True)
-        daily.to_parquet(cfg.paths.daily_counts)
-        write_clusters(Path(cfg.data.path))
-        finetune.run(cfg)
+        cfg = tiny_fit(where, *extra)
         metrics = Path(cfg.paths.metrics)
         return timing.take(), {**json.loads((metrics / "finetune.json").read_text()),
                                **json.loads((metrics / "finetune" / "detail.json").read_text())}
@@ -128,29 +153,69 @@ def test_adapter_is_bit_identical_and_a_killed_run_resumes(tmp_path):
     _, second = fit(tmp_path / "b")
     assert first["adapter_sha256"] == second["adapter_sha256"] and first["steps"] == 6
 
-    class Killed(Exception):
-        pass
-
     real_fit = lora.L.Trainer.fit
 
-    def killed_at_step_4(self, *args, **kwargs):
-        class Kill(lora.L.Callback):
+    def sigterm_at_step_4(self, *args, **kwargs):
+        class Term(lora.L.Callback):
             def on_train_batch_end(self, trainer, *a):
                 if trainer.global_step == 4:
-                    raise Killed
+                    os.kill(os.getpid(), signal.SIGTERM)  # what timeout, schedulers and preemption send
 
-        self.callbacks.append(Kill())
+        self.callbacks.append(Term())
         return real_fit(self, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lora.L.Trainer, "fit", killed_at_step_4)
-        with pytest.raises(Killed):
+        patch.setattr(lora.L.Trainer, "fit", sigterm_at_step_4)
+        with pytest.raises(SystemExit) as stopped:
             fit(tmp_path / "c")
-    assert list((tmp_path / "c" / "work" / ".checkpoints").glob("finetune-*/last.ckpt"))
+    assert stopped.value.code == 128 + signal.SIGTERM  # never 0: nothing was written
+    assert not (tmp_path / "c" / "models").exists() or not list((tmp_path / "c").rglob("adapter_model.safetensors"))
+    assert list((tmp_path / "c" / "work" / ".checkpoints").glob("finetune-*/last.ckpt"))  # step 3's, kept
     run, resumed = fit(tmp_path / "c")
     assert run["resumed"] and "resumed" not in resumed and resumed["steps"] == 6
     assert resumed["adapter_sha256"] == first["adapter_sha256"]  # resuming changes nothing
     assert not list((tmp_path / "c" / "work" / ".checkpoints").glob("finetune-*"))
+    # Adapters on the top layer only, from cached lower-layer states: deterministic, and resumable too.
+    _, top = fit(tmp_path / "d", "finetune.lora.top_layers=1")
+    _, again = fit(tmp_path / "e", "finetune.lora.top_layers=1")
+    assert top["adapter_sha256"] == again["adapter_sha256"] != first["adapter_sha256"]
+
+
+def tiny_fit(where: Path, *extra):
+    cfg = compose(where, *TINY, *extra)
+    daily = daily_frame([("2024-02-05", a, b, c, 3) for a in range(4) for b in range(4) for c in range(4)
+                         if len({a, b, c}) == 3])
+    Path(cfg.paths.daily_counts).parent.mkdir(parents=True, exist_ok=True)
+    daily.to_parquet(cfg.paths.daily_counts)
+    write_clusters(Path(cfg.data.path))
+    finetune.run(cfg)
+    return cfg
+
+
+def test_non_finite_training_stops_with_one_line_and_writes_no_adapter(tmp_path):
+    # An infinite learning rate makes the first update's weights NaN: the next loss is NaN.
+    with pytest.raises(ValueError, match=r"the loss is nan at step 1 .*finetune.optim.lr=inf\); no adapter") as err:
+        tiny_fit(tmp_path, "finetune.optim.lr=inf")
+    assert "finetune.trainer.precision=32-true" in str(err.value) and "\n" not in str(err.value)
+    assert not list(tmp_path.rglob("adapter_model.safetensors"))
+
+
+def test_a_precision_the_device_cannot_train_in_is_refused_at_composition(tmp_path):
+    for precision in ("16-true", "16-mixed"):
+        with pytest.raises(ValueError, match=f"finetune.trainer.precision={precision}: expected .*device=cuda"):
+            compose(tmp_path, f"finetune.trainer.precision={precision}")
+    assert compose(tmp_path, "finetune.trainer.precision=16-mixed", "device=cuda").finetune.trainer.precision == "16-mixed"
+
+
+def test_devices_above_one_on_the_cpu_is_one_line_naming_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"finetune.trainer.devices=2: the CPU trains in one process"):
+        tiny_fit(tmp_path, "finetune.trainer.devices=2", "device=cpu")
+
+
+def test_fewer_steps_than_the_logging_interval_still_write_the_loss_curve(tmp_path):
+    cfg = tiny_fit(tmp_path, "finetune.trainer.max_steps=2", "finetune.trainer.log_every_n_steps=5")
+    curve = Path(cfg.paths.metrics) / "finetune" / "plots" / "metrics" / "train" / "loss.tsv"
+    assert curve.exists() and len(curve.read_text().splitlines()) >= 2  # header and the last step
 
 
 def write_clusters(data_dir: Path):
@@ -206,17 +271,32 @@ def test_answer_loss_is_the_models_own_loss():
     assert not torch.allclose(lora.answer_loss(llm, batch), own)
 
 
-def test_top_layers_adapt_only_the_top_and_the_layers_below_run_without_autograd():
+def test_top_layers_adapt_only_the_top_and_train_from_cached_lower_states():
     cfg, llm, batch = tiny_batch()
     wrapped = lora.wrap(llm, OmegaConf.merge(cfg.finetune.lora, {"top_layers": 1}))
     adapted = {n.split(".layers.")[1].split(".")[0] for n, p in wrapped.named_parameters() if p.requires_grad}
-    assert adapted == {"1"}  # the tiny model has layers 0 and 1
+    assert adapted == {"1"} and lora.frozen_below(wrapped) == 1  # the tiny model has layers 0 and 1
     recorded = []
     wrapped.get_base_model().get_decoder().layers[0].register_forward_hook(
         lambda module, args, out: recorded.append((out[0] if isinstance(out, tuple) else out).requires_grad))
-    lora.answer_loss(wrapped, batch).backward()
+    full = lora.answer_loss(wrapped, batch)
+    full.backward()
     assert recorded == [False]
-    assert all(p.grad is not None for p in wrapped.parameters() if p.requires_grad)
+    grads = {n: p.grad.clone() for n, p in wrapped.named_parameters() if p.requires_grad}
+    # The same loss and gradients from the layer-0 states computed once: layer 0 does not run again.
+    tokenizer = model.load_tokenizer(cfg.model)
+    samples = lora.encode(tokenizer, ["Recent interests:\n- a, b\n- c, d\nNext new interest:", "Recent interests:\n- e\n- f\n"
+                                      "Recently followed by: g, h\nNext new interest:"], [" g, h", " i"])
+    lora.cache_frozen(wrapped, samples, tokenizer.pad_token_id, batch_size=2)
+    assert recorded == [False, False] and all(s["hidden"].shape[0] == len(s["input_ids"]) for s in samples)
+    wrapped.zero_grad()
+    cached = lora.answer_loss(wrapped, lora.collate(tokenizer.pad_token_id)(samples), lower=1)
+    cached.backward()
+    assert recorded == [False, False]  # layer 0 skipped
+    assert torch.allclose(cached, full, rtol=1e-5, atol=1e-6)
+    assert all(torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-6)
+               for n, p in wrapped.named_parameters() if p.requires_grad)
+    assert len(wrapped.get_base_model().get_decoder().layers) == 2  # the stack is whole again
 
 
 def test_length_batches_cover_each_epoch_with_little_padding_and_follow_the_epoch():

@@ -2,6 +2,9 @@
 logic only, and a Trainer, logger and checkpoints built from config."""
 from __future__ import annotations
 
+import signal
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -24,7 +27,8 @@ def encode(tokenizer, prompts: list[str], answers: list[str]) -> list[dict]:
 
 
 def collate(pad_id: int):
-    """Dynamic right padding to the longest sample of the batch."""
+    """Dynamic right padding to the longest sample of the batch (cached hidden states, when the
+    samples carry them, padded with zeros: the mask hides them)."""
     def pad(batch: list[dict]) -> dict:
         width = max(len(s["input_ids"]) for s in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -35,7 +39,13 @@ def collate(pad_id: int):
             ids[i, :n] = torch.tensor(s["input_ids"])
             labels[i, :n] = torch.tensor(s["labels"])
             mask[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if "hidden" in batch[0]:
+            hidden = torch.zeros((len(batch), width, batch[0]["hidden"].shape[-1]), dtype=batch[0]["hidden"].dtype)
+            for i, s in enumerate(batch):
+                hidden[i, :len(s["hidden"])] = s["hidden"]
+            out["hidden"] = hidden
+        return out
     return pad
 
 
@@ -89,30 +99,89 @@ class LengthBatches(torch.utils.data.Sampler):
         yield from (batches[i] for i in torch.randperm(len(batches), generator=shuffle).tolist())
 
 
-def answer_loss(model, batch: dict) -> torch.Tensor:
+@contextmanager
+def only_layers(decoder, start: int, stop: int, final_norm: bool = True):
+    """The decoder running only its layers [start, stop) (and its final norm only if final_norm),
+    so that one forward pass through the public API computes a slice of the stack: the causal mask
+    and the rotary positions are built by the decoder itself, from the input's length."""
+    layers, norm = decoder.layers, decoder.norm
+    decoder.layers = torch.nn.ModuleList(list(layers)[start:stop])
+    if not final_norm:
+        decoder.norm = torch.nn.Identity()
+    try:
+        yield decoder
+    finally:
+        decoder.layers, decoder.norm = layers, norm
+
+
+def frozen_below(model) -> int:
+    """The number of bottom layers without an adapter (0 when every layer has one)."""
+    adapted = {int(n.split(".layers.")[1].split(".")[0]) for n, p in model.named_parameters()
+               if p.requires_grad and ".layers." in n}
+    return min(adapted) if adapted else 0
+
+
+@torch.no_grad()
+def cache_frozen(model, samples: list[dict], pad_id: int, batch_size: int) -> None:
+    """Add to each sample the hidden states its tokens have when they enter the lowest adapted
+    layer. The layers below hold no adapter, so these never change during training: computed once
+    here (in a fixed order of length-sorted batches, so the same bits every run and on resume),
+    each step runs only the adapted layers."""
+    lower = frozen_below(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    was_training = base.training
+    base.eval()
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i]["input_ids"]))
+    pad = collate(pad_id)
+    with only_layers(base.get_decoder(), 0, lower, final_norm=False) as decoder:
+        for k in range(0, len(order), batch_size):
+            chunk = order[k:k + batch_size]
+            batch = pad([samples[i] for i in chunk])
+            hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             use_cache=False).last_hidden_state
+            for row, i in enumerate(chunk):
+                samples[i]["hidden"] = hidden[row, :len(samples[i]["input_ids"])].clone()
+    base.train(was_training)
+
+
+def answer_loss(model, batch: dict, lower: int = 0) -> torch.Tensor:
     """Mean cross-entropy over the answer tokens: the loss a causal LM computes from `labels`, with
     the output head (a vocabulary-sized matmul, a fifth of the forward pass) run only at the
-    positions that predict an answer token instead of at every prompt position."""
+    positions that predict an answer token instead of at every prompt position. A batch with
+    cached states (cache_frozen) runs only the layers from `lower` up, from those states."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    decoder = base.get_decoder()
+    if "hidden" in batch:
+        with only_layers(decoder, lower, len(decoder.layers)) as top:
+            hidden = top(inputs_embeds=batch["hidden"], attention_mask=batch["attention_mask"],
+                         use_cache=False).last_hidden_state
+    else:
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     target = batch["labels"][:, 1:]
     keep = target != IGNORE
     logits = base.get_output_embeddings()(hidden[:, :-1][keep])
     return F.cross_entropy(logits.float(), target[keep])
 
 
+class NonFinite(ValueError):
+    """Training produced a NaN or an infinity: the adapter would be garbage."""
+
+
 class LoraModule(L.LightningModule):
     """The step logic; checkpoints hold only the trainable (adapter) weights."""
 
-    def __init__(self, model, optim: DictConfig, max_steps: int):
+    def __init__(self, model, optim: DictConfig, max_steps: int, lower: int = 0):
         super().__init__()
         self.model = model
         self.optim = optim
         self.max_steps = max_steps
+        self.lower = lower  # layers whose output the batches carry (cache_frozen)
         self.strict_loading = False  # the frozen base is not in the checkpoint
 
     def training_step(self, batch, batch_idx):
-        loss = answer_loss(self.model, batch)
+        loss = answer_loss(self.model, batch, self.lower)
+        if not torch.isfinite(loss):
+            raise NonFinite(f"the loss is {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -161,26 +230,53 @@ def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConf
           log_dir: Path, accelerator: str = "cpu"):
     """Fit a LoRA adapter on the samples, resuming from ckpt_dir/last.ckpt when a run was killed.
 
-    Returns the peft model and the run's figures."""
+    Returns the peft model and the run's figures. SIGTERM ends the process with status 143 and
+    keeps the checkpoints; a non-finite loss or weight is a ValueError naming the precision."""
     from dvclive.lightning import DVCLiveLogger
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    settings = OmegaConf.to_container(ft.trainer)
+    if accelerator == "cpu" and settings["devices"] > 1:
+        raise ValueError(f"params.yaml: finetune.trainer.devices={settings['devices']}: the CPU trains in one "
+                         "process; set finetune.trainer.devices=1")
+    # DVCLive writes the loss curve (a DVC output) only at logged steps: a run shorter than the
+    # logging interval logs its last step.
+    settings["log_every_n_steps"] = min(settings["log_every_n_steps"], settings["max_steps"])
     L.seed_everything(ft.seed, workers=True, verbose=False)
     peft_model = wrap(model, ft.lora).train()
     samples = encode(tokenizer, prompts, answers)
+    lower = frozen_below(peft_model)
+    if lower:
+        peft_model.to("cuda" if accelerator == "gpu" else "cpu")
+        cache_frozen(peft_model, samples, tokenizer.pad_token_id, ft.batch_size)
     every = ft.checkpoint_every_n_steps
     stream = Stream(len(samples), every * ft.batch_size, ft.seed)
     batches = LengthBatches(stream, [len(s["input_ids"]) for s in samples], ft.batch_size)
     loader = DataLoader(samples, batch_sampler=batches, collate_fn=collate(tokenizer.pad_token_id), num_workers=0)
-    module = LoraModule(peft_model, ft.optim, ft.trainer.max_steps)
+    module = LoraModule(peft_model, ft.optim, ft.trainer.max_steps, lower)
     last = ckpt_dir / "last.ckpt"
     resuming = last.exists()
     trainer = L.Trainer(
-        **OmegaConf.to_container(ft.trainer), accelerator=accelerator,
+        **settings, accelerator=accelerator,
         logger=DVCLiveLogger(dir=str(log_dir), dvcyaml=None, save_dvc_exp=False, resume=resuming),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every, save_last=True, save_top_k=0)],
         max_epochs=-1, default_root_dir=str(ckpt_dir))
-    trainer.fit(module, loader, ckpt_path=str(last) if resuming else None)
+    try:
+        trainer.fit(module, loader, ckpt_path=str(last) if resuming else None)
+    except SIGTERMException:
+        # Lightning ends the loop on SIGTERM with a SystemExit of status 0, as if it had finished.
+        kept = f"a rerun resumes from {last}" if last.exists() else f"no checkpoint yet (one every {every} steps)"
+        print(f"finetune: stopped by SIGTERM at step {trainer.global_step}; {kept}", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
+    except NonFinite as exc:
+        raise ValueError(f"{exc} (finetune.trainer.precision={ft.trainer.precision}, finetune.optim.lr="
+                         f"{ft.optim.lr}); no adapter written") from None
+    broken = sorted(n for n, p in peft_model.named_parameters() if p.requires_grad and not torch.isfinite(p).all())
+    if broken:
+        raise ValueError(f"{len(broken)} adapter weights are not finite after training, {broken[0]} first "
+                         f"(finetune.trainer.precision={ft.trainer.precision}, finetune.optim.lr={ft.optim.lr}); "
+                         "no adapter written")
     return peft_model, {"steps": trainer.global_step, "resumed": resuming, "samples": len(samples),
                         "final_loss": round(float(trainer.callback_metrics["train/loss"]), 6),
                         "tokens_per_sample": round(sum(len(s["input_ids"]) for s in samples) / len(samples), 2)}

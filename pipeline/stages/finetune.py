@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +19,46 @@ from pipeline.llm import lora, model, prompts
 from pipeline.period import windows
 
 
-def curate(rows: pd.DataFrame, samples_per_pair: int, seed: int) -> pd.DataFrame:
-    """Per pair, samples_per_pair (day, c_next) draws with probability proportional to the count.
+def curate(rows: pd.DataFrame, ft: DictConfig, day) -> pd.DataFrame:
+    """The line-free samples: samples_per_pair per pair, labelled by ft.labels.
 
-    Every eligible pair gives the same number of samples, so a few head pairs cannot dominate;
-    `rows` must come sorted (finetune_rows.sql) for the draws to be reproducible."""
-    rng = np.random.default_rng([seed, 0])
+    top: the pair's most frequent successor over the training days (ties to the lower id), dated
+    `day` (the training days' end: the table it teaches serves the days after them); drawn:
+    (day, c_next) draws with probability proportional to the count (seeded). Every eligible pair
+    gives the same number of samples, so a few head pairs cannot dominate; `rows` must come sorted
+    (finetune_rows.sql) for the draws to be reproducible."""
+    if ft.labels == "top":
+        totals = rows.groupby(["c1", "c2", "c_next"], sort=True)["n"].sum().reset_index()
+        top = totals.sort_values(["c1", "c2", "n"], ascending=[True, True, False], kind="stable")
+        top = top.drop_duplicates(["c1", "c2"]).reset_index(drop=True)
+        top = top.loc[top.index.repeat(ft.samples_per_pair)].reset_index(drop=True)
+        return top.assign(day=pd.Series(pd.Timestamp(day), index=top.index).astype(rows["day"].dtype))[
+            ["day", "c1", "c2", "c_next"]]
+    rng = np.random.default_rng([ft.seed, 0])
     picked = []
     for _, group in rows.groupby(["c1", "c2"], sort=True):
         weights = group["n"].to_numpy(dtype=float)
-        picked.append(group.iloc[np.sort(rng.choice(len(group), size=samples_per_pair, p=weights / weights.sum()))])
+        picked.append(group.iloc[np.sort(rng.choice(len(group), size=ft.samples_per_pair, p=weights / weights.sum()))])
     return pd.concat(picked, ignore_index=True)[["day", "c1", "c2", "c_next"]]
+
+
+def lined(con, daily: Path, w, ft: DictConfig, min_support: int) -> pd.DataFrame:
+    """Samples that teach the RAG line as tables show it: on every ft.line_every_days-th day d of
+    the training days whose label days [d, d + line_label_days) end by the held-out days, each pair
+    with a line at d (its top rag_top_n successors of [d - rag_window_days, d), each followed at
+    least min_support times) gives one sample, labelled with the successor it was followed by most
+    often in the label days (ties to the lower id). A refreshed table serves the days after its
+    refresh, so the line is exactly as informative about the label as it is at serving."""
+    columns = {"day": "datetime64[us]", "c1": "int32", "c2": "int32", "c_next": "int32"}
+    last = w.test_start - timedelta(days=ft.line_label_days)
+    if not ft.line_every_days or last < w.train_start:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()}).assign(retrieved=[])
+    days = [w.train_start + timedelta(days=k) for k in range(0, (last - w.train_start).days + 1, ft.line_every_days)]
+    labels = db.over_dates(con, "finetune_lined", days, {"daily": str(daily), "label_days": ft.line_label_days})
+    labels = labels.astype(columns)
+    found = retrieval.successors(con, daily, days, ft.rag_window_days, ft.rag_top_n)
+    labels["retrieved"] = retrieval.attach(labels, found, "day", min_support)
+    return labels[labels.retrieved.map(bool)].reset_index(drop=True)
 
 
 def rag_chosen(samples: pd.DataFrame, ft: DictConfig) -> np.ndarray:
@@ -46,11 +76,12 @@ def with_rag(con, daily: Path, samples: pd.DataFrame, ft: DictConfig, min_suppor
     return retrieved.where(chosen, pd.Series([[]] * len(samples), index=samples.index))
 
 
-def with_popular(con, daily: Path, samples: pd.DataFrame, ft: DictConfig, popular_n: int) -> pd.Series:
-    """The popular line of the same RAG share of the samples: the popular_n clusters most reached in
-    [day - rag_window_days, day) before each sample's own day, as the tables' popular line is
+def with_popular(con, daily: Path, samples: pd.DataFrame, chosen: np.ndarray, ft: DictConfig,
+                 popular_n: int) -> pd.Series:
+    """The popular line of the `chosen` samples (the RAG ones): the popular_n clusters most reached
+    in [day - rag_window_days, day) before each sample's own day, as the tables' popular line is
     dated at their refresh date (empty everywhere when popular_n is 0)."""
-    chosen = rag_chosen(samples, ft) if popular_n else np.zeros(len(samples), dtype=bool)
+    chosen = chosen & bool(popular_n)
     days = sorted(pd.to_datetime(samples.loc[chosen, "day"]).dt.date.unique())
     found = retrieval.popular(con, daily, days, ft.rag_window_days, popular_n) if days else None
     by_day = {} if found is None else {d.date(): p for d, p in zip(found.refresh_date, found.popular)}
@@ -75,9 +106,13 @@ def run(cfg: DictConfig) -> None:
     if rows.empty:
         raise ValueError(f"{daily}: no pair has finetune.min_pair_support={ft.min_pair_support} triples in "
                          f"[{w.train_start}, {w.test_start}); is period.month={cfg.period.month} inside the data?")
-    samples = curate(rows, ft.samples_per_pair, ft.seed)
-    samples["retrieved"] = with_rag(con, daily, samples, ft, cfg.prompts.min_support)
-    samples["popular"] = with_popular(con, daily, samples, ft, cfg.prompts.popular_n)
+    free = curate(rows, ft, w.test_start)
+    free["retrieved"] = with_rag(con, daily, free, ft, cfg.prompts.min_support)
+    free["popular"] = with_popular(con, daily, free, rag_chosen(free, ft), ft, cfg.prompts.popular_n)
+    anchored = lined(con, daily, w, ft, cfg.prompts.min_support)
+    anchored["popular"] = with_popular(con, daily, anchored, np.ones(len(anchored), dtype=bool), ft,
+                                       cfg.prompts.popular_n)
+    samples = pd.concat([free, anchored], ignore_index=True) if len(anchored) else free
     names = contract.descriptions(cfg.data.path)
     samples["prompt"], samples["answer"] = texts(samples, names)
 
@@ -104,7 +139,10 @@ def run(cfg: DictConfig) -> None:
     timing.note(train_s=round(wall, 1), samples_per_s=round(seen / wall, 2), resumed=stats.pop("resumed"))
     write_metrics(cfg.paths.metrics, "finetune", {
         **stats, "pairs": int(samples.groupby(["c1", "c2"]).ngroups), "rag_samples": int(samples.retrieved.map(bool).sum())},
-        {"train_window": [str(w.train_start), str(w.test_start)], "adapter_sha256": adapter_sha, **kernels.lineage(where),
+        {"train_window": [str(w.train_start), str(w.test_start)], "lined_samples": len(anchored),
+         # how informative the lined samples' lines are: the share whose label is the line's first cluster
+         "lined_label_is_line": round(float(np.mean([r[0] == c for r, c in zip(anchored.retrieved, anchored.c_next)])), 6)
+         if len(anchored) else None, "adapter_sha256": adapter_sha, **kernels.lineage(where),
          "base_model_sha256": model.identity(cfg.model), "template_sha256": prompts.TEMPLATE_HASH})
     print(f"finetune: {len(samples)} samples over {stats['steps']} steps in {wall:.0f}s "
           f"({seen / wall:.1f} samples/s), final loss {stats['final_loss']:.3f}")
