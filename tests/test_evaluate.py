@@ -140,6 +140,17 @@ def test_the_support_figure_draws_an_interval_that_misses_its_estimate(tmp_path)
     assert (tmp_path / "hit_rate_by_support.png").stat().st_size > 1000
 
 
+def test_a_table_without_its_hybrid_rule_is_one_line(tmp_path):
+    from pipeline import manifest
+
+    path = tmp_path / "rag-2024-03-01.parquet"
+    manifest.write_table(table([(0, 1, 5, [])]), path, {"hybrid_tau": 3})
+    with pytest.raises(ValueError, match="rag-2024-03-01.parquet: its manifest records no hybrid rule"):
+        evaluate.hybrid_rule(path)
+    manifest.write_table(table([(0, 1, 5, [])]), path, {"hybrid": {"rule": "support", "tau": 3, "min_logprob": None}})
+    assert evaluate.hybrid_rule(path) == {"rule": "support", "tau": 3, "min_logprob": None}
+
+
 def test_the_repeat_sample_is_seeded_and_keeps_the_prompt_order():
     texts = [f"prompt {i:03d}" for i in range(50)]
     sample = evaluate.repeat_sample(texts, 10, seed=7)

@@ -297,6 +297,16 @@ def cost(metrics: Path, cfg: DictConfig, newest: str) -> dict:
                         "every": f"{cfg.refresh.every_days} days"}}
 
 
+def hybrid_rule(table: Path) -> dict:
+    """The hybrid rule a RAG table was built under, from its manifest; a table from before the rule
+    was recorded is one line saying to rebuild it."""
+    recorded = manifest.read(table).get("hybrid")
+    if recorded is None:
+        raise ValueError(f"{table}: its manifest records no hybrid rule (built by an older bulk_infer); "
+                         "rerun the bulk_infer stage (dvc repro)")
+    return json.loads(recorded)
+
+
 def headline(m: dict) -> dict:
     """What `dvc metrics show` and `diff` compare across experiments, a dozen figures at most (the
     rest, per strategy, bucket and date, is in the detail): the hit rates of the fixed and RAG
@@ -350,7 +360,7 @@ def run(cfg: DictConfig) -> None:
                "days": int(events.day.nunique()), "strategies": strategies, "by_support": buckets,
                "distinct_clusters": distinct_answers(served, {"fixed": base.c_pred, "train_top1": lookup.c_pred}),
                "unseen_in_training": unseen_in_training(con, daily, events, w),
-               "hybrid": json.loads(manifest.read(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet")["hybrid"]),
+               "hybrid": hybrid_rule(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet"),
                "rag_departs_from_retrieved": departures(served, hit), "overlap": study,
                "drift_last_date": {c: topk[c].iloc[-1] for c in topk.columns if c != "refresh_date"}, "cost": spend}
     plots = Path(cfg.paths.plots)
