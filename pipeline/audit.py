@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import yaml
+from omegaconf import OmegaConf
 
 from pipeline import cli, config, lookup, manifest, report
 from pipeline.config import ROOT
@@ -72,7 +73,8 @@ class Version:
         name, conf = remote()
         self.rev, self.remote = rev, remote_text(name, conf)
         self.fs = DVCFileSystem(str(ROOT), rev=self.commit, remote=name, remote_config=conf)
-        self.params = yaml.safe_load(self.text("params.yaml"))
+        self.params = OmegaConf.to_container(config.read_yaml(self.text("params.yaml"), f"params.yaml at {rev}",
+                                                              "that revision's outputs cannot be read"))
         self.tables_dir = self.params["paths"]["tables"]
 
     def unavailable(self, path: str, exc: Exception) -> AuditError:
@@ -89,10 +91,18 @@ class Version:
         from dvc_data.index import DataIndexError
 
         try:
-            with self.fs.open(path, mode) as fh:
-                return fh.read()
+            with self.fs.open(path, "rb") as fh:
+                data = fh.read()
+            recorded = self.fs.info(path).get("md5")  # DVC-tracked files only; git holds the rest
         except (FileNotFoundError, DataIndexError) as exc:
             raise self.unavailable(path, exc) from exc
+        # DVC serves a cache object's bytes as they are: one edited or damaged since must not pass
+        # for what the revision recorded.
+        if recorded and hashlib.md5(data).hexdigest() != recorded:
+            raise AuditError(f"{path} at {self.rev}: its bytes are not the md5 {recorded} the revision records (the "
+                             f"DVC cache object was edited or damaged); delete .dvc/cache/files/md5/{recorded[:2]}/"
+                             f"{recorded[2:]} and fetch it again (`dvc fetch --all-tags`)")
+        return data.decode("utf-8") if mode == "r" else data
 
     def text(self, path: str) -> str:
         return self._read(path, "r")
