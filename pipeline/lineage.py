@@ -125,8 +125,9 @@ def check(cfg: DictConfig, stage: str) -> None:
         inputs = record["inputs"]
         for dep in built["deps"]:
             if dep not in inputs:
-                raise ValueError(f"{where}: built from {' '.join(sorted(set(inputs) - set(built['deps'])))}, not "
-                                 f"{dep}; run dvc repro")
+                other = " ".join(sorted(set(inputs) - set(built["deps"])))
+                what = f"from {other}, not {dep}" if other else f"without {dep}"
+                raise ValueError(f"{where}: built {what}; run dvc repro")
             if Path(dep).exists() and sha(dep) != inputs[dep]:
                 raise ValueError(f"{where}: built from another {dep} than the one there now; run dvc repro")
         # Only then the inputs' own records: the line names the mismatch nearest to this stage.
