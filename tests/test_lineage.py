@@ -91,3 +91,15 @@ def test_under_dvc_repro_an_output_outside_the_work_tree_is_refused_before_the_s
     monkeypatch.delenv("DVC_ROOT")
     assert run_stage(monkeypatch, tmp_path, "extract") is None  # a direct run may write there
     assert (tmp_path / "work" / "extract" / ".triples.parquet.lineage").is_file()
+
+
+def test_an_input_recorded_without_one_of_its_stages_inputs_is_named(recorded):
+    import json
+
+    _, cfg = recorded
+    record = Path(cfg.paths.adapter).with_name(".adapter.lineage")
+    found = json.loads(record.read_text())
+    del found["inputs"][cfg.paths.daily_counts]  # as recorded before dvc.yaml declared that input
+    record.write_text(json.dumps(found))
+    with pytest.raises(ValueError, match=rf"finetune/adapter: built without {cfg.paths.daily_counts}; run dvc repro$"):
+        lineage.check(cfg, "gate")
