@@ -149,13 +149,18 @@ class Worker:
         differ = sorted(k for k in packages if manifest.packages().get(k) != packages[k])
         if differ:
             return f"the {node} has other versions of {', '.join(differ)} than the driver; install requirements.txt there"
-        self.decode = self.decoder.load()
+        self.loaded()
         return None
 
     def answers(self, shard: list[str], extras: dict) -> list:
-        if self.decode is None:  # a restarted actor: check() ran in its first life
+        return self.loaded()(shard, lambda n: None, **extras)
+
+    def loaded(self) -> Callable[..., list]:
+        """The decode function, the model loaded once; again in a restarted actor (a new process,
+        whose check() ran in its first life)."""
+        if self.decode is None:
             self.decode = self.decoder.load()
-        return self.decode(shard, lambda n: None, **extras)
+        return self.decode
 
 
 class _Pool:
