@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -166,3 +167,24 @@ def test_bulk_infer_into_a_folder_of_the_users_files_keeps_them(world, tmp_path)
     with pytest.raises(ValueError, match=rf"^{raw}: holds files the pipeline did not write"):
         build(world, tmp_path / "w", f"paths.tables={raw}")
     assert sorted(p.name for p in raw.iterdir()) == ["LICENSE.txt", "ratings.csv"]
+
+
+def test_bulk_infer_replaces_tables_restored_without_the_mark_and_refuses_before_decoding(world, tmp_path, monkeypatch):
+    """`dvc checkout` restores tables/ as its Parquet files alone: bulk_infer replaces them; a
+    folder holding anything else is refused before a single prompt is decoded."""
+    from pipeline.llm import bulk
+    from tests.conftest import build
+
+    cfg = build(world, tmp_path / "w")
+    tables = Path(cfg.paths.tables)
+    (tables / MARK).unlink()
+    before = sorted(p.name for p in tables.iterdir())
+    build(world, tmp_path / "w")
+    assert (tables / MARK).is_file() and sorted(p.name for p in tables.glob("*.parquet")) == before
+
+    (tables / MARK).unlink()
+    (tables / "notes.txt").write_text("mine")
+    monkeypatch.setattr(bulk, "scored_answers", lambda *a, **k: pytest.fail("decoded before refusing"))
+    with pytest.raises(ValueError, match="holds files the pipeline did not write"):
+        build(world, tmp_path / "w", "infer.max_new_tokens=4")  # another namespace: nothing cached
+    assert (tables / "notes.txt").read_text() == "mine"

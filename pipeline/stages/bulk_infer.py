@@ -21,11 +21,13 @@ from omegaconf import DictConfig
 
 from pipeline import kernels, manifest, retrieval, timing
 from pipeline.data import contract
-from pipeline.files import atomic_path, tree_sha256, write_metrics
+from pipeline.files import atomic_path, refuse_foreign, tree_sha256, write_metrics
 from pipeline.llm import bulk, model, prompts
 from pipeline.llm.cache import AnswerCache, namespace
 from pipeline.period import refresh_dates
 
+# What bulk_infer writes into paths.tables: what `dvc checkout` restores there without the mark.
+TABLE_FILES = ("*.parquet",)
 
 
 def table_rows(names: dict[int, str], found: pd.DataFrame, days: list, min_support: int,
@@ -70,6 +72,7 @@ def serve(rows: pd.DataFrame, answers: list[tuple[str, float]], names: dict[int,
 
 
 def run(cfg: DictConfig) -> None:
+    refuse_foreign(cfg.paths.tables, TABLE_FILES)  # before any decoding
     torch.set_num_threads(cfg.torch_threads)
     inf = cfg.infer
     days = refresh_dates(cfg)
@@ -117,7 +120,7 @@ def run(cfg: DictConfig) -> None:
     # Only what the tables determine goes into tracked outputs: a table's new prompts are those no
     # earlier table of this run holds, whatever the answer cache held when the run began.
     per_table, seen, valid_rows = {}, set(), 0
-    with atomic_path(cfg.paths.tables) as out:
+    with atomic_path(cfg.paths.tables, owns=TABLE_FILES) as out:
         out.mkdir(parents=True)
         for name, part in rows.groupby("table", sort=False):
             table = serve(part, [answers[p] for p in part.prompt], names, popular)
