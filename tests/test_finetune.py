@@ -142,6 +142,10 @@ def test_the_popular_line_follows_the_rag_share_and_reads_days_before_the_sample
     assert rows.popular.tolist() == [[], []]
 
 
+class Killed(Exception):
+    pass
+
+
 def test_adapter_is_bit_identical_and_a_sigtermed_run_resumes(tmp_path):
     def fit(where, *extra):
         cfg = tiny_fit(where, *extra)
@@ -175,6 +179,14 @@ def test_adapter_is_bit_identical_and_a_sigtermed_run_resumes(tmp_path):
     assert run["resumed"] and "resumed" not in resumed and resumed["steps"] == 6
     assert resumed["adapter_sha256"] == first["adapter_sha256"]  # resuming changes nothing
     assert not list((tmp_path / "c" / "work" / ".checkpoints").glob("finetune-*"))
+    # Killed after its last step, before the adapter was written: the rerun has no step left to take.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(finetune, "atomic_path", lambda *a: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            fit(tmp_path / "f")
+    run, done = fit(tmp_path / "f")
+    assert run["resumed"] and done["adapter_sha256"] == first["adapter_sha256"]
+    assert done["final_loss"] == first["final_loss"]  # kept in the checkpoint
     # Adapters on the top layer only, from cached lower-layer states: deterministic, and resumable too.
     _, top = fit(tmp_path / "d", "finetune.lora.top_layers=1")
     _, again = fit(tmp_path / "e", "finetune.lora.top_layers=1")

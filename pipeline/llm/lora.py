@@ -177,11 +177,13 @@ class LoraModule(L.LightningModule):
         self.max_steps = max_steps
         self.lower = lower  # layers whose output the batches carry (cache_frozen)
         self.strict_loading = False  # the frozen base is not in the checkpoint
+        self.last_loss = None  # kept in checkpoints: a run resumed at max_steps takes no step to log one
 
     def training_step(self, batch, batch_idx):
         loss = answer_loss(self.model, batch, self.lower)
         if not torch.isfinite(loss):
             raise NonFinite(f"the loss is {loss.item()} at step {self.global_step}")
+        self.last_loss = loss.item()
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -197,6 +199,10 @@ class LoraModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["last_loss"] = self.last_loss
+
+    def on_load_checkpoint(self, checkpoint):
+        self.last_loss = checkpoint["last_loss"]
 
 
 def normalise_config(path: Path) -> None:
@@ -278,5 +284,5 @@ def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConf
                          f"(finetune.trainer.precision={ft.trainer.precision}, finetune.optim.lr={ft.optim.lr}); "
                          "no adapter written")
     return peft_model, {"steps": trainer.global_step, "resumed": resuming, "samples": len(samples),
-                        "final_loss": round(float(trainer.callback_metrics["train/loss"]), 6),
+                        "final_loss": round(module.last_loss, 6),
                         "tokens_per_sample": round(sum(len(s["input_ids"]) for s in samples) / len(samples), 2)}
