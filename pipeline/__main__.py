@@ -17,6 +17,7 @@ import time
 
 from pipeline import cli
 
+# Pipeline order: dvc.yaml's, and the rows of the wall-time record (timing.write).
 STAGES = ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer", "evaluate")
 
 
@@ -43,7 +44,7 @@ def main(argv: list[str]) -> None:
                              "duckdb.memory_limit=4GB") from None
         lineage.record(cfg, stage)
     wall = time.perf_counter() - began
-    timing.write(cfg.paths.metrics, stage, wall)
+    timing.write(cfg.paths.metrics, stage, wall, STAGES)
     print(f"{stage}: done in {wall:.1f}s", file=sys.stderr)
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
-from pipeline import cli, config, lookup, manifest, report
+from pipeline import cli, config, lookup, manifest
 from pipeline.config import ROOT
 from pipeline.llm import prompts
 
@@ -345,13 +345,10 @@ def verify(rev: str) -> Verdict:
                     found.pairs_differ[n] = pairs_differ(v.table(n)[0], pd.read_parquet(work / v.tables_dir / n))
             recorded, rebuilt = outputs(yaml.safe_load(v.text("dvc.lock"))), outputs(
                 yaml.safe_load((work / "dvc.lock").read_text()))
-            report_path, adapter = v.params["paths"]["report"], v.params["paths"]["adapter"]
+            adapter = v.params["paths"]["adapter"]
             for path in sorted(recorded):
                 if path == v.tables_dir or rebuilt.get(path) == recorded[path]:
                     continue
-                if path == report_path and report.without_timings(v.text(path)) == report.without_timings(
-                        (work / path).read_text()):
-                    continue  # the report states this machine's wall times; everything else must match
                 found.bytes_differ.append(path)
                 if path == adapter:
                     weights = f"{adapter}/adapter_model.safetensors"

@@ -2,18 +2,13 @@
 without the code."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig
 
-from pipeline import timing
 from pipeline.files import atomic_path
-
-# Wall times differ between runs; they sit between these markers so a rebuild can compare the rest.
-TIMINGS_START = "<!-- timings: this run's wall times, the only part that differs between runs -->"
-TIMINGS_END = "<!-- /timings -->"
-STAGES = ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer", "evaluate")
 
 
 def figures(by_day: pd.DataFrame, topk: pd.DataFrame, out: Path) -> None:
@@ -88,11 +83,6 @@ def _pts(x: float) -> str:
     return f"{100 * x:+.2f}"
 
 
-def timings(metrics: Path) -> dict[str, float]:
-    """Each stage's wall time from its last run (metrics/timing/<stage>.json, written by python -m pipeline)."""
-    return {stage: t["wall_s"] for stage in STAGES if (t := timing.read(metrics, stage))}
-
-
 def hybrid_rule(rule: dict) -> str:
     """The hybrid rule the gate chose, in words."""
     if rule["rule"] == "support":
@@ -162,11 +152,14 @@ def comparators(m: dict, labels: list[str], against: tuple[str, ...]) -> list[st
     return lines
 
 
-def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame, strategies: dict[str, str],
-             against: tuple[str, ...], metrics: Path) -> str:
-    s, study, c = m["strategies"], m["overlap"], m["cost"]
+def figure(cfg: DictConfig, name: str, alt: str) -> str:
+    """A figure in paths.plots, linked relative to the report's own folder (where a reader opens it)."""
+    return f"![{alt}]({Path(os.path.relpath(Path(cfg.paths.plots) / name, Path(cfg.paths.report).parent)).as_posix()})"
+
+
+def setup(cfg: DictConfig, m: dict) -> list[str]:
     r = cfg.retrieval
-    lines = [
+    return [
         f"# Offline evaluation: {cfg.data.name}, {cfg.period.month}",
         "",
         "Written by the `evaluate` stage (`dvc repro`); every figure below comes from this run's outputs.",
@@ -184,92 +177,104 @@ def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame,
         f"when it is among the user's next {m['horizon']} distinct clusters other than c1 and c2 (the actual next "
         "cluster included). Confidence intervals: 95 %, bootstrap over users "
         f"({cfg.eval.bootstrap} resamples).",
-        "",
-        "## Hit rate by strategy",
-        "",
-        "| strategy | serves | hit rate (95 % CI) | vs fixed, points (95 % CI) |",
-        "| --- | --- | ---: | ---: |",
     ]
+
+
+def by_strategy(cfg: DictConfig, m: dict, strategies: dict[str, str]) -> list[str]:
+    lines = ["## Hit rate by strategy", "",
+             "| strategy | serves | hit rate (95 % CI) | vs fixed, points (95 % CI) |",
+             "| --- | --- | ---: | ---: |"]
     for name, what in strategies.items():
-        x = s[name]
+        x = m["strategies"][name]
         vs = "" if name == "fixed" else f"{_pts(x['diff_vs_fixed'])} ({_pts(x['diff_ci'][0])} to {_pts(x['diff_ci'][1])})"
         lines.append(f"| {name} | {what} | {_pct(x['hit_rate'])} ({_pct(x['hit_rate_ci'][0])} to "
                      f"{_pct(x['hit_rate_ci'][1])}) | {vs} |")
+    return lines + ["", figure(cfg, "hit_rate_by_day.png", "hit rate by day")]
+
+
+def by_pair_support(cfg: DictConfig, m: dict, strategies: dict[str, str], labels: list[str]) -> list[str]:
     buckets = buckets_of(m)
-    lows = [b["min_support"] for b in buckets.values()]
-    labels = [bucket_label(name, low, nxt) for name, low, nxt in zip(buckets, lows, lows[1:] + [None])]
-    lines += ["", "![hit rate by day](../metrics/evaluate/hit_rate_by_day.png)", "",
-              "## Hit rate by pair support", "",
-              f"Each event's pair (c1, c2) by its support: the triples of (c1, c2) to any successor in the {r.window_days} "
-              f"days before the event's refresh date. The hybrid serves {hybrid_rule(m['hybrid'])} (the rule chosen on "
-              f"the gate's held-out days, before the month). {_pct(m['unseen_in_training'])} of events have a pair "
-              "that never occurs in the "
-              "fine-tune's sample days. Hit rate (95 % CI over the bucket's users):", "",
-              "| strategy | " + " | ".join(labels) + " |", "| --- | " + " | ".join("---:" for _ in labels) + " |",
-              "| share of events | " + " | ".join(f"{_pct(b['share'])} ({b['events']:,})" for b in buckets.values()) + " |"]
+    lines = ["## Hit rate by pair support", "",
+             f"Each event's pair (c1, c2) by its support: the triples of (c1, c2) to any successor in the "
+             f"{cfg.retrieval.window_days} days before the event's refresh date. The hybrid serves "
+             f"{hybrid_rule(m['hybrid'])} (the rule chosen on the gate's held-out days, before the month). "
+             f"{_pct(m['unseen_in_training'])} of events have a pair that never occurs in the fine-tune's sample "
+             "days. Hit rate (95 % CI over the bucket's users):", "",
+             "| strategy | " + " | ".join(labels) + " |", "| --- | " + " | ".join("---:" for _ in labels) + " |",
+             "| share of events | " + " | ".join(f"{_pct(b['share'])} ({b['events']:,})" for b in buckets.values()) + " |"]
     for name in strategies:
         lines.append(f"| {name} | " + " | ".join(
             "" if not b["strategies"] else f"{_pct(b['strategies'][name]['hit_rate'])} "
             f"({_pct(b['strategies'][name]['hit_rate_ci'][0])} to {_pct(b['strategies'][name]['hit_rate_ci'][1])})"
             for b in buckets.values()) + " |")
+    return lines
+
+
+def against_comparators(cfg: DictConfig, m: dict, labels: list[str], against: tuple[str, ...]) -> list[str]:
     distinct = m["distinct_clusters"]
-    lines += ["", "## The fixed table against its no-LLM comparators", "",
-              f"`{against[0]}` is the lookup the fine-tune's own sample days give (each pair's most frequent "
-              "successor there, else their most popular cluster): what the fixed table could have learned. "
-              "Hit rate by pair support:", "", *comparators(m, labels, against), "",
-              "Distinct clusters named over every pair: " + ", ".join(
-                  f"{k} {v:,}" for k, v in distinct["tables"].items()) + "; over the month's events served: " +
-              ", ".join(f"{k} {v:,}" for k, v in distinct["served"].items()) + ".", "",
-              "![hit rate by support](../metrics/evaluate/hit_rate_by_support.png)", "",
-              "## How RAG changes the answers", "",
-              "Each share is over the answers it concerns: the RAG tables' (pair, refresh date) answers where both the "
-              "RAG and the no-RAG answer are the model's own, split by whether the RAG prompt carried a retrieved line "
-              f"(at least prompts.min_support = {cfg.prompts.min_support} triples). Only lined answers were generated "
-              "with RAG, as the paper's were; an unlined prompt is the no-RAG prompt"
-              + (" plus the popular line" if cfg.prompts.popular_n else "") + ".", "",
-              "| measure | over (answers) | this run | paper |", "| --- | ---: | ---: | ---: |",
-              f"| RAG answer identical to the no-RAG answer (same pair) | lined, {study['lined_answers']:,} | "
-              f"{_pct(study['rag_identical_to_base'])} | 7.8 % |",
-              f"| RAG answer equal to the retrieved cluster | lined, {study['lined_answers']:,} | "
-              f"{_pct(study['rag_copies_retrieved'])} | |",
-              f"| RAG answer neither the retrieved nor the no-RAG cluster | lined, {study['lined_answers']:,} | "
-              f"{_pct(study['rag_differs_from_both'])} | |",
-              f"| answer identical to the no-RAG answer | unlined, {study['unlined_answers']:,} | "
-              f"{_pct(study['unlined_identical_to_base'])} | |",
-              f"| answer identical to the no-RAG answer | all, {study['answers_compared']:,} | "
-              f"{_pct(study['all_identical_to_base'])} | |",
-              f"| two repeats of the no-RAG prompt identical (sampling, T={cfg.eval.repeat_temperature}; "
-              f"{_pct(study['base_repeats_valid'])} of sampled answers valid) | prompts, {study['repeat_prompts']:,} | "
-              f"{_pct(study['base_repeats_identical'])} | 37.5 % |", "",
-              "## Successor drift (paper Figure 3b)", "",
-              "Share of pairs whose top-k most frequent successors (as a set) equal those of the first refresh date.",
-              "", "| refresh date | " + " | ".join(f"top-{x[3:]}" for x in topk.columns[1:]) + " |",
-              "| --- | " + " | ".join("---:" for _ in topk.columns[1:]) + " |"]
+    return ["## The fixed table against its no-LLM comparators", "",
+            f"`{against[0]}` is the lookup the fine-tune's own sample days give (each pair's most frequent "
+            "successor there, else their most popular cluster): what the fixed table could have learned. "
+            "Hit rate by pair support:", "", *comparators(m, labels, against), "",
+            "Distinct clusters named over every pair: " + ", ".join(
+                f"{k} {v:,}" for k, v in distinct["tables"].items()) + "; over the month's events served: " +
+            ", ".join(f"{k} {v:,}" for k, v in distinct["served"].items()) + ".", "",
+            figure(cfg, "hit_rate_by_support.png", "hit rate by support")]
+
+
+def rag_study(cfg: DictConfig, study: dict) -> list[str]:
+    lined = f"lined, {study['lined_answers']:,}"
+    return ["## How RAG changes the answers", "",
+            "Each share is over the answers it concerns: the RAG tables' (pair, refresh date) answers where both the "
+            "RAG and the no-RAG answer are the model's own, split by whether the RAG prompt carried a retrieved line "
+            f"(at least prompts.min_support = {cfg.prompts.min_support} triples). Only lined answers were generated "
+            "with RAG, as the paper's were; an unlined prompt is the no-RAG prompt"
+            + (" plus the popular line" if cfg.prompts.popular_n else "") + ".", "",
+            "| measure | over (answers) | this run | paper |", "| --- | ---: | ---: | ---: |",
+            f"| RAG answer identical to the no-RAG answer (same pair) | {lined} | "
+            f"{_pct(study['rag_identical_to_base'])} | 7.8 % |",
+            f"| RAG answer equal to the retrieved cluster | {lined} | {_pct(study['rag_copies_retrieved'])} | |",
+            f"| RAG answer neither the retrieved nor the no-RAG cluster | {lined} | "
+            f"{_pct(study['rag_differs_from_both'])} | |",
+            f"| answer identical to the no-RAG answer | unlined, {study['unlined_answers']:,} | "
+            f"{_pct(study['unlined_identical_to_base'])} | |",
+            f"| answer identical to the no-RAG answer | all, {study['answers_compared']:,} | "
+            f"{_pct(study['all_identical_to_base'])} | |",
+            f"| two repeats of the no-RAG prompt identical (sampling, T={cfg.eval.repeat_temperature}; "
+            f"{_pct(study['base_repeats_valid'])} of sampled answers valid) | prompts, {study['repeat_prompts']:,} | "
+            f"{_pct(study['base_repeats_identical'])} | 37.5 % |"]
+
+
+def successor_drift(cfg: DictConfig, topk: pd.DataFrame) -> list[str]:
+    lines = ["## Successor drift (paper Figure 3b)", "",
+             "Share of pairs whose top-k most frequent successors (as a set) equal those of the first refresh date.",
+             "", "| refresh date | " + " | ".join(f"top-{x[3:]}" for x in topk.columns[1:]) + " |",
+             "| --- | " + " | ".join("---:" for _ in topk.columns[1:]) + " |"]
     for row in topk.itertuples(index=False):
         lines.append(f"| {row[0]} | " + " | ".join(_pct(v) if v is not None else "" for v in row[1:]) + " |")
+    return lines + ["", figure(cfg, "topk_overlap.png", "top-k overlap")]
+
+
+def cost_and_agility(c: dict) -> list[str]:
     ft, rf = c["finetune"], c["refresh"]
-    train_s = timing.read(metrics, "finetune").get("train_s")
-    rate = timing.read(metrics, "bulk_infer").get("prompts_per_s")
-    refresh_s = f"{rf['prompts'] / rate:.0f} s (est. at {rate} prompts/s)" if rate else "n/a"
-    lines += ["", "![top-k overlap](../metrics/evaluate/topk_overlap.png)", "",
-              "## Cost and agility", "",
-              "| | last fine-tune | one RAG refresh |", "| --- | ---: | ---: |",
-              f"| how often | every {ft['every']} | every {rf['every']} |",
-              f"| work | {ft['samples']:,} samples seen ({ft['steps']} steps) | {rf['prompts']:,} new prompts of "
-              f"{rf['prompts_total']:,} (the rest are earlier tables' prompts, answered from the cache) |",
-              f"| tokens | {ft['tokens']:,} (forward and backward) | {rf['tokens_est']:,} prompt tokens (forward only) |",
-              "", "## Findings", ""]
-    lines += [f"- {f}" for f in findings(s, m["rag_departs_from_retrieved"], study, topk, cfg.refresh.every_days,
-                                         buckets_of(m), m["hybrid"])]
-    lines += ["", "## Wall times (this machine, the last run of each stage)", "", TIMINGS_START,
-              f"Fine-tune {f'{train_s:.0f} s' if train_s else 'n/a'} against one RAG refresh {refresh_s}.", "",
-              "| stage | wall s |", "| --- | ---: |"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in timings(metrics).items()]
-    lines += [TIMINGS_END]
-    return "\n".join(lines) + "\n"
+    return ["## Cost and agility", "",
+            "| | last fine-tune | one RAG refresh |", "| --- | ---: | ---: |",
+            f"| how often | every {ft['every']} | every {rf['every']} |",
+            f"| work | {ft['samples']:,} samples seen ({ft['steps']} steps) | {rf['prompts']:,} new prompts of "
+            f"{rf['prompts_total']:,} (the rest are earlier tables' prompts, answered from the cache) |",
+            f"| tokens | {ft['tokens']:,} (forward and backward) | {rf['tokens_est']:,} prompt tokens (forward only) |"]
 
 
-def without_timings(text: str) -> str:
-    """The report less its wall times: the part that must be identical between runs."""
-    head, _, rest = text.partition(TIMINGS_START)
-    return head + rest.partition(TIMINGS_END)[2]
+def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame, strategies: dict[str, str],
+             against: tuple[str, ...]) -> str:
+    """The report: computed content only (wall times are the run record metrics/timing/wall_times.md)."""
+    buckets = buckets_of(m)
+    lows = [b["min_support"] for b in buckets.values()]
+    labels = [bucket_label(name, low, nxt) for name, low, nxt in zip(buckets, lows, lows[1:] + [None])]
+    sections = [setup(cfg, m), by_strategy(cfg, m, strategies), by_pair_support(cfg, m, strategies, labels),
+                against_comparators(cfg, m, labels, against), rag_study(cfg, m["overlap"]),
+                successor_drift(cfg, topk), cost_and_agility(m["cost"]),
+                ["## Findings", ""] + [f"- {f}" for f in findings(
+                    m["strategies"], m["rag_departs_from_retrieved"], m["overlap"], topk, cfg.refresh.every_days,
+                    buckets, m["hybrid"])]]
+    return "\n\n".join("\n".join(s) for s in sections) + "\n"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import date
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import db, report
+from pipeline import db, report, timing
+from pipeline.__main__ import STAGES
 from pipeline.stages import evaluate
 from tests.conftest import TINY_WORLD, build, compose
 
@@ -256,8 +258,21 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
     assert f"{100 * m['strategies']['rag_refreshed']['hit_rate']:.2f} %" in text
     assert f"| unlined, {study['unlined_answers']:,} |" in text and f"| all, {study['answers_compared']:,} |" in text
     assert f"| lined, {study['lined_answers']:,} | {report._pct(study['rag_identical_to_base'])} | 7.8 % |" in text
+    # Figures linked from the report's folder to paths.plots; wall times are a run record, not the report's.
+    assert f"![top-k overlap]({os.path.relpath(Path(cfg.paths.plots), Path(cfg.paths.report).parent)}/" in text
+    assert "wall" not in text.lower() and text.endswith(".\n")
     first = [f.read_bytes() for f in files]
     with pytest.MonkeyPatch.context() as patch:  # the sampled repeats now come from the answer cache
         patch.setattr(evaluate.model, "load", lambda *a, **k: pytest.fail("loaded the model with every answer cached"))
         evaluate.run(cfg)
     assert [f.read_bytes() for f in files] == first
+    # What python -m pipeline writes after each stage: evaluate's record holds its refresh estimate
+    # at bulk_infer's rate, and the wall-time record lists every stage run, evaluate included.
+    timing.take()
+    timing.note(prompts_per_s=4.0)
+    timing.write(cfg.paths.metrics, "bulk_infer", 2.0, STAGES)
+    evaluate.note_refresh_estimate(Path(cfg.paths.metrics), m["cost"]["refresh"]["prompts"])
+    timing.write(cfg.paths.metrics, "evaluate", 12.34, STAGES)
+    record = (Path(cfg.paths.metrics) / "timing" / "wall_times.md").read_text()
+    assert record.index("| bulk_infer | 2.0 |") < record.index("| evaluate | 12.3 |")
+    assert f"one RAG refresh {m['cost']['refresh']['prompts'] / 4:.0f} s (est. at 4.0 prompts/s)" in record

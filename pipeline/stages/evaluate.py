@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pipeline import db, kernels, manifest, report, retrieval
+from pipeline import db, kernels, manifest, report, retrieval, timing
 from pipeline.buckets import bucket_of
 from pipeline.data import contract
 from pipeline.files import atomic_path, write_metrics
@@ -297,6 +297,13 @@ def cost(metrics: Path, cfg: DictConfig, newest: str) -> dict:
                         "every": f"{cfg.refresh.every_days} days"}}
 
 
+def note_refresh_estimate(metrics: Path, prompts: int) -> None:
+    """One RAG refresh's seconds at bulk_infer's last decoding rate on this machine: a run record
+    (metrics/timing/wall_times.md sets it against the fine-tune's), never in the report."""
+    rate = timing.read(metrics, "bulk_infer").get("prompts_per_s")
+    timing.note(refresh_est_s=round(prompts / rate) if rate else None, refresh_est_prompts_per_s=rate)
+
+
 def hybrid_rule(table: Path) -> dict:
     """The hybrid rule a RAG table was built under, from its manifest; a table from before the rule
     was recorded is one line saying to rebuild it."""
@@ -373,8 +380,8 @@ def run(cfg: DictConfig) -> None:
     report.support_figure(metrics, list(STRATEGIES), plots)
     write_metrics(cfg.paths.metrics, "evaluate", headline(metrics), metrics)
     with atomic_path(cfg.paths.report) as tmp:
-        tmp.write_text(report.markdown(cfg, metrics, by_day, topk, STRATEGIES, COMPARATORS, Path(cfg.paths.metrics)),
-                       encoding="utf-8")
+        tmp.write_text(report.markdown(cfg, metrics, by_day, topk, STRATEGIES, COMPARATORS), encoding="utf-8")
+    note_refresh_estimate(Path(cfg.paths.metrics), spend["refresh"]["prompts"])
     s = strategies["rag_refreshed"]
     print(f"evaluate: {len(events)} events; hit rate fixed {strategies['fixed']['hit_rate']:.4f}, RAG refreshed "
           f"{s['hit_rate']:.4f} (diff {s['diff_vs_fixed']:+.4f}, 95% CI {s['diff_ci'][0]:+.4f}..{s['diff_ci'][1]:+.4f})")
