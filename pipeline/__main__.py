@@ -25,6 +25,7 @@ def main(argv: list[str]) -> None:
     ap = cli.parser("python -m pipeline", __doc__)
     ap.add_argument("stage", choices=STAGES, metavar="STAGE", help="one of: " + ", ".join(STAGES))
     stage = ap.parse_args(argv).stage
+    cli.quiet_third_party()
     import duckdb
 
     from pipeline import config, kernels, lineage, timing

@@ -186,7 +186,7 @@ def listing() -> list[dict]:
         hit = ev.get("hit_rate") or {s: x["hit_rate"] for s, x in ev.get("strategies", {}).items()}
         rows.append({"tag": tag, "date": git("log", "-1", "--format=%cs", tag), "month": v.params["period"]["month"],
                      "exact_match": gate["exact_match"], "test_recall": gate["test_recall"],
-                     "override": gate["override_reason"],
+                     "passed": gate["passed"], "override": gate["override_reason"],
                      **{f"hit_{s}": hit[s] for s in ("fixed", "rag_refreshed") if s in hit}})
     return rows
 
@@ -209,6 +209,42 @@ def show(rev: str, pair: tuple[int, int] | None) -> dict:
         found["prompt_template_matches"] = found["lineage"]["template_hash"] == prompts.TEMPLATE_HASH
         out["pair"] = found
     return out
+
+
+def render_listing(rows: list[dict]) -> str:
+    """The releases as a table, one row per tag; none is a line saying how to make one."""
+    if not rows:
+        return (f"no releases yet (no {TAG}* tag); make one from a built, committed state with "
+                "python -m pipeline.audit release")
+    head = ["tag", "date", "month", "exact_match", "test_recall", "hit_fixed", "hit_rag_refreshed", "gate"]
+    cells = [[r["tag"], r["date"], r["month"], _figure(r["exact_match"]), _figure(r["test_recall"]),
+              _figure(r.get("hit_fixed")), _figure(r.get("hit_rag_refreshed")),
+              "passed" if r["passed"] else f"overridden: {r['override']}"] for r in rows]
+    widths = [max(len(str(c)) for c in column) for column in zip(head, *cells)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *cells])
+
+
+def _figure(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def render_show(out: dict) -> str:
+    """A version's lineage in a few lines (`--json` prints every setting and package), then the pair."""
+    lin, gate = out["lineage"], out["lineage"]["gate"]
+    lines = [f"{out['rev']} (commit {out['commit'][:12]}): {len(out['tables'])} tables, " + ", ".join(out["tables"]),
+             f"  period {lin['period']}, newest table {lin['strategy']} {lin['refresh_date']}, decoding {lin['decoding']}",
+             f"  gate {'passed' if gate.get('passed') else 'overridden: ' + str(gate.get('override_reason'))}, exact match "
+             f"{gate.get('exact_match')}, test recall {gate.get('test_recall')}",
+             "  lineage " + ", ".join(f"{k.removesuffix('_hash')} {(lin[k] or '?')[:12]}" for k in lookup.LINEAGE
+                                      if k.endswith("_hash") or k == "code_revision"),
+             "  packages " + ", ".join(f"{k} {v}" for k, v in sorted(lin["packages"].items())),
+             f"  {len(flatten(lin['params']))} settings (--json prints them)"]
+    if "pair" in out:
+        pair = out["pair"]
+        lines += ["", lookup.render(pair), "  prompt" + ("" if pair["prompt_template_matches"] else
+                                                          " (this checkout's template; the table's differs)") + ":",
+                  *(f"    {line}" for line in pair["prompt"].splitlines())]
+    return "\n".join(lines)
 
 
 def flatten(tree, prefix: str = "") -> dict:
@@ -364,10 +400,12 @@ def main(argv: list[str]) -> None:
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("release", help="push every output to the default DVC remote and tag the current state as "
                                    "tables/<period.month>")
-    sub.add_parser("list", help="released versions")
+    ls = sub.add_parser("list", help="released versions")
     s = sub.add_parser("show", help="a version's lineage, and a pair's prediction with its prompt")
     s.add_argument("rev")
     s.add_argument("--pair", nargs=2, type=int, metavar=("C1", "C2"))
+    for p in (ls, s):
+        p.add_argument("--json", action="store_true", help="print the full record as JSON (for scripts)")
     d = sub.add_parser("diff", help="what changed between two versions")
     d.add_argument("rev1")
     d.add_argument("rev2")
@@ -379,9 +417,11 @@ def main(argv: list[str]) -> None:
         if args.command == "release":
             print(f"released {release(config.load())}; its outputs are on {remote_text(*remote())}")
         elif args.command == "list":
-            print(json.dumps(listing(), indent=2))
+            rows = listing()
+            print(json.dumps(rows, indent=2) if args.json else render_listing(rows))
         elif args.command == "show":
-            print(json.dumps(show(args.rev, tuple(args.pair) if args.pair else None), indent=2, default=str))
+            out = show(args.rev, tuple(args.pair) if args.pair else None)
+            print(json.dumps(out, indent=2, default=str) if args.json else render_show(out))
         elif args.command == "diff":
             print(json.dumps(diff(args.rev1, args.rev2), indent=2, default=str))
         else:

@@ -11,7 +11,9 @@ user's mistake too.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,6 +26,34 @@ def parser(prog: str, doc: str, **kwargs) -> argparse.ArgumentParser:
     first, _, rest = doc.strip().partition("\n")
     return argparse.ArgumentParser(prog=prog, description=first, epilog=rest.strip() or None,
                                    formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
+# Third-party lines that tell the user nothing about this run: each is dropped by its exact
+# message, so every other warning (ours, or a library's new one) still shows.
+NOISE_WARNINGS = (
+    # transformers' deprecated alias, which peft reads when it wraps the model.
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
+    # torch's deprecation of LeafSpec, met inside Lightning's own _pytree helper.
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", Warning),
+)
+LIGHTNING_LOG = "lightning.pytorch.utilities.rank_zero"  # where Lightning's rank-zero info lines are logged
+
+
+class _NoAdvert(logging.Filter):
+    """Drops Lightning's litlogger advertisement (an info line on every Trainer); its other info
+    lines (devices found, checkpoints) stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_third_party() -> None:
+    """Set once in an entry point that trains or decodes, before the libraries are used."""
+    for message, category in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    log = logging.getLogger(LIGHTNING_LOG)
+    if not any(isinstance(f, _NoAdvert) for f in log.filters):
+        log.addFilter(_NoAdvert())
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -134,11 +134,14 @@ def test_release_then_audit_list_show_diff_and_verify(repo, tmp_path):
     sh(repo, py, "-m", "dvc", "repro", "--force", "--single-item", "bulk_infer")
     assert json.loads((repo / "metrics/timing/bulk_infer.json").read_text())["decoded"] == 0
     assert sh(repo, "git", "status", "--porcelain", "--untracked-files=no") == ""
+    assert "make one from a built, committed state with python -m pipeline.audit release" in sh(repo, *audit, "list")
     assert "released tables/2024-03" in sh(repo, *audit, "release")
     assert "already exists" in fails(repo, *audit, "release")
-    listed = json.loads(sh(repo, *audit, "list"))
+    listed = json.loads(sh(repo, *audit, "list", "--json"))
+    assert "overridden: tiny random model in CI" in sh(repo, *audit, "list").splitlines()[1]
     assert [r["month"] for r in listed] == ["2024-03"] and listed[0]["override"] == "tiny random model in CI"
-    shown = json.loads(sh(repo, *audit, "show", "tables/2024-03", "--pair", "0", "1"))
+    shown = json.loads(sh(repo, *audit, "show", "tables/2024-03", "--pair", "0", "1", "--json"))
+    assert "    Recent interests:" in sh(repo, *audit, "show", "tables/2024-03", "--pair", "0", "1")
     assert shown["lineage"]["adapter_hash"] and shown["pair"]["prompt"].startswith("Recent interests:")
     assert shown["pair"]["prompt_template_matches"] is True
     assert "not a revision" in fails(repo, *audit, "show", "no-such-tag")
@@ -150,7 +153,7 @@ def test_release_then_audit_list_show_diff_and_verify(repo, tmp_path):
     sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
     shutil.copy(repo / ".dvc/config.local", clone / ".dvc/config.local")
     assert not (clone / ".dvc/cache").exists()
-    assert json.loads(sh(clone, *audit, "show", "tables/2024-03", "--pair", "0", "1"))["pair"] == shown["pair"]
+    assert json.loads(sh(clone, *audit, "show", "tables/2024-03", "--pair", "0", "1", "--json"))["pair"] == shown["pair"]
     assert "refresh date 2024-03-31" in sh(clone, py, "-m", "pipeline.lookup", "0", "1", "--rev", "tables/2024-03")
     verified = sh(clone, *audit, "verify", "tables/2024-03")
     here = kernels.device_class()
@@ -195,7 +198,7 @@ def test_release_then_audit_list_show_diff_and_verify(repo, tmp_path):
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "February")
     assert "released tables/2024-02" in sh(repo, *audit, "release")
-    assert sorted(r["month"] for r in json.loads(sh(repo, *audit, "list"))) == ["2024-02", "2024-03"]
+    assert sorted(r["month"] for r in json.loads(sh(repo, *audit, "list", "--json"))) == ["2024-02", "2024-03"]
     assert "refresh date 2024-03-31" in sh(repo, py, "-m", "pipeline.lookup", "0", "1", "--rev", "tables/2024-03")
     sh(repo, "git", "reset", "-q", "--hard", "tables/2024-03")
     sh(repo, py, "-m", "dvc", "checkout", "-q", "-f")
@@ -208,7 +211,30 @@ def test_exp_run_with_hydra_override_reruns_only_count(repo):
     # top_k only changes the drift metrics: daily counts are the same, so no refit
     assert "Stage 'finetune' didn't change, skipping" in out
     assert json.loads((repo / "metrics/drift.json").read_text())["top_k"] == 3
-    assert "top_k: 3" in (repo / "params.yaml").read_text()
+    written = (repo / "params.yaml").read_bytes()
+    assert b"top_k: 3" in written
+    # python -m pipeline.config writes params.yaml itself, in the bytes of DVC's own composition.
+    sh(repo, py, "-m", "pipeline.config", "count.top_k=3")
+    assert (repo / "params.yaml").read_bytes() == written
+
+
+def test_exp_run_refuses_a_wrong_type_when_composing_and_a_range_when_the_first_stage_loads(repo):
+    """What `dvc exp run -S` loses (pipeline/schema.py): Hydra has no public hook after composition,
+    so only types and enums fail in DVC's process, writing nothing; a value out of its range reaches
+    params.yaml and the first stage DVC runs refuses it, in the line `python -m pipeline.config`
+    prints, before that stage writes anything."""
+    py = sys.executable
+    params = (repo / "params.yaml").read_bytes()
+    refused = failed(repo, py, "-m", "dvc", "exp", "run", "-S", "retrieval.method=random")
+    assert "expected one of [frequency, trend]" in refused.stderr and "Running stage" not in refused.stdout
+    assert (repo / "params.yaml").read_bytes() == params
+
+    refused = failed(repo, py, "-m", "dvc", "exp", "run", "-S", "retrieval.top_n=0")
+    ran = re.findall(r"Running stage '(\w+)'", refused.stdout)
+    assert len(ran) == 1, refused.stdout
+    assert f"{ran[0]}: params.yaml: retrieval.top_n=0: expected >= 1\n" in refused.stderr, refused.stderr
+    assert "top_n: 0" in (repo / "params.yaml").read_text()
+    sh(repo, py, "-m", "pipeline.config")  # back to conf/'s composition
 
 
 def test_moving_the_refresh_date_reruns_retrieval_and_decodes_only_new_prompts(repo):
