@@ -1,8 +1,21 @@
-"""Registers the config schema (pipeline/schema.py) wherever Hydra composes conf/.
+"""Puts the config schema (pipeline/schema.py) where conf/config.yaml's defaults find it, in every
+process where Hydra composes conf/: ours (`python -m pipeline.config`, config.compose) and DVC's
+(`dvc exp run -S key=value`, which imports no pipeline code).
 
-Hydra imports every module of the `hydra_plugins` namespace package on the first composition of
-a process. DVC's `dvc exp run -S key=value` composes params.yaml in its own process with the
-repository root on that search path (dvc.utils.hydra.compose_and_dump, `plugins_path`), so this
-import is how the schema's types, enums and ranges are checked there, where no pipeline code runs.
+Hydra discovers plugins by importing the modules of the `hydra_plugins` namespace package on the
+first composition of a process; DVC puts the repository root on the import path for that scan. Each
+composition then asks every SearchPathPlugin to shape its search path before any config is loaded,
+which is when this one stores the schema in Hydra's ConfigStore (searched as `structured://`).
 """
-import pipeline.schema  # noqa: F401  (registers the schema and its checks on import)
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+# Imported here, not in the method: DVC's process can import pipeline only while Hydra scans plugins.
+from pipeline import schema
+
+
+class PipelineSchema(SearchPathPlugin):
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        # The path needs nothing of ours (Hydra always searches ConfigStore); the schema must be in it.
+        ConfigStore.instance().store(name="schema", node=schema.Config, provider="pipeline")

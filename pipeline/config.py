@@ -1,8 +1,9 @@
 """Config: conf/ (Hydra) is the source of truth, params.yaml its composition.
 
-Stages read params.yaml only; `python -m pipeline.config [overrides]` recomposes it with
-the same function DVC's Hydra integration uses for `dvc exp run -S`, so both give the
-same bytes. Every composition and every load is typed and checked by pipeline/schema.py.
+Stages read params.yaml only; `python -m pipeline.config [overrides]` recomposes it with Hydra's
+compose API and writes it as DVC's Hydra integration does for `dvc exp run -S` (the resolved
+composition as OmegaConf.to_yaml prints it), so both give the same bytes. Every composition and
+every load is typed and checked by pipeline/schema.py (hydra_plugins/ brings the schema to Hydra).
 """
 from __future__ import annotations
 
@@ -19,19 +20,21 @@ PARAMS = ROOT / "params.yaml"
 
 
 def dump(overrides: list[str] | None = None, output: Path = PARAMS) -> None:
-    """Compose conf/config.yaml with Hydra overrides and write it to `output`."""
-    from dvc.utils.hydra import compose_and_dump
-
-    compose_and_dump(output, str(CONF_DIR), None, "config", str(ROOT), list(overrides or []))
+    """Compose conf/config.yaml with Hydra overrides and write it to `output` (nothing is written
+    when a setting is refused)."""
+    # `dvc exp run -S` writes OmegaConf.to_yaml of the resolved composition (DVC's compose_and_dump):
+    # the same bytes here, so the two never disagree (tests/test_dvc_pipeline.py checks).
+    Path(output).write_text(OmegaConf.to_yaml(compose(overrides)), encoding="utf-8")
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
-    """The composed, resolved config in memory (for tools that are not DVC stages)."""
+    """The composed, resolved and checked config in memory."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
     with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
     OmegaConf.resolve(cfg)
+    schema.load(cfg)
     return cfg
 
 

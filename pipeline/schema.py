@@ -1,18 +1,20 @@
 """The schema of the whole config (conf/ and params.yaml): Hydra structured configs.
 
-conf/config.yaml lists `schema` (the Config below, registered in Hydra's ConfigStore) first in its
-defaults list, so every YAML file and override merges into typed nodes: an unknown key, a value of
-the wrong type or outside an enum fails while Hydra composes. The values live in conf/; fields here
-have no defaults (MISSING), only types and, in their metadata, the range a value must fall in.
-Ranges and the rules that tie two keys together are checked by `check` after composition, because
+conf/config.yaml lists `schema` (the Config below, which hydra_plugins/pipeline_schema.py puts in
+Hydra's ConfigStore) first in its defaults list, so every YAML file and override merges into typed
+nodes: an unknown key, a value of the wrong type or outside an enum fails while Hydra composes. The
+values live in conf/; fields here have no defaults (MISSING), only types and, in their metadata, the
+range a value must fall in. Ranges and the rules that tie two keys together are checked by
+Config.__post_init__, which OmegaConf.to_object runs when `load` builds the settings, because
 OmegaConf checks types only; every failure is one line naming the key, the value and what is allowed.
 
 Where the checks run:
-- `python -m pipeline.config` and `config.compose` (this module wraps Hydra's compose, see below);
-- `dvc exp run -S key=value`: DVC composes in its own process (dvc.utils.hydra.compose_and_dump),
-  which imports no pipeline code but lets Hydra discover plugins on the repository root, so
-  hydra_plugins/pipeline_schema.py imports this module there;
-- `config.load()`, which every stage calls, checks params.yaml again (it may be edited by hand).
+- `python -m pipeline.config` and `config.compose`: Hydra's composition (types, enums), then `load`;
+- `config.load()`, which every stage calls first: params.yaml again, whoever wrote it;
+- `dvc exp run -S key=value`: DVC composes in its own process, where Hydra's plugin discovery
+  brings the schema in (hydra_plugins/), so types and enums fail there; Hydra has no public hook
+  after composition, so a value out of its range is written to params.yaml and refused, in the same
+  line, by the first stage DVC runs, before that stage writes anything.
 """
 from __future__ import annotations
 
@@ -23,8 +25,7 @@ from datetime import date
 from enum import StrEnum
 from typing import Any, Callable, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -447,38 +448,36 @@ class Config:
     device: Device = MISSING
     paths: Paths = MISSING
 
+    def __post_init__(self) -> None:
+        _ranges(self, "")
+        _relations(self)
 
-# --- the checks ---------------------------------------------------------------------------------------
+
+# --- the checks: run by Config.__post_init__ when OmegaConf.to_object builds the settings (load) -----
 
 def _fail(key: str, value: Any, allowed: str) -> None:
-    shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
-    raise ConfigError(f"{key}={shown}: expected {allowed}")
+    raise ConfigError(f"{key}={value}: expected {allowed}")
 
 
-def _walk(node: DictConfig, prefix: str) -> None:
-    """Every field's range, depth first in key order; a MISSING value is named too, and a key the
-    schema does not know (Hydra's `+key=value` adds one past the typed nodes)."""
-    fields = dataclasses.fields(OmegaConf.get_type(node))
-    # Hydra's own node sits beside the settings while it composes (dropped before params.yaml is written).
-    unknown = sorted(set(node.keys()) - {f.name for f in fields} - ({"hydra"} if not prefix else set()))
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: not a setting (the settings are in conf/ and pipeline/schema.py)")
-    for f in fields:
-        key = prefix + f.name
-        if OmegaConf.is_missing(node, f.name):
-            raise ConfigError(f"{key} is missing: give {key}=...")
-        value = node[f.name]
+def _ranges(node: Any, prefix: str) -> None:
+    """Every field's range, depth first in key order (OmegaConf builds the inner dataclasses first,
+    so the root walks them all: only it knows each value's full key)."""
+    for f in dataclasses.fields(node):
+        key, value = prefix + f.name, getattr(node, f.name)
         if value is not None and "ok" in f.metadata and not f.metadata["ok"](value):
             _fail(key, value, f.metadata["allowed"])
-        if isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value)):
-            _walk(value, key + ".")
+        if dataclasses.is_dataclass(value):
+            _ranges(value, key + ".")
 
 
-def _relations(c: DictConfig) -> None:
+def _relations(c: Config) -> None:
     """Rules that tie keys together."""
     def need(ok: bool, key: str, allowed: str) -> None:
         if not ok:
-            _fail(key, OmegaConf.select(c, key), allowed)
+            value = c
+            for name in key.split("."):
+                value = getattr(value, name)
+            _fail(key, value, allowed)
 
     d = c.data
     need(d.time_range.start < d.time_range.end, "data.time_range.end", f"a date after data.time_range.start "
@@ -513,47 +512,26 @@ def _relations(c: DictConfig) -> None:
         need(c.refresh.until.startswith(c.period.month), "refresh.until", f"a day of period.month ({c.period.month})")
 
 
-def check(cfg: DictConfig) -> None:
-    """Raise ConfigError, one line, for the first setting outside its range or rules."""
-    _walk(cfg, "")
-    _relations(cfg)
+def load(cfg: DictConfig, source: str | None = None) -> DictConfig:
+    """`cfg` (a composition, or params.yaml as read) typed and checked by the schema; one ConfigError
+    line for the first fault, prefixed with `source` where given. Merging into Config checks keys
+    (Hydra's `+key=value` adds one past the typed nodes) and types;
+    OmegaConf.to_object then builds Config, whose __post_init__ checks ranges and rules."""
+    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-
-def load(cfg: DictConfig, source: str) -> DictConfig:
-    """An untyped config (params.yaml as read) typed and checked by the schema; `source` names it."""
-    from omegaconf.errors import OmegaConfBaseException
-
+    prefix = f"{source}: " if source else ""
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        # As plain values: merged as a typed node, a composition would carry its added keys along.
+        typed = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg, enum_to_str=True))
+    except ConfigKeyError as exc:
+        raise ConfigError(f"{prefix}{exc.full_key}: not a setting (the settings are in conf/ and "
+                          "pipeline/schema.py)") from None
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{source}: {exc.full_key}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{prefix}{exc.full_key}: {str(exc).splitlines()[0]}") from None
     try:
-        check(typed)
+        OmegaConf.to_object(typed)
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{prefix}{exc.full_key} is missing: give {exc.full_key}=...") from None
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(prefix + str(exc)) from None
     return typed
-
-
-ConfigStore.instance().store(name="schema", node=Config)
-
-
-def _checked(compose_config: Callable) -> Callable:
-    def compose(self, *args, **kwargs) -> DictConfig:
-        cfg = compose_config(self, *args, **kwargs)
-        if OmegaConf.get_type(cfg) is Config:  # only configs built on this schema
-            check(cfg)
-        return cfg
-    compose.checks_schema = True
-    return compose
-
-
-def _install() -> None:
-    """Hydra has no hook after composition and DVC writes params.yaml straight from Hydra's compose,
-    so the range checks wrap the one method every composition goes through (hydra-core is pinned)."""
-    from hydra._internal.hydra import Hydra
-
-    if not getattr(Hydra.compose_config, "checks_schema", False):
-        Hydra.compose_config = _checked(Hydra.compose_config)
-
-
-_install()
