@@ -10,21 +10,20 @@ must match; across classes (another CPU vendor, ISA or GPU) the predictions must
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pandas as pd
 import yaml
-from omegaconf import OmegaConf
 
 from pipeline import cli, config, lookup, manifest
 from pipeline.config import ROOT
 from pipeline.llm import prompts
+from pipeline.revisions import RevisionError, Version, git, remote, remote_text
 
 TAG = "tables/"
 
@@ -33,113 +32,12 @@ class AuditError(ValueError):
     pass
 
 
-def git(*args: str, cwd: Path = ROOT) -> str:
-    done = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True)
-    if done.returncode:
-        raise AuditError(f"git {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
-    return done.stdout.strip()
-
-
 def tags() -> list[str]:
     return git("tag", "--list", f"{TAG}*", "--sort=creatordate").split()
 
 
-def remote() -> tuple[str | None, dict]:
-    """The default DVC remote as this work tree configures it (`.dvc/config`, overridden by
-    `.dvc/config.local`), its url resolved: every revision is read from it, whichever remote the
-    revision's own .dvc/config named (releases made before there was one name none)."""
-    from dvc.repo import Repo
-
-    with Repo(str(ROOT)) as repo:
-        name = repo.config["core"].get("remote")
-        return name, dict(repo.config["remote"].get(name, {}))
-
-
-def remote_text(name: str | None, conf: dict) -> str:
-    return f"the DVC remote '{name}' ({conf['url']})" if name else "any DVC remote (none is configured)"
-
-
-class Version:
-    """The pipeline's outputs as a git revision recorded them, read through DVC: from this
-    machine's DVC cache, else from the default remote."""
-
-    def __init__(self, rev: str):
-        from dvc.api import DVCFileSystem
-
-        try:
-            self.commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
-        except AuditError as exc:
-            raise AuditError(f"{rev}: not a revision of this repository (see `python -m pipeline.audit list`)") from exc
-        name, conf = remote()
-        self.rev, self.remote = rev, remote_text(name, conf)
-        self.fs = DVCFileSystem(str(ROOT), rev=self.commit, remote=name, remote_config=conf)
-        self.params = OmegaConf.to_container(config.read_yaml(self.text("params.yaml"), f"params.yaml at {rev}",
-                                                              "that revision's outputs cannot be read"))
-        self.tables_dir = self.params["paths"]["tables"]
-
-    def unavailable(self, path: str, exc: Exception) -> AuditError:
-        """Why this revision cannot give `path`: it is not in the revision at all, or DVC tracks it but
-        neither this machine's DVC cache nor the remote holds its data (a fresh clone holds none)."""
-        if isinstance(exc, FileNotFoundError) and exc.strerror != "No storage files available":
-            return AuditError(f"{path}: not in {self.rev}")
-        return AuditError(f"{path} at {self.rev}: neither this machine's DVC cache nor {self.remote} holds its "
-                          "data; push it there from the machine that built it (`python -m pipeline.audit release` "
-                          "does for a new release, `dvc push --all-tags` for past ones) or rebuild it here "
-                          f"(`git checkout {self.rev} && dvc repro`)")
-
-    def _read(self, path: str, mode: str):
-        from dvc_data.index import DataIndexError
-
-        try:
-            with self.fs.open(path, "rb") as fh:
-                data = fh.read()
-            recorded = self.fs.info(path).get("md5")  # DVC-tracked files only; git holds the rest
-        except (FileNotFoundError, DataIndexError) as exc:
-            raise self.unavailable(path, exc) from exc
-        # DVC serves a cache object's bytes as they are: one edited or damaged since must not pass
-        # for what the revision recorded.
-        if recorded and hashlib.md5(data).hexdigest() != recorded:
-            raise AuditError(f"{path} at {self.rev}: its bytes are not the md5 {recorded} the revision records (the "
-                             f"DVC cache object was edited or damaged); delete .dvc/cache/files/md5/{recorded[:2]}/"
-                             f"{recorded[2:]} and fetch it again (`dvc fetch --all-tags`)")
-        return data.decode("utf-8") if mode == "r" else data
-
-    def text(self, path: str) -> str:
-        return self._read(path, "r")
-
-    def json(self, path: str) -> dict:
-        return json.loads(self.text(path))
-
-    def blob(self, path: str) -> io.BytesIO:
-        return io.BytesIO(self._read(path, "rb"))
-
-    def get(self, path: str, dest: Path) -> None:
-        """Copy a file or folder of this revision to dest."""
-        from dvc_data.index import DataIndexError
-
-        try:
-            self.fs.get(path, str(dest), recursive=True)
-        except (FileNotFoundError, DataIndexError) as exc:
-            raise self.unavailable(path, exc) from exc
-
-    def table_names(self) -> list[str]:
-        from dvc_data.index import DataIndexError
-
-        try:
-            return sorted(PurePosixPath(p).name for p in self.fs.ls(self.tables_dir, detail=False)
-                          if p.endswith(".parquet"))
-        except (FileNotFoundError, DataIndexError) as exc:
-            raise self.unavailable(f"{self.tables_dir}/", exc) from exc
-
-    def table(self, name: str) -> tuple[pd.DataFrame, dict[str, str]]:
-        blob = self.blob(f"{self.tables_dir}/{name}")
-        return pd.read_parquet(blob), manifest.read(blob)
-
-    def recorded_md5(self, name: str) -> str:
-        return self.fs.info(f"{self.tables_dir}/{name}")["md5"]
-
-    def newest_rag(self) -> str:
-        return lookup.choose(self.table_names(), "rag", None)
+def newest_rag(v: Version) -> str:
+    return lookup.choose(v.table_names(), "rag", None)
 
 
 def release(cfg) -> str:
@@ -180,7 +78,7 @@ def listing() -> list[dict]:
         gate = v.json(f"{v.params['paths']['metrics']}/gate.json")
         try:
             ev = v.json(f"{v.params['paths']['metrics']}/evaluate.json")
-        except AuditError:
+        except RevisionError:
             ev = {}
         # Releases made before evaluate.json held only headline figures keep hit rates per strategy.
         hit = ev.get("hit_rate") or {s: x["hit_rate"] for s, x in ev.get("strategies", {}).items()}
@@ -193,7 +91,7 @@ def listing() -> list[dict]:
 
 def show(rev: str, pair: tuple[int, int] | None) -> dict:
     v = Version(rev)
-    name = v.newest_rag()
+    name = newest_rag(v)
     _, meta = v.table(name)
     out = {"rev": rev, "commit": v.commit, "tables": v.table_names(),
            "lineage": {k: meta.get(k) for k in lookup.LINEAGE if k != "gate"} | {
@@ -256,7 +154,7 @@ def flatten(tree, prefix: str = "") -> dict:
 
 def diff(rev1: str, rev2: str) -> dict:
     a, b = Version(rev1), Version(rev2)
-    na, nb = a.newest_rag(), b.newest_rag()
+    na, nb = newest_rag(a), newest_rag(b)
     (ta, ma), (tb, mb) = a.table(na), b.table(nb)
     joined = ta.merge(tb, on=["c1", "c2"], suffixes=("_a", "_b"))
     changed = joined[joined.c_pred_a.astype("Int64").ne(joined.c_pred_b.astype("Int64")).fillna(True)]
@@ -372,7 +270,7 @@ def verify(rev: str) -> Verdict:
                 for out in yaml.safe_load(source.read_text())["outs"]:
                     v.get(out["path"], work / out["path"])
             dvc("repro", "--force", "--no-run-cache", "--no-commit")  # really rebuild: no restoring
-            newest = v.newest_rag()
+            newest = newest_rag(v)
             found = Verdict(v.table(newest)[1].get("device_class", "unrecorded"),
                             manifest.read(work / v.tables_dir / newest).get("device_class", "unrecorded"))
             for n in names:

@@ -2,7 +2,7 @@
 pipeline.lookup, pipeline.audit, pipeline.sweep) shares: argparse, and how a user's mistake ends.
 
 A user's mistake (bad data, a bad setting or override, a missing input, an unknown revision) is
-raised as ValueError or FileNotFoundError (ContractError, LookupFailed and AuditError are
+raised as ValueError or FileNotFoundError (ContractError, LookupFailed, AuditError, RevisionError are
 ValueErrors), or by Hydra for an override it cannot compose; each message already names the file,
 key and value. It ends as one line on stderr and exit status 1 (argparse's usage errors exit 2).
 Anything else is our bug and keeps its traceback; PIPELINE_DEBUG=1 shows the traceback of a

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline import cli, config, manifest
 from pipeline.config import ROOT
+from pipeline.revisions import Version
 
 LINEAGE = ("period", "strategy", "refresh_date", "decoding", "data_hash", "base_model_hash", "adapter_hash",
            "template_hash", "params_hash", "code_revision", "code_hash", "gate")
@@ -126,8 +127,6 @@ def lookup(c1: int, c2: int, table: str | None = None, strategy: str = "rag", da
                 raise LookupFailed(f"{tables_dir}: no tables; run `dvc repro`")
             table = f"{tables_dir}/{choose(sorted(p.name for p in folder.glob('*.parquet')), strategy, date)}"
     else:
-        from pipeline.audit import Version  # audit imports this module
-
         version = Version(rev)
         read = version.blob
         if table is None:

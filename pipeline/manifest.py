@@ -10,10 +10,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config import ROOT
 from pipeline.files import write_annotated
 
 PACKAGES = ("torch", "transformers", "peft", "lightning", "duckdb", "pyarrow", "pandas", "numpy", "dvc")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def stage_deps(stage: str) -> tuple[list[str], tuple[str, ...]]:
