@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pipeline import cli, config, lookup, manifest
+from pipeline import cli, config, lookup, manifest, verdict
 from pipeline.config import ROOT
 from pipeline.llm import prompts
 from pipeline.revisions import RevisionError, Version, git, remote, remote_text
@@ -54,9 +54,8 @@ def release(cfg) -> str:
     if stale:
         raise AuditError(f"dvc.lock is stale for {sorted(stale)}: run `dvc repro` and commit dvc.lock")
     gate = json.loads((Path(cfg.paths.metrics) / "gate.json").read_text())
-    if not gate["passed"] and not gate["override_reason"]:
-        raise AuditError(f"the gate failed ({'; '.join(gate['failed_checks'])}) and was not overridden; "
-                         "nothing to release")
+    if not verdict.cleared(gate):
+        raise AuditError(f"{verdict.failure(gate)}; nothing to release")
     tag = f"{TAG}{cfg.period.month}"
     if tag in tags():
         raise AuditError(f"{tag} already exists (releases are immutable); roll over to the next period.month")

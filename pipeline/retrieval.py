@@ -34,6 +34,11 @@ def popular(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[date],
     return found
 
 
+def read_popular(path: str | Path) -> dict[date, list[int]]:
+    """The retrieve stage's popular clusters (paths.popular): each refresh date's, most popular first."""
+    return {d.date(): list(p) for d, p in pd.read_parquet(path).itertuples(index=False)}
+
+
 def first_popular(clusters, c1: int, c2: int) -> int | None:
     """The first of `clusters` (most popular first) that is neither c1 nor c2, the no-LLM fallback
     of every table and baseline; None when there is none."""

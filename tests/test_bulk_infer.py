@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import kernels, manifest, retrieval, timing
+from pipeline import kernels, manifest, retrieval, timing, verdict
 from pipeline.data import contract
 from pipeline.llm import bulk, model, prompts
 from pipeline.llm.cache import AnswerCache
@@ -237,9 +237,9 @@ def test_constrained_tables_are_always_valid(world, tmp_path):
 
 def test_a_failed_gate_stops_with_a_clear_error(world, tmp_path):
     shutil.copytree(world, tmp_path / "a", ignore=shutil.ignore_patterns("tables", ".infer_cache"))
-    verdict = tmp_path / "a" / "metrics" / "gate.json"
-    failed = {**json.loads(verdict.read_text()), "override_reason": None}
-    verdict.write_text(json.dumps(failed))
+    gate = tmp_path / "a" / "metrics" / "gate.json"
+    failed = {**json.loads(gate.read_text()), "override_reason": None}
+    gate.write_text(json.dumps(failed))
     with pytest.raises(ValueError, match="gate.json: the gate failed .* not overridden"):
         build(world, tmp_path / "a")
     assert not (tmp_path / "a" / "tables").exists()
@@ -259,20 +259,28 @@ def test_a_broken_gate_verdict_is_one_line_naming_the_file_and_key(world, tmp_pa
     if isinstance(content, str):
         path.write_text(content)
     else:
-        verdict = json.loads((world / "metrics" / "gate.json").read_text())
-        verdict.pop(content.get("drop"), None)
-        verdict.update({k: v for k, v in content.items() if k != "drop"})
-        path.write_text(json.dumps(verdict))
+        gate = json.loads((world / "metrics" / "gate.json").read_text())
+        gate.pop(content.get("drop"), None)
+        gate.update({k: v for k, v in content.items() if k != "drop"})
+        path.write_text(json.dumps(gate))
     with pytest.raises(ValueError) as err:
-        bulk_infer._gate(path)
+        verdict.read(path)
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_verdict_is_cleared_when_the_gate_passed_or_was_overridden():
+    base = {"failed_checks": ["test_recall 0.1 < 0.5"]}
+    assert verdict.cleared({**base, "passed": True, "override_reason": None})
+    assert verdict.cleared({**base, "passed": False, "override_reason": "tiny random model in CI"})
+    assert not verdict.cleared({**base, "passed": False, "override_reason": ""})
+    assert verdict.failure(base) == "the gate failed (test_recall 0.1 < 0.5) and was not overridden"
+
+
 def test_the_gate_verdicts_hybrid_rule_is_read_as_recorded(world, tmp_path):
-    verdict = json.loads((world / "metrics" / "gate.json").read_text())
+    gate = json.loads((world / "metrics" / "gate.json").read_text())
     path = tmp_path / "gate.json"
-    path.write_text(json.dumps({**verdict, "hybrid": {"rule": "confidence", "tau": None, "min_logprob": -1.5}}))
-    assert bulk_infer._gate(path)[1] == {"rule": "confidence", "tau": None, "min_logprob": -1.5}
+    path.write_text(json.dumps({**gate, "hybrid": {"rule": "confidence", "tau": None, "min_logprob": -1.5}}))
+    assert verdict.read(path)[1] == {"rule": "confidence", "tau": None, "min_logprob": -1.5}
 
 
 def test_lookup_serves_a_pair_with_its_lineage_and_names_bad_input(world, tmp_path):

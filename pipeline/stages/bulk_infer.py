@@ -11,7 +11,6 @@ computes exactly the batches an uninterrupted run would.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pipeline import kernels, manifest, retrieval, timing
+from pipeline import kernels, manifest, retrieval, timing, verdict
 from pipeline.data import contract
 from pipeline.files import atomic_path, refuse_foreign, tree_sha256, write_metrics
 from pipeline.llm import bulk, model, prompts
@@ -76,13 +75,13 @@ def run(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
     inf = cfg.infer
     days = refresh_dates(cfg)
-    gate, rule = _gate(Path(cfg.paths.metrics) / "gate.json")
+    gate, rule = verdict.read(Path(cfg.paths.metrics) / "gate.json")
     found = pd.read_parquet(cfg.paths.retrieved)
     stale = set(found.refresh_date.dt.date) - set(days)
     if stale:
         raise ValueError(f"{cfg.paths.retrieved}: refresh dates {sorted(map(str, stale))} are not in this run's "
                          f"{[str(d) for d in days]}; rerun the retrieve stage (dvc repro)")
-    popular = {d.date(): list(p) for d, p in pd.read_parquet(cfg.paths.popular).itertuples(index=False)}
+    popular = retrieval.read_popular(cfg.paths.popular)
     names = contract.descriptions(cfg.data.path)
     shown = cfg.prompts.popular_n
     rows = table_rows(names, found, days, cfg.prompts.min_support, {d: p[:shown] for d, p in popular.items()})
@@ -159,28 +158,3 @@ def collapse(per_table: dict) -> dict:
     rag = [t["distinct_answers"] for name, t in per_table.items() if name != "base"]
     return {"base": per_table["base"]["distinct_answers"], "rag_min": min(rag, default=None),
             "rag_max": max(rag, default=None)}
-
-
-VERDICT = ("passed", "exact_match", "test_recall", "override_reason", "failed_checks")
-
-
-def _gate(path: Path) -> tuple[dict, dict]:
-    """(the gate's verdict and figures the tables are built under, its hybrid rule); a failed gate
-    without an override stops here. A missing, unreadable or hand-broken gate.json is one line
-    naming the file (and the key)."""
-    if not path.exists():
-        raise ValueError(f"{path}: no gate verdict; run the gate stage first (dvc repro)")
-    try:
-        g = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable gate verdict ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else 'empty'}); rerun the gate stage (dvc repro)") from None
-    if not isinstance(g, dict):
-        raise ValueError(f"{path}: not a gate verdict (a JSON object); rerun the gate stage (dvc repro)")
-    lacking = [k for k in (*VERDICT, "hybrid") if k not in g]
-    if lacking:
-        raise ValueError(f"{path}: key {lacking[0]!r} is missing; rerun the gate stage (dvc repro)")
-    if not g["passed"] and not g["override_reason"]:
-        raise ValueError(f"{path}: the gate failed ({'; '.join(map(str, g['failed_checks']))}) and was not "
-                         "overridden; no table is built from this adapter")
-    return {k: g[k] for k in VERDICT}, retrieval.hybrid_rule(g["hybrid"], str(path))

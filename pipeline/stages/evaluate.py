@@ -340,7 +340,7 @@ def run(cfg: DictConfig) -> None:
         raise ValueError(f"{cfg.paths.triples}: no triples in {cfg.period.month}; nothing to evaluate")
     events["day"] = pd.to_datetime(events.day).dt.date
     base, rag = load_tables(Path(cfg.paths.tables), days)
-    popular = {d.date(): list(p) for d, p in pd.read_parquet(cfg.paths.popular).itertuples(index=False)}
+    popular = retrieval.read_popular(cfg.paths.popular)
     found = pd.read_parquet(cfg.paths.retrieved)
     daily = cfg.paths.daily_counts
     fallback = backoff_successors(con, daily, days, cfg.retrieval.window_days)
