@@ -38,7 +38,7 @@ def run(tmp_path, *overrides):
     cfg = compose(tmp_path, "count.top_k=3", "count.min_support=12", *overrides)
     write_triples(Path(cfg.paths.triples), SPEC)
     count.run(cfg)
-    return (pd.read_parquet(cfg.paths.daily_counts), json.loads((tmp_path / "metrics/drift.json").read_text()),
+    return (pd.read_parquet(cfg.paths.daily_counts), json.loads((tmp_path / "metrics/count/detail.json").read_text()),
             (tmp_path / "metrics/drift_by_month.csv").read_text())
 
 
@@ -56,6 +56,9 @@ def test_drift_jaccard(tmp_path):
     assert drift["mean_jaccard"] == pytest.approx((0.2 + 0.5) / 2)
     assert drift["var_jaccard"] == pytest.approx(pd.Series([0.2, 0.5]).var())
     assert plot.splitlines() == ["month,mean_jaccard,var_jaccard,pairs", "2024-02,0.35,0.045,2"]
+    # metrics/count.json, what `dvc metrics show` prints, holds the drift figures only.
+    assert json.loads((tmp_path / "metrics/count.json").read_text()) == count.headline(drift) == {
+        k: drift[k] for k in ("mean_jaccard", "var_jaccard", "pairs_compared")}
 
 
 def test_top_k_is_a_setting(tmp_path):
@@ -80,6 +83,6 @@ def test_month_profile_buckets_triples_by_window_support_and_training(tmp_path):
         ("2024-03-08", 2, 3, 4, 5),  # torso at 03-07 (02-29..03-06 holds 03-04's 10)
     ])
     count.run(cfg)
-    month = json.loads((tmp_path / "metrics/drift.json").read_text())["month"]
+    month = json.loads((tmp_path / "metrics/count/detail.json").read_text())["month"]
     assert month == {"period": "2024-03", "triples": 25, "cold": 0.24, "tail": 0.4, "torso": 0.2, "head": 0.16,
                      "unseen_in_training": 0.76}

@@ -210,7 +210,7 @@ def test_exp_run_with_hydra_override_reruns_only_count(repo):
     assert "Stage 'extract' didn't change, skipping" in out and "Running stage 'count'" in out
     # top_k only changes the drift metrics: daily counts are the same, so no refit
     assert "Stage 'finetune' didn't change, skipping" in out
-    assert json.loads((repo / "metrics/drift.json").read_text())["top_k"] == 3
+    assert json.loads((repo / "metrics/count/detail.json").read_text())["top_k"] == 3
     written = (repo / "params.yaml").read_bytes()
     assert b"top_k: 3" in written
     # python -m pipeline.config writes params.yaml itself, in the bytes of DVC's own composition.
@@ -224,6 +224,11 @@ def test_exp_run_refuses_a_wrong_type_when_composing_and_a_range_when_the_first_
     params.yaml and the first stage DVC runs refuses it, in the line `python -m pipeline.config`
     prints, before that stage writes anything."""
     py = sys.executable
+    # A setting no stage declares (ray.*) reruns nothing on a built workspace (the last experiment's,
+    # count.top_k=3): DVC records it, and no stage refuses it until one runs.
+    out = sh(repo, py, "-m", "dvc", "exp", "run", "-S", "count.top_k=3", "-S", "ray.workers=0")
+    assert "Running stage" not in out and "workers: 0" in (repo / "params.yaml").read_text()
+
     params = (repo / "params.yaml").read_bytes()
     refused = failed(repo, py, "-m", "dvc", "exp", "run", "-S", "retrieval.method=random")
     assert "expected one of [frequency, trend]" in refused.stderr and "Running stage" not in refused.stdout
@@ -232,9 +237,11 @@ def test_exp_run_refuses_a_wrong_type_when_composing_and_a_range_when_the_first_
     refused = failed(repo, py, "-m", "dvc", "exp", "run", "-S", "retrieval.top_n=0")
     ran = re.findall(r"Running stage '(\w+)'", refused.stdout)
     assert len(ran) == 1, refused.stdout
-    assert f"{ran[0]}: params.yaml: retrieval.top_n=0: expected >= 1\n" in refused.stderr, refused.stderr
+    refusal = f"{ran[0]}: {(repo / 'params.yaml').resolve()}: retrieval.top_n=0: expected >= 1\n"
+    assert refusal in refused.stderr, refused.stderr
     assert "top_n: 0" in (repo / "params.yaml").read_text()
     sh(repo, py, "-m", "pipeline.config")  # back to conf/'s composition
+    sh(repo, py, "-m", "dvc", "checkout", "-q", "-f")  # DVC removed the refusing stage's old outputs
 
 
 def test_moving_the_refresh_date_reruns_retrieval_and_decodes_only_new_prompts(repo):
@@ -244,7 +251,7 @@ def test_moving_the_refresh_date_reruns_retrieval_and_decodes_only_new_prompts(r
     sh(repo, py, "-m", "dvc", "exp", "run", "-S", "refresh.until=2024-03-03")
     out = sh(repo, py, "-m", "dvc", "exp", "run", "-S", "refresh.until=2024-03-05")
     assert "Running stage 'retrieve'" in out and "Running stage 'bulk_infer'" in out
-    # count measures the month by its refresh dates (drift.json); its daily counts, the same bytes,
+    # count measures the month by its refresh dates (count/detail.json); its daily counts, the same bytes,
     # leave the fine-tune and the gate alone.
     assert "Running stage 'count'" in out
     for stage in ("extract", "finetune", "gate"):
@@ -266,7 +273,7 @@ def test_movielens_switches_the_whole_pipeline(repo):
     extract = json.loads((repo / "metrics/extract/detail.json").read_text())
     assert extract["dataset"] == "movielens" and extract["clusters"] == 41
     assert json.loads((repo / "metrics/extract.json").read_text())["triples"] > 10000
-    assert json.loads((repo / "metrics/drift.json").read_text())["pairs_compared"] > 0
+    assert json.loads((repo / "metrics/count.json").read_text())["pairs_compared"] > 0
 
 
 def test_any_contract_dataset_runs_without_code_change(repo, tmp_path):

@@ -15,7 +15,7 @@ from pipeline.stages import count, extract
 from tests.conftest import ROOT, compose, events_frame, write_dataset
 
 OUTPUTS = ("sequences", "triples", "daily_counts")
-METRICS = ("extract.json", "extract/detail.json", "drift.json", "drift_by_month.csv")
+METRICS = ("extract.json", "extract/detail.json", "count.json", "count/detail.json", "drift_by_month.csv")
 
 
 def fixture_events(n_users: int = 40, n_events: int = 3000):
@@ -50,7 +50,7 @@ def run_engine(root: Path, engine: str, *overrides: str) -> dict[str, bytes]:
 @pytest.mark.parametrize("dedupe", ["first_occurrence", "consecutive"])
 def test_spark_writes_the_bytes_duckdb_writes(tmp_path, dedupe):
     duck = run_engine(tmp_path / "duckdb", "duckdb", f"extract.dedupe={dedupe}")
-    assert len(duck["triples"]) > 1000 and b'"pairs_compared": 0' not in duck["drift.json"]
+    assert len(duck["triples"]) > 1000 and b'"pairs_compared": 0' not in duck["count.json"]
     sparked = run_engine(tmp_path / "spark", "spark", f"extract.dedupe={dedupe}")
     assert {name: sparked[name] == duck[name] for name in duck} == {name: True for name in duck}
 

@@ -84,7 +84,7 @@ def drift_of(tmp_path, *overrides):
     synth.generate(cfg.data.synth, cfg.data.time_range, cfg.data.path)
     extract.run(cfg)
     count.run(cfg)
-    return json.loads((tmp_path / "metrics" / "drift.json").read_text())
+    return json.loads((tmp_path / "metrics" / "count" / "detail.json").read_text())
 
 
 def test_drift_setting_moves_successors(tmp_path):

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from pipeline import db, engines
 from pipeline.buckets import bucket_of
-from pipeline.files import atomic_path, write_json
+from pipeline.files import atomic_path, write_metrics
 from pipeline.period import refresh_dates, windows
 
 
@@ -44,6 +44,12 @@ def support_profile(rows: pd.DataFrame, bounds: dict[str, int]) -> dict:
             "unseen_in_training": share(~rows.seen_in_training.astype(bool))}
 
 
+def headline(m: dict) -> dict:
+    """What `dvc metrics show` compares: the month-over-month drift of top-k successor sets. The
+    settings it was measured under and the evaluated month's realism figures are in the detail."""
+    return {k: m[k] for k in ("mean_jaccard", "var_jaccard", "pairs_compared")}
+
+
 def run(cfg: DictConfig) -> None:
     con = db.connect(cfg)
     with engines.open_engine(cfg, con) as engine:
@@ -56,7 +62,7 @@ def run(cfg: DictConfig) -> None:
         "daily": cfg.paths.daily_counts, "month_start": w.month_start, "month_end": w.month_end,
         "window_days": cfg.retrieval.window_days, "train_start": w.train_start, "test_start": w.test_start})
     metrics["month"] = {"period": cfg.period.month, **support_profile(profile, dict(cfg.eval.support_buckets))}
-    write_json(Path(cfg.paths.metrics) / "drift.json", metrics)
+    write_metrics(cfg.paths.metrics, "count", headline(metrics), metrics)
     # Per-month detail is a plot, not a metric: `dvc metrics show` stays one readable row.
     with atomic_path(Path(cfg.paths.metrics) / "drift_by_month.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["month", "mean_jaccard", "var_jaccard", "pairs"])
