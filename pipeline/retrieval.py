@@ -18,8 +18,8 @@ def successors(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[dat
     successors of [day - window_days, day), how often each followed the pair there, and how often
     anything did.
 
-    Pairs with no triple in the window are absent. method: frequency or trend (retrieve.sql)."""
-    found = db.over_dates(con, "retrieve", days, {"daily": str(daily), "window_days": window_days,
+    Pairs with no triple in the window are absent. method: frequency or trend (successors.sql)."""
+    found = db.over_dates(con, "successors", days, {"daily": str(daily), "window_days": window_days,
                                                 "top_n": top_n, "method": method})
     found["retrieved"] = found["retrieved"].map(list)
     found["support"] = found["support"].map(list)
@@ -29,7 +29,7 @@ def successors(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[dat
 def popular(con: duckdb.DuckDBPyConnection, daily: Path | str, days: list[date], window_days: int,
             top_n: int) -> pd.DataFrame:
     """(refresh_date, popular): per day, the top_n clusters most often reached in [day - window_days, day)."""
-    found = db.over_dates(con, "popular", days, {"daily": str(daily), "window_days": window_days, "top_n": top_n})
+    found = db.over_dates(con, "popular_clusters", days, {"daily": str(daily), "window_days": window_days, "top_n": top_n})
     found["popular"] = found["popular"].map(list)
     return found
 

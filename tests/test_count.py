@@ -73,7 +73,7 @@ def test_no_comparable_pairs_is_a_clear_error(tmp_path):
 
 def test_month_profile_buckets_triples_by_window_support_and_training(tmp_path):
     """period 2024-03: refresh dates every 2 days from 03-01, 7-day windows, fine-tune days
-    [02-02, 02-25); support counts successors other than c1 and c2, as retrieve.sql does."""
+    [02-02, 02-25); support counts successors other than c1 and c2, as successors.sql does."""
     cfg = compose(tmp_path, "count.min_support=1")
     write_triples(Path(cfg.paths.triples), [
         ("2024-02-26", 0, 1, 2, 30), ("2024-02-27", 0, 1, 0, 5),  # window of 03-01: 30 (c_next = c1 not counted)

@@ -189,7 +189,7 @@ def test_eval_events_list_the_next_distinct_novel_clusters_from_c_next_on(tmp_pa
                            columns=["user_id", "ts", "c1", "c2", "c_next"])
     seq.to_parquet(tmp_path / "seq.parquet")
     triples.to_parquet(tmp_path / "triples.parquet")
-    got = db.connect(cfg).execute(db.sql("eval_events"), {
+    got = db.connect(cfg).execute(db.sql("evaluate_events"), {
         "triples": str(tmp_path / "triples.parquet"), "sequences": str(tmp_path / "seq.parquet"),
         "month_start": date(2024, 3, 1), "month_end": date(2024, 4, 1), "horizon": 3}).df()
     assert len(got) == 1 and list(got.future[0]) == [2, 3, 4]  # 0 and 1 are the history; 2 repeats

@@ -93,9 +93,9 @@ def test_dvc_yaml_declares_exactly_the_code_a_stage_runs(stage):
 def test_the_check_names_a_removed_dep_and_a_foreign_one():
     declared, _ = manifest.stage_deps("bulk_infer")
     assert "pipeline/files.py" in declared
-    less = [d for d in declared if d != "pipeline/files.py"] + ["pipeline/sql/drift.sql"]
+    less = [d for d in declared if d != "pipeline/files.py"] + ["pipeline/sql/count_drift.sql"]
     assert mismatch("bulk_infer", less) == ["bulk_infer: dvc.yaml lacks pipeline/files.py",
-                                            "bulk_infer: dvc.yaml declares pipeline/sql/drift.sql, which the stage "
+                                            "bulk_infer: dvc.yaml declares pipeline/sql/count_drift.sql, which the stage "
                                             "does not use"]
     declared, _ = manifest.stage_deps("extract")
     assert mismatch("extract", [d for d in declared if "dedupe_first" not in d]) == [

@@ -17,8 +17,8 @@ from pipeline.period import refresh_dates, windows
 def drift(engine, daily: Path, top_k: int, min_support: int) -> tuple[dict, list[dict]]:
     """Mean and variance of month-over-month top-k Jaccard: overall, and per month (month, pairs,
     mean_jaccard, var_jaccard)."""
-    engine.table("jaccard", "drift", {"daily": str(daily), "top_k": top_k, "min_support": min_support})
-    rows = engine.rows("drift_summary")
+    engine.table("jaccard", "count_drift", {"daily": str(daily), "top_k": top_k, "min_support": min_support})
+    rows = engine.rows("count_drift_summary")
     # The total row (month NULL) is missing on Spark when there is no pair at all.
     overall = next((r for r in rows if r["month"] is None), {"pairs": 0})
     if overall["pairs"] == 0:
@@ -33,7 +33,7 @@ def drift(engine, daily: Path, top_k: int, min_support: int) -> tuple[dict, list
 
 def support_profile(rows: pd.DataFrame, bounds: dict[str, int]) -> dict:
     """Shares of the month's triples by support bucket (keyed by its name) and unseen in training, from
-    support_profile.sql's (support, seen_in_training, triples) rows; shares are null without triples."""
+    count_support_profile.sql's (support, seen_in_training, triples) rows; shares are null without triples."""
     total = int(rows.triples.sum())
     bucket = bucket_of(rows.support, bounds)
 
@@ -58,7 +58,7 @@ def run(cfg: DictConfig) -> None:
         metrics, months = drift(engine, Path(cfg.paths.daily_counts), cfg.count.top_k, cfg.count.min_support)
     # A small read of the written counts, on DuckDB whatever the engine (as retrieve reads them).
     w = windows(cfg)
-    profile = db.over_dates(con, "support_profile", refresh_dates(cfg), {
+    profile = db.over_dates(con, "count_support_profile", refresh_dates(cfg), {
         "daily": cfg.paths.daily_counts, "month_start": w.month_start, "month_end": w.month_end,
         "window_days": cfg.retrieval.window_days, "train_start": w.train_start, "test_start": w.test_start})
     metrics["month"] = {"period": cfg.period.month, **support_profile(profile, dict(cfg.eval.support_buckets))}

@@ -105,7 +105,7 @@ def train_lookup(con, daily: str, w, pairs: pd.DataFrame) -> pd.DataFrame:
     """(c1, c2, c_pred) for every pair of `pairs`: its most frequent successor other than c1 and c2
     in the fine-tune's sample days [train_start, test_start), else the first of those days' most
     popular clusters that is neither (the frequency table the fine-tune's data could teach).
-    retrieve.sql and popular.sql over that window, dated test_start: ties go to the lower cluster id."""
+    successors.sql and popular_clusters.sql over that window, dated test_start: ties go to the lower cluster id."""
     span = (w.test_start - w.train_start).days
     top = retrieval.successors(con, daily, [w.test_start], span, 1)
     # Three popular clusters always hold one that is neither c1 nor c2.
@@ -127,7 +127,7 @@ def distinct_answers(served: pd.DataFrame, tables: dict[str, pd.Series]) -> dict
 def backoff_successors(con, daily: str, days: list[date], window_days: int) -> pd.DataFrame:
     """(refresh_date, c2, backoff): per day and last cluster, its two most frequent successors of
     [day - window_days, day) whatever came before it (the back-off baseline's second level)."""
-    found = db.over_dates(con, "backoff", days, {"daily": daily, "window_days": int(window_days)})
+    found = db.over_dates(con, "evaluate_backoff", days, {"daily": daily, "window_days": int(window_days)})
     found["backoff"] = found["backoff"].map(list)
     return found
 
@@ -333,7 +333,7 @@ def run(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
     e, w, days = cfg.eval, windows(cfg), refresh_dates(cfg)
     con = db.connect(cfg)
-    events = con.execute(db.sql("eval_events"), {
+    events = con.execute(db.sql("evaluate_events"), {
         "triples": cfg.paths.triples, "sequences": cfg.paths.sequences, "month_start": w.month_start,
         "month_end": w.month_end, "horizon": e.horizon}).df()
     if events.empty:

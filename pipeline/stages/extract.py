@@ -76,9 +76,9 @@ def run(cfg: DictConfig) -> None:
             engine.stage_views(con, ("events", "items"))
         stats = build(engine, cfg.extract, sql_form)
         if sql_form == "ordered":  # deduped is in (user, time) order already
-            write(engine, cfg, stats, "sequences", "triples")
+            write(engine, cfg, stats, "extract_sequences", "extract_triples")
         else:
-            write(engine, cfg, stats, "sequences_sorted", "triples_sorted")
+            write(engine, cfg, stats, "extract_sequences_sorted", "extract_triples_sorted")
     stats["repeats_collapsed"] = stats["positive_events"] - stats["deduped_visits"]
     stats.update(clusters=counts["clusters"], items=counts["items"], dataset=cfg.data.name)
     write_metrics(cfg.paths.metrics, "extract", {k: stats[k] for k in HEADLINE},

@@ -1,6 +1,6 @@
 -- The world's realism figures (README "Synthetic world"): the triples of [$month_start, $month_end)
 -- by their pair's support in the retrieval window [r - $window_days, r) of the refresh date r that
--- serves them (the newest on or before their day), counted as retrieve.sql counts pair_support,
+-- serves them (the newest on or before their day), counted as successors.sql counts pair_support,
 -- and whether their pair has any triple in the fine-tune's sample days [$train_start, $test_start).
 -- Reads the view `refresh_dates` (day). Parameters: $daily, $month_start, $month_end,
 -- $window_days, $train_start, $test_start.
