@@ -70,23 +70,21 @@ def serve(rows: pd.DataFrame, answers: list[tuple[str, float]], names: dict[int,
         "logprob": [float(x) for _, x in answers]})
 
 
-def run(cfg: DictConfig) -> None:
-    refuse_foreign(cfg.paths.tables, TABLE_FILES)  # before any decoding
-    torch.set_num_threads(cfg.torch_threads)
-    inf = cfg.infer
-    days = refresh_dates(cfg)
-    gate, rule = verdict.read(Path(cfg.paths.metrics) / "gate.json")
+def retrieved(cfg: DictConfig, days: list) -> pd.DataFrame:
+    """The retrieve stage's successors, refused when they were built for other refresh dates."""
     found = pd.read_parquet(cfg.paths.retrieved)
     stale = set(found.refresh_date.dt.date) - set(days)
     if stale:
         raise ValueError(f"{cfg.paths.retrieved}: refresh dates {sorted(map(str, stale))} are not in this run's "
                          f"{[str(d) for d in days]}; rerun the retrieve stage (dvc repro)")
-    popular = retrieval.read_popular(cfg.paths.popular)
-    names = contract.descriptions(cfg.data.path)
-    shown = cfg.prompts.popular_n
-    rows = table_rows(names, found, days, cfg.prompts.min_support, {d: p[:shown] for d, p in popular.items()})
+    return found
 
-    where = kernels.device(cfg.device)
+
+def decode(cfg: DictConfig, rows: pd.DataFrame, names: dict[int, str], where: str):
+    """Every distinct prompt's (answer, log-probability), from the answer cache or decoded now;
+    also the namespace the answers are cached under, the prompts decoded, the decode seconds and
+    the tokenizer."""
+    inf = cfg.infer
     tokenizer = model.load_tokenizer(cfg.model)
     trie = bulk.Trie.build(tokenizer, names)
     settings = bulk.Settings(constrained=inf.decoding == "constrained", max_new_tokens=inf.max_new_tokens,
@@ -97,7 +95,6 @@ def run(cfg: DictConfig) -> None:
     ns = namespace(cfg.model, cfg.paths.adapter, names, inf.dtype, where, decoding=inf.decoding,
                    max_new_tokens=settings.max_new_tokens)
     cache = AnswerCache(cfg.paths.infer_cache, ns)
-    lineage = {k: ns[k] for k in ("base_model_hash", "adapter_hash", "template_hash")}
     answers = cache.load()
     unique = rows.drop_duplicates("prompt")
     missing = sorted(p for p in unique.prompt if p not in answers)
@@ -108,14 +105,24 @@ def run(cfg: DictConfig) -> None:
         answers.update(cache.fill(missing, lambda shard, advance: bulk.scored_answers(
             llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard], advance=advance),
             inf.shard_size[where]))
-    decode_s = time.perf_counter() - began
+    return answers, ns, missing, time.perf_counter() - began, tokenizer
 
+
+def lineage_fields(cfg: DictConfig, ns: dict, where: str, gate: dict, rule: dict) -> dict:
+    """The manifest every table of this run carries (its strategy, date and rows are added per table)."""
     code, declared = manifest.stage_deps("bulk_infer")
-    fields = {**lineage, **kernels.lineage(where), "dtype": inf.dtype, "period": cfg.period.month,
-              "decoding": inf.decoding, "data_hash": tree_sha256(cfg.data.path), "params": manifest.params(cfg, declared),
+    fields = {**{k: ns[k] for k in ("base_model_hash", "adapter_hash", "template_hash")}, **kernels.lineage(where),
+              "dtype": cfg.infer.dtype, "period": cfg.period.month, "decoding": cfg.infer.decoding,
+              "data_hash": tree_sha256(cfg.data.path), "params": manifest.params(cfg, declared),
               "code_revision": manifest.code_revision(code), "code_hash": manifest.code_hash(code),
               "packages": manifest.packages(), "gate": gate, "hybrid": rule}
     fields["params_hash"] = manifest.sha256_json(fields["params"])
+    return fields
+
+
+def write_tables(cfg: DictConfig, rows: pd.DataFrame, answers: dict, names: dict[int, str], popular: dict,
+                 found: pd.DataFrame, rule: dict, fields: dict) -> tuple[dict, int]:
+    """Every table into paths.tables; (each table's figures, valid rows over all tables)."""
     # Only what the tables determine goes into tracked outputs: a table's new prompts are those no
     # earlier table of this run holds, whatever the answer cache held when the run began.
     per_table, seen, valid_rows = {}, set(), 0
@@ -138,15 +145,33 @@ def run(cfg: DictConfig) -> None:
                                "valid_share": round(float(table.valid.mean()), 6),
                                "distinct_answers": int(table.c_pred.nunique()),
                                "served": {k: int(v) for k, v in table.served.value_counts().sort_index().items()}}
+    return per_table, valid_rows
+
+
+def run(cfg: DictConfig) -> None:
+    refuse_foreign(cfg.paths.tables, TABLE_FILES)  # before any decoding
+    torch.set_num_threads(cfg.torch_threads)
+    days = refresh_dates(cfg)
+    gate, rule = verdict.read(Path(cfg.paths.metrics) / "gate.json")
+    found = retrieved(cfg, days)
+    popular = retrieval.read_popular(cfg.paths.popular)
+    names = contract.descriptions(cfg.data.path)
+    shown = cfg.prompts.popular_n
+    rows = table_rows(names, found, days, cfg.prompts.min_support, {d: p[:shown] for d, p in popular.items()})
+    where = kernels.device(cfg.device)
+    answers, ns, missing, decode_s, tokenizer = decode(cfg, rows, names, where)
+    per_table, valid_rows = write_tables(cfg, rows, answers, names, popular, found, rule,
+                                         lineage_fields(cfg, ns, where, gate, rule))
+    unique = rows.prompt.drop_duplicates()
     rate = len(missing) / decode_s if missing else 0.0
     timing.note(decode_s=round(decode_s, 1), cached_at_start=len(unique) - len(missing), decoded=len(missing),
                 prompts_per_s=round(rate, 2))
     write_metrics(cfg.paths.metrics, "bulk_infer", {
         "tables": len(per_table), "pairs": int((rows.table == "base").sum()), "unique_prompts": len(unique),
         "tokens_per_prompt": round(sum(len(tokenizer(p, add_special_tokens=False).input_ids)
-                                       for p in unique.prompt) / len(unique), 2),
+                                       for p in unique) / len(unique), 2),
         "valid_share": round(valid_rows / len(rows), 6), "distinct_answers": collapse(per_table)},
-        {"decoding": inf.decoding, "per_table": per_table})
+        {"decoding": cfg.infer.decoding, "per_table": per_table})
     print(f"bulk_infer: {len(per_table)} tables of {per_table['base']['rows']} pairs; decoded {len(missing)} of "
           f"{len(unique)} distinct prompts ({len(unique) - len(missing)} from the cache) in {decode_s:.1f}s, "
           f"{rate:.1f} prompts/s")
