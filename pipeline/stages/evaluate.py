@@ -329,16 +329,45 @@ def headline(m: dict) -> dict:
             **{k: m["overlap"][k] for k in ("rag_identical_to_base", "rag_copies_retrieved")}}
 
 
+def month_events(cfg: DictConfig, con, w) -> pd.DataFrame:
+    """The evaluated month's events (triples) with each user's next distinct clusters."""
+    events = con.execute(db.sql("evaluate_events"), {
+        "triples": cfg.paths.triples, "sequences": cfg.paths.sequences, "month_start": w.month_start,
+        "month_end": w.month_end, "horizon": cfg.eval.horizon}).df()
+    if events.empty:
+        raise ValueError(f"{cfg.paths.triples}: no triples in {cfg.period.month}; nothing to evaluate")
+    events["day"] = pd.to_datetime(events.day).dt.date
+    return events
+
+
+def rates_by_support(buckets: dict) -> pd.DataFrame:
+    """Each support bucket's hit rate per strategy: the DVC plot's rows."""
+    return pd.DataFrame([{"bucket": name, "min_support": b["min_support"], "share": b["share"],
+                          **{s: b["strategies"][s]["hit_rate"] if b["strategies"] else None for s in STRATEGIES}}
+                         for name, b in buckets.items()])
+
+
+def write_outputs(cfg: DictConfig, metrics: dict, by_day: pd.DataFrame, topk: pd.DataFrame,
+                  support_rates: pd.DataFrame) -> None:
+    """The plots' series and figures, the metrics and the report."""
+    plots = Path(cfg.paths.plots)
+    plots.mkdir(parents=True, exist_ok=True)
+    for frame, name in ((by_day, "hit_rate_by_day.csv"), (topk, "topk_overlap.csv"),
+                        (support_rates, "hit_rate_by_support.csv")):
+        with atomic_path(plots / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    report.figures(by_day, topk, plots)
+    report.support_figure(metrics, list(STRATEGIES), plots)
+    write_metrics(cfg.paths.metrics, "evaluate", headline(metrics), metrics)
+    with atomic_path(cfg.paths.report) as tmp:
+        tmp.write_text(report.markdown(cfg, metrics, by_day, topk, STRATEGIES, COMPARATORS), encoding="utf-8")
+
+
 def run(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
     e, w, days = cfg.eval, windows(cfg), refresh_dates(cfg)
     con = db.connect(cfg)
-    events = con.execute(db.sql("evaluate_events"), {
-        "triples": cfg.paths.triples, "sequences": cfg.paths.sequences, "month_start": w.month_start,
-        "month_end": w.month_end, "horizon": e.horizon}).df()
-    if events.empty:
-        raise ValueError(f"{cfg.paths.triples}: no triples in {cfg.period.month}; nothing to evaluate")
-    events["day"] = pd.to_datetime(events.day).dt.date
+    events = month_events(cfg, con, w)
     base, rag = load_tables(Path(cfg.paths.tables), days)
     popular = retrieval.read_popular(cfg.paths.popular)
     found = pd.read_parquet(cfg.paths.retrieved)
@@ -352,9 +381,6 @@ def run(cfg: DictConfig) -> None:
     bounds = {str(k): int(v) for k, v in e.support_buckets.items()}
     buckets = by_support(hit, events.user_id, support_buckets(events, found, days, bounds), bounds,
                          e.bootstrap, e.seed, PAIRED)
-    support_rates = pd.DataFrame([{"bucket": name, "min_support": b["min_support"], "share": b["share"],
-                                   **{s: b["strategies"][s]["hit_rate"] if b["strategies"] else None for s in STRATEGIES}}
-                                  for name, b in buckets.items()])
 
     names = contract.descriptions(cfg.data.path)
     base_prompts = [prompts.for_pair(names, a, b) for a, b in zip(base.c1, base.c2)]
@@ -370,17 +396,7 @@ def run(cfg: DictConfig) -> None:
                "hybrid": hybrid_rule(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet"),
                "rag_departs_from_retrieved": departures(served, hit), "overlap": study,
                "drift_last_date": {c: topk[c].iloc[-1] for c in topk.columns if c != "refresh_date"}, "cost": spend}
-    plots = Path(cfg.paths.plots)
-    plots.mkdir(parents=True, exist_ok=True)
-    for frame, name in ((by_day, "hit_rate_by_day.csv"), (topk, "topk_overlap.csv"),
-                        (support_rates, "hit_rate_by_support.csv")):
-        with atomic_path(plots / name) as tmp:
-            frame.to_csv(tmp, index=False)
-    report.figures(by_day, topk, plots)
-    report.support_figure(metrics, list(STRATEGIES), plots)
-    write_metrics(cfg.paths.metrics, "evaluate", headline(metrics), metrics)
-    with atomic_path(cfg.paths.report) as tmp:
-        tmp.write_text(report.markdown(cfg, metrics, by_day, topk, STRATEGIES, COMPARATORS), encoding="utf-8")
+    write_outputs(cfg, metrics, by_day, topk, rates_by_support(buckets))
     note_refresh_estimate(Path(cfg.paths.metrics), spend["refresh"]["prompts"])
     s = strategies["rag_refreshed"]
     print(f"evaluate: {len(events)} events; hit rate fixed {strategies['fixed']['hit_rate']:.4f}, RAG refreshed "
