@@ -263,7 +263,7 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
     assert "wall" not in text.lower() and text.endswith(".\n")
     first = [f.read_bytes() for f in files]
     with pytest.MonkeyPatch.context() as patch:  # the sampled repeats now come from the answer cache
-        patch.setattr(evaluate.model, "load", lambda *a, **k: pytest.fail("loaded the model with every answer cached"))
+        patch.setattr(evaluate.pool.model, "load", lambda *a, **k: pytest.fail("loaded the model with every answer cached"))
         evaluate.run(cfg)
     assert [f.read_bytes() for f in files] == first
     # What python -m pipeline writes after each stage: evaluate's record holds its refresh estimate

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from pipeline import kernels, manifest, retrieval, timing, verdict
 from pipeline.data import contract
 from pipeline.files import atomic_path, refuse_foreign, tree_sha256, write_metrics
-from pipeline.llm import bulk, model, prompts
+from pipeline.llm import bulk, model, pool, prompts
 from pipeline.llm.cache import AnswerCache, namespace
 from pipeline.period import refresh_dates
 
@@ -101,10 +101,9 @@ def decode(cfg: DictConfig, rows: pd.DataFrame, names: dict[int, str], where: st
     exclude = {p: (int(a), int(b)) for p, a, b in zip(unique.prompt, unique.c1, unique.c2)}
     began = time.perf_counter()
     if missing:  # a build whose answers are all cached never loads the model
-        llm, _ = model.load(cfg.model, cfg.paths.adapter, where, inf.dtype)
-        answers.update(cache.fill(missing, lambda shard, advance: bulk.scored_answers(
-            llm, tokenizer, shard, trie, settings, [exclude[p] for p in shard], advance=advance),
-            inf.shard_size[where]))
+        decoder = pool.Decoder.of(cfg.model, cfg.paths.adapter, where, inf.dtype, names, settings, bulk.scored_answers)
+        with pool.decoding(decoder, cfg) as decoding:  # in process, or on ray.workers Ray actors
+            answers.update(decoding.fill(cache, missing, inf.shard_size[where], exclude=exclude))
     return answers, ns, missing, time.perf_counter() - began, tokenizer
 
 

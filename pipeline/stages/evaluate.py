@@ -21,7 +21,7 @@ from pipeline import db, kernels, manifest, report, retrieval, timing
 from pipeline.buckets import bucket_of
 from pipeline.data import contract
 from pipeline.files import atomic_path, write_metrics
-from pipeline.llm import bulk, model, prompts
+from pipeline.llm import bulk, pool, prompts
 from pipeline.llm.cache import AnswerCache, namespace
 from pipeline.period import refresh_dates, windows
 
@@ -273,14 +273,12 @@ def repeat_answers(cfg: DictConfig, names: dict[int, str], texts: list[str]) -> 
         for repeat in (1, 2)]
     found = [cache.load() for cache in caches]
     if any(t not in answers for answers in found for t in texts):
-        llm, tokenizer = model.load(cfg.model, cfg.paths.adapter, where, inf.dtype)
-        trie = bulk.Trie.build(tokenizer, names)
-        for repeat, cache, answers in zip((1, 2), caches, found):
-            missing = sorted(t for t in texts if t not in answers)
-            seed = {t: int(hashlib.sha256(f"{e.seed}:{repeat}:{t}".encode()).hexdigest()[:15], 16) for t in missing}
-            answers.update(cache.fill(missing, lambda shard, advance, seed=seed: bulk.scored_answers(
-                llm, tokenizer, shard, trie, settings, advance=advance, seeds=[seed[t] for t in shard]),
-                inf.shard_size[where], f"repeat {repeat}"))
+        decoder = pool.Decoder.of(cfg.model, cfg.paths.adapter, where, inf.dtype, names, settings, bulk.scored_answers)
+        with pool.decoding(decoder, cfg) as decoding:  # one model load (or pool) for both passes
+            for repeat, cache, answers in zip((1, 2), caches, found):
+                missing = sorted(t for t in texts if t not in answers)
+                seed = {t: int(hashlib.sha256(f"{e.seed}:{repeat}:{t}".encode()).hexdigest()[:15], 16) for t in missing}
+                answers.update(decoding.fill(cache, missing, inf.shard_size[where], seeds=seed, label=f"repeat {repeat}"))
     return [found[0][t][0] for t in texts], [found[1][t][0] for t in texts]
 
 
