@@ -188,3 +188,17 @@ def test_bulk_infer_replaces_tables_restored_without_the_mark_and_refuses_before
     with pytest.raises(ValueError, match="holds files the pipeline did not write"):
         build(world, tmp_path / "w", "infer.max_new_tokens=4")  # another namespace: nothing cached
     assert (tables / "notes.txt").read_text() == "mine"
+
+
+def test_finetune_refuses_an_adapter_folder_of_the_users_files_before_training(world, tmp_path, monkeypatch):
+    from pipeline.llm import lora
+    from pipeline.stages import finetune
+    from tests.conftest import TINY_WORLD, compose
+
+    mine = tmp_path / "adapter"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    monkeypatch.setattr(lora, "train", lambda *a, **k: pytest.fail("trained before refusing"))
+    with pytest.raises(ValueError, match="holds files the pipeline did not write"):
+        finetune.run(compose(world, *TINY_WORLD, f"paths.adapter={mine}"))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

@@ -14,9 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import db, kernels, retrieval, timing
 from pipeline.data import contract
-from pipeline.files import atomic_path, sha256, write_metrics, write_parquet
+from pipeline.files import atomic_path, refuse_foreign, sha256, write_metrics, write_parquet
 from pipeline.llm import lora, model, prompts
 from pipeline.period import windows
+
+# What finetune writes into paths.adapter: what `dvc checkout` restores there without the mark.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
 
 def curate(rows: pd.DataFrame, ft: DictConfig, day) -> pd.DataFrame:
@@ -96,6 +99,7 @@ def texts(samples: pd.DataFrame, names: dict[int, str]) -> tuple[list[str], list
 
 
 def run(cfg: DictConfig) -> None:
+    refuse_foreign(cfg.paths.adapter, ADAPTER_FILES)  # before the fine-tune, not after it
     torch.set_num_threads(cfg.torch_threads)
     ft, w = cfg.finetune, windows(cfg)
     daily = Path(cfg.paths.daily_counts)
@@ -128,7 +132,7 @@ def run(cfg: DictConfig) -> None:
     adapter, stats = lora.train(base, tokenizer, samples["prompt"].tolist(), samples["answer"].tolist(), ft,
                                 ckpt_dir, log_dir, accelerator="gpu" if where == "cuda" else "cpu")
     wall = time.perf_counter() - began
-    with atomic_path(cfg.paths.adapter) as tmp:
+    with atomic_path(cfg.paths.adapter, owns=ADAPTER_FILES) as tmp:
         adapter.save_pretrained(tmp)
         lora.normalise_config(tmp / "adapter_config.json")
         adapter_sha = sha256(tmp / "adapter_model.safetensors")

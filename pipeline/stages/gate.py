@@ -51,24 +51,27 @@ class Scorer:
                                       batch_size=batch_size)
 
     def __call__(self, retrieved: list[list[int]], popular: list[int] = ()) -> tuple[list[str], list[str], pd.Series,
-                                                                                 dict]:
-        """(prompts, generated texts, predicted cluster or NA, scores) with these retrieved lines and
-        popular line."""
+                                                                                 dict, pd.Series]:
+        """(prompts, generated texts, predicted cluster or NA, scores, each answer's log-probability)
+        with these retrieved lines and popular line."""
         texts = [prompts.for_pair(self.names, a, b, got, popular)
                  for a, b, got in zip(self.pairs.c1, self.pairs.c2, retrieved)]
-        outputs = bulk.answers(self.llm, self.tokenizer, texts, self.trie, self.settings)
+        scored = bulk.scored_answers(self.llm, self.tokenizer, texts, self.trie, self.settings)
+        outputs = [text for text, _ in scored]
+        logprob = pd.Series([x for _, x in scored], index=self.pairs.index)
         c_pred = pd.Series(pd.array(prompts.parse(outputs, self.names), dtype="Int32"), index=self.pairs.index)
         triples, hits = self.hits(c_pred)
-        scores = {"exact_match": round(float(c_pred.notna().mean()), 6), "test_recall": round(hits / max(triples, 1), 6),
+        scores = {"exact_match": round(float(c_pred.notna().mean()), 6), "test_recall": recall_of(triples, hits),
                   "test_triples": int(triples), "hits": int(hits)}
-        return texts, outputs, c_pred, scores
+        return texts, outputs, c_pred, scores, logprob
 
     def hits(self, c_pred) -> tuple[int, int]:
         """(held-out triples of the evaluated pairs, hits) when they are served c_pred."""
         return held_out_recall(self.con, c_pred, self.pairs, self.recall)
 
 
-def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base: pd.Series) -> tuple[dict, dict]:
+def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base: pd.Series,
+              base_logprob: pd.Series) -> tuple[dict, dict]:
     """RAG prompts on the held-out pairs (retrieval as in fine-tuning, dated test_start, with
     prompts.popular_n popular clusters as the tables carry them): exact match, recall and copy rate
     with lines of at least prompts.min_support, the same for each of gate.min_support_candidates,
@@ -85,8 +88,9 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base:
     popular = (retrieval.popular(con, cfg.paths.daily_counts, [w.test_start], ft.rag_window_days, shown)
                .popular.tolist()[0] if shown else [])
     every = retrieval.attach(at, found, "day", 1)
-    lined = score(every.tolist(), popular)[2]
-    bare = score([[] for _ in range(len(pairs))], popular)[2] if popular else base
+    _, _, lined, _, lined_logprob = score(every.tolist(), popular)
+    _, _, bare, _, bare_logprob = (score([[] for _ in range(len(pairs))], popular) if popular else
+                                   (None, None, base, None, base_logprob))
 
     def at_least(m: int) -> tuple[pd.Series, dict]:
         got = retrieval.attach(at, found, "day", m)
@@ -95,25 +99,21 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base:
         copied = [not pd.isna(p) and p == line[0] for p, line in zip(answers, got) if line]
         return answers, {"min_support": m, "pairs_with_line": len(copied),
                          "exact_match": round(float(answers.notna().mean()), 6),
-                         "test_recall": round(hits / max(triples, 1), 6),
+                         "test_recall": recall_of(triples, hits),
                          "copy_rate": round(float(np.mean(copied)), 6) if copied else None}
 
     scored = {m: at_least(m) for m in {cfg.prompts.min_support, *g.min_support_candidates}}
     c_pred, rag = scored[cfg.prompts.min_support]
     rag = {**rag, "by_min_support": [scored[m][1] for m in g.min_support_candidates]}
-    return rag, choose_tau(score, c_pred, {t: retrieval.attach(at, found, "day", t) for t in g.hybrid_taus})
+    lined_at = retrieval.attach(at, found, "day", cfg.prompts.min_support).map(bool)
+    logprob = lined_logprob.where(lined_at, bare_logprob)
+    return rag, retrieval.choose_hybrid(lambda served: recall_of(*score.hits(served)), c_pred, logprob, at, found,
+                                        "day", list(g.hybrid_taus))
 
 
-def choose_tau(score: Scorer, c_pred: pd.Series, trusted: dict[int, pd.Series]) -> dict:
-    """The hybrid's tau: of the candidates (each with the pairs' successors of at least that support),
-    the one whose hybrid answers reach the best held-out recall; the smallest on a tie."""
-    recall = {}
-    for tau, got in trusted.items():
-        triples, hits = score.hits(pd.Series(retrieval.hybrid(c_pred, got), index=c_pred.index))
-        recall[tau] = round(hits / max(triples, 1), 6)
-    best = max(recall.values())
-    return {"tau": min(t for t, r in recall.items() if r == best),
-            "candidates": [{"tau": t, "test_recall": r} for t, r in recall.items()]}
+def recall_of(triples: int, hits: int) -> float:
+    """Held-out recall: the share of the held-out triples whose successor the pair is served."""
+    return round(hits / max(triples, 1), 6)
 
 
 def verdict(metrics: dict, g: DictConfig) -> list[str]:
@@ -138,14 +138,14 @@ def run(cfg: DictConfig) -> None:
               "month_start": w.month_start, "horizon_days": g.horizon_days}
     score = Scorer(con, llm, tokenizer, pairs, names, g, recall, g.batch_size[where])
     began = time.perf_counter()
-    prompt_texts, outputs, c_pred, scores = score([[] for _ in range(len(pairs))])
+    prompt_texts, outputs, c_pred, scores, logprob = score([[] for _ in range(len(pairs))])
     wall = time.perf_counter() - began
     pairs = pairs.assign(prompt=prompt_texts, output=outputs, c_pred=c_pred, valid=c_pred.notna())
     triples = scores["test_triples"]
     metrics = {**scores, "pairs": len(pairs), "decoding": "free", "adapter": g.use_adapter,
                "held_out": [str(w.test_start), str(w.month_start)]}
     # Not gated, measured: the same pairs with RAG lines retrieved before the held-out days.
-    metrics["rag"], metrics["hybrid"] = rag_probe(con, score, pairs, cfg, w, c_pred)
+    metrics["rag"], metrics["hybrid"] = rag_probe(con, score, pairs, cfg, w, c_pred, logprob)
     failed = verdict(metrics, g)
     metrics.update(passed=not failed, failed_checks=failed, override_reason=g.override_reason,
                    min_exact_match=g.min_exact_match, min_test_recall=g.min_test_recall)
@@ -153,7 +153,7 @@ def run(cfg: DictConfig) -> None:
     # The verdict and the figures it rests on; bulk_infer reads the verdict and tau from gate.json.
     write_metrics(cfg.paths.metrics, "gate", {
         **{k: metrics[k] for k in ("passed", "exact_match", "test_recall", "failed_checks", "override_reason")},
-        "hybrid": {"tau": metrics["hybrid"]["tau"]}, "rag": {"test_recall": metrics["rag"]["test_recall"]}}, metrics)
+        "hybrid": {k: metrics["hybrid"][k] for k in ("rule", "tau", "min_logprob")}, "rag": {"test_recall": metrics["rag"]["test_recall"]}}, metrics)
     timing.note(decode_s=round(wall, 1), prompts_per_s=round(len(pairs) / wall, 2))
     print(f"gate: exact match {metrics['exact_match']:.3f} (>= {g.min_exact_match}), test recall "
           f"{metrics['test_recall']:.4f} (>= {g.min_test_recall}) on {len(pairs)} pairs / {triples} triples, "
