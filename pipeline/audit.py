@@ -244,50 +244,60 @@ def weights_max_abs_diff(recorded: bytes, rebuilt: bytes) -> float:
     return max((float(abs(a[k].astype("float64") - b[k].astype("float64")).max()) for k in a), default=0.0)
 
 
-def verify(rev: str) -> Verdict:
-    """Rebuild rev in a scratch worktree (DVC cache shared, nothing committed to it) by running rev's
-    own stage commands, and compare every output dvc.lock pins with the record."""
-    v = Version(rev)
-    names = v.table_names()
+def rebuild(v: Version, work: Path) -> None:
+    """Run v's own stage commands in the scratch worktree `work` (DVC cache shared, nothing
+    committed, nothing restored), from v's `dvc add` data and this machine's prepared models."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def dvc(*args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=work, env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise AuditError(f"verify {v.rev}: dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+
+    dvc("config", "--local", "cache.dir", str(ROOT / ".dvc" / "cache"))
+    dvc("config", "--local", "cache.type", "copy")
+    for shared in ("models",):  # prepared base weights: content-addressed by their own manifest
+        if (ROOT / shared).exists():
+            (work / shared).symlink_to(ROOT / shared)
+    for source in (p for p in work.glob("*.dvc") if p.is_file()):  # rev's `dvc add` data, from cache or remote
+        for out in yaml.safe_load(source.read_text())["outs"]:
+            v.get(out["path"], work / out["path"])
+    dvc("repro", "--force", "--no-run-cache", "--no-commit")  # really rebuild: no restoring
+
+
+def compare(v: Version, work: Path) -> Verdict:
+    """The rebuild in `work` against every output v's dvc.lock pins: tables by bytes, then by
+    predictions where bytes differ; the adapter's weights by their largest difference."""
+    newest = newest_rag(v)
+    found = Verdict(v.table(newest)[1].get("device_class", "unrecorded"),
+                    manifest.read(work / v.tables_dir / newest).get("device_class", "unrecorded"))
+    for n in v.table_names():
+        if md5(work / v.tables_dir / n) != v.recorded_md5(n):  # equal bytes: equal predictions
+            found.bytes_differ.append(f"{v.tables_dir}/{n}")
+            found.pairs_differ[n] = pairs_differ(v.table(n)[0], pd.read_parquet(work / v.tables_dir / n))
+    recorded, rebuilt = outputs(yaml.safe_load(v.text("dvc.lock"))), outputs(
+        yaml.safe_load((work / "dvc.lock").read_text()))
+    adapter = v.params["paths"]["adapter"]
+    for path in sorted(recorded):
+        if path == v.tables_dir or rebuilt.get(path) == recorded[path]:
+            continue
+        found.bytes_differ.append(path)
+        if path == adapter:
+            weights = f"{adapter}/adapter_model.safetensors"
+            found.adapter_max_abs_diff = weights_max_abs_diff(v.blob(weights).getvalue(), (work / weights).read_bytes())
+    return found
+
+
+def verify(rev: str) -> Verdict:
+    """Rebuild rev in a scratch worktree by running rev's own stage commands, and compare every
+    output dvc.lock pins with the record."""
+    v = Version(rev)
     with tempfile.TemporaryDirectory(prefix="audit-verify-") as tmp:
         work = Path(tmp) / "checkout"
         git("worktree", "add", "--detach", str(work), v.commit)
         try:
-            def dvc(*args: str) -> None:
-                done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=work, env=env, capture_output=True,
-                                      text=True)
-                if done.returncode:
-                    raise AuditError(f"verify {rev}: dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-
-            dvc("config", "--local", "cache.dir", str(ROOT / ".dvc" / "cache"))
-            dvc("config", "--local", "cache.type", "copy")
-            for shared in ("models",):  # prepared base weights: content-addressed by their own manifest
-                if (ROOT / shared).exists():
-                    (work / shared).symlink_to(ROOT / shared)
-            for source in (p for p in work.glob("*.dvc") if p.is_file()):  # rev's `dvc add` data, from cache or remote
-                for out in yaml.safe_load(source.read_text())["outs"]:
-                    v.get(out["path"], work / out["path"])
-            dvc("repro", "--force", "--no-run-cache", "--no-commit")  # really rebuild: no restoring
-            newest = newest_rag(v)
-            found = Verdict(v.table(newest)[1].get("device_class", "unrecorded"),
-                            manifest.read(work / v.tables_dir / newest).get("device_class", "unrecorded"))
-            for n in names:
-                if md5(work / v.tables_dir / n) != v.recorded_md5(n):  # equal bytes: equal predictions
-                    found.bytes_differ.append(f"{v.tables_dir}/{n}")
-                    found.pairs_differ[n] = pairs_differ(v.table(n)[0], pd.read_parquet(work / v.tables_dir / n))
-            recorded, rebuilt = outputs(yaml.safe_load(v.text("dvc.lock"))), outputs(
-                yaml.safe_load((work / "dvc.lock").read_text()))
-            adapter = v.params["paths"]["adapter"]
-            for path in sorted(recorded):
-                if path == v.tables_dir or rebuilt.get(path) == recorded[path]:
-                    continue
-                found.bytes_differ.append(path)
-                if path == adapter:
-                    weights = f"{adapter}/adapter_model.safetensors"
-                    found.adapter_max_abs_diff = weights_max_abs_diff(v.blob(weights).getvalue(),
-                                                                      (work / weights).read_bytes())
-            return found
+            rebuild(v, work)
+            return compare(v, work)
         finally:
             git("worktree", "remove", "--force", str(work))
 
