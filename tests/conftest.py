@@ -89,6 +89,14 @@ def write_dataset(data_dir: Path, events: pd.DataFrame | pa.Table, n_clusters: i
     return data_dir
 
 
+def pytest_collection_modifyitems(items):
+    """A test on the tiny world (the `world` fixture runs every stage with a model) is slow: the
+    fast tier leaves it out. Other slow tests say so themselves (@pytest.mark.slow)."""
+    for item in items:
+        if "world" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def cfg(tmp_path):
     return compose(tmp_path)

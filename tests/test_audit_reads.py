@@ -15,6 +15,8 @@ import pytest
 from pipeline import lookup, manifest
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # a scratch DVC repository in other processes
+
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
        "DVC_NO_ANALYTICS": "1"}

@@ -132,6 +132,7 @@ def test_lookup_refuses_a_file_with_a_forged_manifest(tmp_path):
         lookup.lookup(1, 2, table=str(empty))
 
 
+@pytest.mark.slow  # a scratch clone and DVC in other processes
 def test_a_fresh_clone_names_what_it_cannot_read(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)

@@ -15,6 +15,8 @@ from pipeline import kernels
 from pipeline.audit import flatten
 from pipeline.config import ROOT
 
+pytestmark = pytest.mark.slow  # a scratch DVC repository in other processes
+
 TINY = ["data.synth.n_events=60000", "data.synth.n_clusters=6", "data.synth.cold_clusters=1",
         "data.synth.n_users=2000"]
 # Appended to the scratch copy's conf/config.yaml, so every composition (dvc exp run included)

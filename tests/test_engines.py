@@ -45,6 +45,7 @@ def run_engine(root: Path, engine: str, *overrides: str) -> dict[str, bytes]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="engine=spark needs a Java 17+ runtime: no java on PATH")
 @pytest.mark.skipif(importlib.util.find_spec("pyspark") is None, reason="engine=spark needs pyspark: bin/setup --spark")
 @pytest.mark.parametrize("dedupe", ["first_occurrence", "consecutive"])
@@ -68,6 +69,7 @@ print("last line")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="engine=spark needs a Java 17+ runtime: no java on PATH")
 @pytest.mark.skipif(importlib.util.find_spec("pyspark") is None, reason="engine=spark needs pyspark: bin/setup --spark")
 def test_a_spark_run_ends_with_its_own_last_line():

@@ -146,6 +146,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow  # three fine-tunes, one of them killed
 def test_adapter_is_bit_identical_and_a_sigtermed_run_resumes(tmp_path):
     def fit(where, *extra):
         cfg = tiny_fit(where, *extra)

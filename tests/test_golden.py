@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.golden import RECORD, differences, kind, measure
 
 
+@pytest.mark.slow
 def test_the_tiny_build_reproduces_the_committed_hashes(tmp_path):
     problems = differences(json.loads(RECORD.read_text()), kind(), measure(tmp_path))
     assert not problems, "; ".join(problems) + (" (if a change is meant to alter the bits: python -m tests.golden "

@@ -25,6 +25,8 @@ from pipeline.llm.cache import AnswerCache  # noqa: E402
 from pipeline.stages import bulk_infer  # noqa: E402
 from tests.conftest import TINY_WORLD, build, compose  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a local Ray and its worker processes
+
 # Shards of 8 in batches of 4: the tiny world's 31 prompts make 4 shards, more than the workers,
 # and a worker can die between two batches of a shard.
 SHARDS = ("infer.shard_size.cpu=8", "infer.batch_size.cpu=4")
