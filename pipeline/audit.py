@@ -1,4 +1,4 @@
-"""python -m pipeline.audit {release,list,show,diff,verify}: released table versions (DESIGN.md section 7).
+"""python -m pipeline.audit {release,list,show,diff,verify}: released table versions (docs/releases.md).
 
 A release is an annotated git tag `tables/<period.month>` on a commit whose dvc.lock pins every
 output. Past versions are read through DVC's filesystem at that tag (`dvc.api.DVCFileSystem`),
@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from pipeline import cli, config, lookup, manifest, verdict
-from pipeline.config import ROOT
+from pipeline import ROOT
 from pipeline.llm import prompts
 from pipeline.revisions import RevisionError, Version, git, remote, remote_text
 

@@ -12,9 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import schema
+from pipeline import ROOT, schema
 
-ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
 PARAMS = ROOT / "params.yaml"
 

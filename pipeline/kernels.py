@@ -6,7 +6,7 @@ code path the same way; each choice changes the reduction order and so the low b
 result. `kernels: portable` (the default) pins both to AVX2 through environment variables that the
 libraries read once, when torch is imported, which is why `pin` must run first in every entry
 point (and in tests/conftest.py). `native` lets them use the CPU's best kernels (AVX-512, AMX):
-faster there, not reproducible elsewhere. Measured with ../shared/probes/: only these two
+faster there, not reproducible elsewhere. Measured with a determinism probe (docs/reproduction.md): only these two
 variables change the result; oneDNN is not on torch's float32 path (ONEDNN_MAX_CPU_ISA changed
 nothing). MKL's conditional reproducibility holds across Intel CPUs; on AMD CPUs MKL takes a
 code path of its own, so the device class names the CPU vendor too (docs/reproduction.md).
@@ -71,7 +71,7 @@ VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
 def cpu_vendor(info: Path = Path("/proc/cpuinfo")) -> str:
     """intel, amd, or the vendor (else the machine type) as the OS names it: with the ISA pinned,
     MKL still takes one code path on Intel CPUs and another on AMD CPUs, which differ in the low
-    bits (measured: ../shared/probes/), so the vendor is part of what decides the bits."""
+    bits (measured: docs/reproduction.md), so the vendor is part of what decides the bits."""
     lines = info.read_text().splitlines() if info.exists() else []
     vendor = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "")
     return VENDORS.get(vendor, (vendor or platform.machine() or "unknown").lower())

@@ -23,9 +23,9 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import ROOT
 from pipeline.files import MARK, tree_sha256, write_json
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _resolve(text: str, cfg: DictConfig) -> str:

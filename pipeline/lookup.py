@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import cli, config, manifest
-from pipeline.config import ROOT
+from pipeline import ROOT
 from pipeline.revisions import Version
 
 LINEAGE = ("period", "strategy", "refresh_date", "decoding", "data_hash", "base_model_hash", "adapter_hash",

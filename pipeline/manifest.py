@@ -1,4 +1,4 @@
-"""Lineage of a table (DESIGN.md section 7), written into each table Parquet as key-value metadata."""
+"""Lineage of a table (docs/design.md, "Versions and audit"), written into each table Parquet as key-value metadata."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import ROOT
+from pipeline import ROOT
 from pipeline.files import write_annotated
 
 PACKAGES = ("torch", "transformers", "peft", "lightning", "duckdb", "pyarrow", "pandas", "numpy", "dvc")

@@ -1,4 +1,4 @@
-"""The time model (DESIGN.md section 4): which days each stage may read."""
+"""The time model (docs/design.md, "Time"): which days each stage may read."""
 from __future__ import annotations
 
 from dataclasses import dataclass

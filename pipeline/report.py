@@ -157,6 +157,14 @@ def figure(cfg: DictConfig, name: str, alt: str) -> str:
     return f"![{alt}]({Path(os.path.relpath(Path(cfg.paths.plots) / name, Path(cfg.paths.report).parent)).as_posix()})"
 
 
+def curation(ft: DictConfig) -> str:
+    """The fine-tune's samples in words, from the settings that chose them."""
+    lined = (f"a lined sample per pair with a line every {ft.line_every_days} days" if ft.line_every_days
+             else "no lined samples")
+    extra = f", RAG lines on {ft.rag_share:.0%} of the line-free samples" if ft.rag_share else ""
+    return f"`{ft.labels}` labels, {lined}{extra}"
+
+
 def setup(cfg: DictConfig, m: dict) -> list[str]:
     r = cfg.retrieval
     return [
@@ -169,7 +177,7 @@ def setup(cfg: DictConfig, m: dict) -> list[str]:
         f"- Data: `{cfg.data.name}` (`{cfg.data.path}`); month `{cfg.period.month}`: {m['events']:,} evaluation "
         f"events (triples) from {m['users']:,} users over {m['days']} days.",
         f"- Model: `{cfg.model.name}` with the month's LoRA adapter (fine-tuned on the "
-        f"{cfg.finetune.train_days} days before the month, RAG lines in {cfg.finetune.rag_share:.0%} of its prompts); "
+        f"{cfg.finetune.train_days} days before the month: {curation(cfg.finetune)}); "
         f"tables decoded `{cfg.infer.decoding}`.",
         f"- Retrieval: `{r.method}`, top {r.top_n} successor(s) of each pair over the {r.window_days} days before "
         f"each refresh date; refresh every {cfg.refresh.every_days} days from the 1st.",

@@ -14,7 +14,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from pipeline import config, manifest
-from pipeline.config import ROOT
+from pipeline import ROOT
 
 
 class RevisionError(ValueError):

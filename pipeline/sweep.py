@@ -22,9 +22,9 @@ import sys
 
 from omegaconf import OmegaConf
 
-from pipeline import cli, config
+from pipeline import ROOT, cli, config
 from pipeline.audit import flatten
-from pipeline.config import CONF_DIR, ROOT
+from pipeline.config import CONF_DIR
 
 COLUMNS = {"hit_rate.fixed": "fixed", "hit_rate.rag_refreshed": "rag_refreshed",
            "rag_refreshed_vs_fixed.ci_low": "rag_refreshed - fixed: 95% CI low",

@@ -46,7 +46,7 @@ def run_stages(cfg, quiet: bool = True) -> int:
         extract.run(cfg)
         # count.run's first step, as it writes it
         with engines.open_engine(cfg, db.connect(cfg)) as engine, atomic_path(cfg.paths.daily_counts) as daily:
-            return engine.copy("daily_counts", daily, {"triples": str(cfg.paths.triples)})
+            return engine.copy("count_daily_counts", daily, {"triples": str(cfg.paths.triples)})
 
 
 def daily_counts(events_path, items_path, min_engagement: float, session_gap: int, work_dir=None,

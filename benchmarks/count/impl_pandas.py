@@ -1,6 +1,6 @@
 """extract + count in pandas: events -> daily (c1, c2, c_next) counts, first_occurrence dedupe.
 
-Same semantics as the extract stage (pipeline/sql/extract_*.sql, first_occurrence) + daily_counts.sql:
+Same semantics as the extract stage (pipeline/sql/extract_*.sql, first_occurrence) + count_daily_counts.sql:
 positive events (engagement >= min_engagement, compared in float64 as DuckDB does), joined to
 items (unknown items dropped), ordered per user by (ts, item_id), split on gaps > session_gap
 seconds, a cluster's first visit kept per sequence, sequences with < 3 distinct clusters

@@ -1,7 +1,7 @@
 """extract + count in polars: events -> daily (c1, c2, c_next) counts, first_occurrence dedupe.
 
 Same semantics as the extract stage (pipeline/sql/extract_*.sql, first_occurrence) +
-daily_counts.sql; see impl_pandas for the reasoning behind the shifts. `daily_counts` is the
+count_daily_counts.sql; see impl_pandas for the reasoning behind the shifts. `daily_counts` is the
 fastest variant measured (eager sort, see VARIANTS / `python -m benchmarks.count.impl_polars`);
 the lazy plan is kept as `daily_counts_lazy`.
 """

@@ -1,4 +1,4 @@
-"""The data contract (DESIGN.md section 3): schemas, validation on read, writing.
+"""The data contract (docs/data-contract.md): schemas, validation on read, writing.
 
 `register` validates a dataset folder with DuckDB and exposes it as three views with
 normalised types: events(user_id, item_id, ts, engagement), items(item_id, cluster_id),

@@ -1,4 +1,4 @@
-"""MovieLens latest-small (GroupLens) -> the data contract (DESIGN.md section 3).
+"""MovieLens latest-small (GroupLens) -> the data contract (docs/data-contract.md).
 
 Events are ratings: user_id = userId, item_id = movieId, ts = the rating's epoch seconds
 (UTC), engagement = rating / 5; data.min_engagement (0.8: four stars or more) is the

@@ -1,4 +1,4 @@
-"""Bulk decoding of many short prompts into cluster descriptions (DESIGN.md section 6).
+"""Bulk decoding of many short prompts into cluster descriptions (docs/decoder.md).
 
 This is the cost centre of every table, so three things cut the work; none changes a greedy result:
 - prompts are split at their shared token prefixes (a radix tree); each shared prefix runs once and

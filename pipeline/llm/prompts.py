@@ -1,4 +1,4 @@
-"""The prompt template (DESIGN.md section 5, the paper's Figure 1), kept short and in one place.
+"""The prompt template (docs/design.md, "Prompts and answers"; the paper's Figure 1), kept short and in one place.
 
 A fine-tuning prompt lists the user's last two distinct clusters as keyword sets and asks
 for a novel next cluster; its label is the next cluster's description. A RAG prompt adds

@@ -1,4 +1,4 @@
--- Evaluation events (DESIGN.md section 4): every triple of the month, with the user's next
+-- Evaluation events (docs/design.md, "Time"): every triple of the month, with the user's next
 -- $horizon distinct clusters other than c1 and c2, counted from c_next on (so c_next is first).
 -- A strategy hits when the cluster it serves for (c1, c2) on that day is among them.
 WITH events AS (

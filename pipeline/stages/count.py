@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> None:
     con = db.connect(cfg)
     with engines.open_engine(cfg, con) as engine:
         with atomic_path(cfg.paths.daily_counts) as daily:
-            rows = engine.copy("daily_counts", daily, {"triples": cfg.paths.triples})
+            rows = engine.copy("count_daily_counts", daily, {"triples": cfg.paths.triples})
         metrics, months = drift(engine, Path(cfg.paths.daily_counts), cfg.count.top_k, cfg.count.min_support)
     # A small read of the written counts, on DuckDB whatever the engine (as retrieve reads them).
     w = windows(cfg)
