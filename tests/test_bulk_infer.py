@@ -15,7 +15,7 @@ from pipeline.data import contract
 from pipeline.llm import bulk, model, prompts
 from pipeline.llm.cache import AnswerCache
 from pipeline.stages import bulk_infer
-from tests.conftest import ROOT, TINY_WORLD as TINY, build, compose
+from tests.conftest import ROOT, build, compose
 
 NAMES = {c: contract.description([f"topic {c}", f"theme {c}"]) for c in range(5)}
 
@@ -369,3 +369,34 @@ def test_the_hybrid_rule_is_chosen_by_held_out_recall_among_support_and_confiden
     got = retrieval.choose_hybrid(recall([3, 6, 7, 8]), answers, logprob, frame, found, "day", [1, 5])
     assert (got["rule"], got["tau"], got["min_logprob"]) == ("support", 5, None)
     assert retrieval.serve_hybrid(got, answers, logprob, frame, found, "day").tolist() == [3, 6, 7, 8]
+
+
+def test_constrained_decoding_needs_the_tokens_of_the_longest_answer():
+    eos = 0
+    # 3 is decided at its third token and needs a fourth for the check; 4 only by its EOS.
+    trie = bulk.Trie.from_paths({3: (5, 6, 7, 8, eos), 4: (5, 6, eos), 5: (5, 6, 9, eos), 6: (1, eos)}, eos)
+    assert trie.tokens_needed() == 4
+
+
+def test_constrained_decoding_completes_every_answer_with_the_tokens_needed():
+    """The bound is tight: at trie.tokens_needed() every constrained answer is a whole description
+    (here descriptions begin one another and differ only in their last keyword); one token fewer
+    cuts some (the seeded tiny model takes the long ones)."""
+    cfg = compose(Path("/nonexistent"), "model=tiny_random", f"model.cache_dir={ROOT / 'models'}")
+    llm, tokenizer = model.load(cfg.model)
+    names = {0: "street food, night market", 1: "street food, night market, travel vlog",
+             2: "street food, night market, travel diary", 3: "chess, endgame studies", 4: "chess, openings"}
+    trie = bulk.Trie.build(tokenizer, names)
+    pairs = [(a, b) for a in names for b in names if a != b]
+    texts = [prompts.for_pair(names, a, b) for a, b in pairs]
+
+    def invalid(max_new_tokens: int) -> int:
+        settings = bulk.Settings(constrained=True, max_new_tokens=max_new_tokens, batch_size=8)
+        return prompts.parse(bulk.answers(llm, tokenizer, texts, trie, settings, exclude=pairs), names).count(None)
+
+    assert invalid(trie.tokens_needed()) == 0 and invalid(trie.tokens_needed() - 1) > 0
+
+
+def test_bulk_infer_refuses_a_constrained_budget_below_what_the_trie_needs(world, tmp_path):
+    with pytest.raises(ValueError, match=r"params.yaml: infer.max_new_tokens=1: constrained decoding needs at least \d+"):
+        build(world, tmp_path / "a", "infer.decoding=constrained", "infer.max_new_tokens=1")
