@@ -105,6 +105,9 @@ def test_item_with_unknown_cluster(tmp_path):
     (["a\tb", "c"], "control characters"),
     (["a\u2028b", "c"], "control characters"),
     (["a; b", "c"], "';'"),
+    (["street\u200bfood", "travel"], "invisible characters"),  # a zero-width space: prints as "streetfood"
+    (["street\u00adfood", "travel"], "invisible characters"),  # a soft hyphen
+    (["street food\uff0c travel", "vlog"], "read as ',' or ';'"),  # a full-width comma: a third keyword to a reader
 ])
 def test_bad_keywords(tmp_path, keywords, problem):
     clusters = pa.table({"cluster_id": pa.array([0, 1, 2], pa.int32()),
@@ -281,20 +284,6 @@ def test_a_part_with_another_schema_is_named(tmp_path):
     doubles = pa.Table.from_pandas(frame, preserve_index=False)  # engagement float64, part-0 has float32
     message = expect(events_folder(tmp_path / "c", doubles), "part-1.parquet", "engagement", "DOUBLE")
     assert "differs from FLOAT in part-0.parquet" in message
-
-
-@pytest.mark.parametrize("keywords, problem", [
-    (["street\u200bfood", "travel"], "invisible characters"),  # a zero-width space: prints as "streetfood"
-    (["street\u00adfood", "travel"], "invisible characters"),  # a soft hyphen
-    (["street food\uff0c travel", "vlog"], "read as ',' or ';'"),  # a full-width comma: a third keyword to a reader
-])
-def test_keywords_that_print_alike_are_refused(tmp_path, keywords, problem):
-    clusters = pa.table({"cluster_id": pa.array([0, 1, 2], pa.int32()),
-                         "keywords": pa.array([["x", "y"], keywords, ["z", "w"]], pa.list_(pa.string()))})
-    items = pa.table({"item_id": pa.array([0, 100, 200], pa.int64()), "cluster_id": pa.array([0, 1, 2], pa.int32())})
-    message = expect(write_dataset(tmp_path, events_frame(GOOD_EVENTS), items=items, clusters=clusters),
-                     "clusters.parquet", "keywords", keywords)
-    assert problem in message and "row 1" in message
 
 
 def test_events_file_and_events_folder_together_are_refused(tmp_path):
