@@ -162,7 +162,9 @@ def curation(ft: DictConfig) -> str:
     lined = (f"a lined sample per pair with a line every {ft.line_every_days} days" if ft.line_every_days
              else "no lined samples")
     extra = f", RAG lines on {ft.rag_share:.0%} of the line-free samples" if ft.rag_share else ""
-    return f"`{ft.labels}` labels, {lined}{extra}"
+    pooled = f" pooling {ft.label_prior:g} pseudo-counts of the last cluster's successors" if (
+        ft.labels == "top" and ft.label_prior) else ""
+    return f"`{ft.labels}` labels{pooled}, {lined}{extra}"
 
 
 def setup(cfg: DictConfig, m: dict) -> list[str]:

@@ -314,6 +314,7 @@ class Finetune:
     test_days: int = at_least(1)
     min_pair_support: int = at_least(1)
     labels: Labels = MISSING
+    label_prior: float = at_least(0)  # top labels: pseudo-counts of the last cluster's successors
     samples_per_pair: int = at_least(1)
     seed: int = at_least(0)
     rag_share: float = between(0, 1)

@@ -68,9 +68,25 @@ def test_curation_is_balanced_deterministic_and_stays_in_the_training_days(tmp_p
     assert not ((samples.c_next == samples.c1) | (samples.c_next == samples.c2)).any()
     assert samples.equals(finetune.curate(rows, drawn, w.test_start))
     # top: each pair's most frequent successor of the training days, dated at their end
-    top = finetune.curate(rows, OmegaConf.merge(cfg.finetune, {"labels": "top", "samples_per_pair": 1}), w.test_start)
+    top = finetune.curate(rows, OmegaConf.merge(cfg.finetune, {"labels": "top", "label_prior": 0, "samples_per_pair": 1}), w.test_start)
     assert top[["c1", "c2", "c_next"]].values.tolist() == [[0, 1, 2], [1, 2, 3]]
     assert (top.day == pd.Timestamp(w.test_start)).all() and top.day.dtype == rows.day.dtype
+
+
+def test_top_labels_pool_what_the_last_cluster_leads_to():
+    rows = pd.DataFrame([("2024-02-05", 0, 5, 1, 1),  # a thin pair: its own top is one triple
+                         ("2024-02-05", 1, 5, 2, 10), ("2024-02-06", 1, 5, 3, 9),  # pairs ending in 5 go to 2
+                         ("2024-02-05", 2, 5, 2, 0), ("2024-02-05", 2, 5, 1, 2), ("2024-02-05", 2, 5, 4, 2)],
+                        columns=["day", "c1", "c2", "c_next", "n"])
+    own = finetune.top_labels(rows, 0)
+    assert own.values.tolist() == [[0, 5, 1], [1, 5, 2], [2, 5, 1]]  # ties to the lower id
+    pooled = finetune.top_labels(rows, 50)
+    # the thin pair takes what pairs ending in 5 were followed by; the pair that saw 2 ten times
+    # keeps it; a successor equal to c1 is never a label (evaluate never credits it)
+    assert pooled.values.tolist() == [[0, 5, 2], [1, 5, 2], [2, 5, 3]]
+    # a pair with strong evidence of its own outweighs the pool
+    strong = pd.concat([rows, pd.DataFrame([("2024-02-07", 0, 5, 4, 80)], columns=rows.columns)])
+    assert finetune.top_labels(strong, 50).values.tolist()[0] == [0, 5, 4]
 
 
 def test_lined_samples_see_lines_before_their_day_and_labels_after_it(tmp_path):

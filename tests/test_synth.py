@@ -153,6 +153,17 @@ def test_semantic_share_draws_successors_from_the_same_domain(tmp_path):
     assert semantic > 2 * blind, (semantic, blind)
 
 
+def test_the_stable_part_is_what_every_anchor_shares():
+    # benchmarks/ceiling reads World.stable as the part of the logits that never drifts
+    data = config.compose(["data=synthetic", *SMALL]).data
+    world = synth.build_world(data.synth, data.time_range)
+    drift = world.anchors - world.stable[None]
+    assert drift.std() > 0.5 and abs(float(drift.mean())) < 0.05  # the idiosyncrasy: centred, not zero
+    still = config.compose(["data=synthetic", *SMALL, "data.synth.semantic_share=1"]).data
+    world = synth.build_world(still.synth, still.time_range)
+    assert float(abs(world.anchors - world.stable[None]).max()) < 1e-5  # nothing left to drift
+
+
 def test_zipf_popularity_concentrates_traffic(tmp_path):
     _, zipf = successor_stats(tmp_path / "z", "data.synth.zipf_exponent=1")
     _, flat = successor_stats(tmp_path / "f", "data.synth.zipf_exponent=0")

@@ -114,6 +114,7 @@ class World:
     items: np.ndarray  # (C, items_per_cluster) item ids
     prior: np.ndarray  # (C,) log popularity, also where sessions start (0: uniform)
     born: np.ndarray  # (C,) first day a cluster exists (0: always)
+    stable: np.ndarray  # (C, C, C) the part of every anchor that never drifts: semantic + prior
 
     def logits(self, day: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Successor logits for sessions on `day` whose last two distinct clusters are (a, b)."""
@@ -190,7 +191,7 @@ def build_world(s: DictConfig, time_range) -> World:
     born[c - cold:] = np.sort(sem_rng.integers(last, last + max(1, (n_days - last) // 2), size=cold))
     anchors = np.sqrt(1 - s.semantic_share) * np.stack(anchors) + semantic + prior
     return World(start, n_days, step, anchors.astype(np.float32), trends.astype(np.float32), items,
-                 prior.astype(np.float32), born)
+                 prior.astype(np.float32), born, (semantic + prior).astype(np.float32))
 
 
 def _sessions(world: World, s: DictConfig, chunk: int, n_sessions: int) -> pd.DataFrame:

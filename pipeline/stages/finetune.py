@@ -25,15 +25,13 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md"
 def curate(rows: pd.DataFrame, ft: DictConfig, day) -> pd.DataFrame:
     """The line-free samples: samples_per_pair per pair, labelled by ft.labels.
 
-    top: the pair's most frequent successor over the training days (ties to the lower id), dated
+    top: the pair's best successor over the training days by top_labels (ft.label_prior), dated
     `day` (the training days' end: the table it teaches serves the days after them); drawn:
     (day, c_next) draws with probability proportional to the count (seeded). Every eligible pair
     gives the same number of samples, so a few head pairs cannot dominate; `rows` must come sorted
     (finetune_rows.sql) for the draws to be reproducible."""
     if ft.labels == "top":
-        totals = rows.groupby(["c1", "c2", "c_next"], sort=True)["n"].sum().reset_index()
-        top = totals.sort_values(["c1", "c2", "n"], ascending=[True, True, False], kind="stable")
-        top = top.drop_duplicates(["c1", "c2"]).reset_index(drop=True)
+        top = top_labels(rows, ft.label_prior)
         top = top.loc[top.index.repeat(ft.samples_per_pair)].reset_index(drop=True)
         return top.assign(day=pd.Series(pd.Timestamp(day), index=top.index).astype(rows["day"].dtype))[
             ["day", "c1", "c2", "c_next"]]
@@ -43,6 +41,34 @@ def curate(rows: pd.DataFrame, ft: DictConfig, day) -> pd.DataFrame:
         weights = group["n"].to_numpy(dtype=float)
         picked.append(group.iloc[np.sort(rng.choice(len(group), size=ft.samples_per_pair, p=weights / weights.sum()))])
     return pd.concat(picked, ignore_index=True)[["day", "c1", "c2", "c_next"]]
+
+
+def top_labels(rows: pd.DataFrame, prior: float) -> pd.DataFrame:
+    """(c1, c2, c_next) per pair of `rows`: the successor n other than c1 and c2 with the highest
+    count(c1, c2, n) + prior * Q(n | c2), ties to the lower id, where Q(n | c2) is what every
+    pair ending in c2 was followed by, itself given `prior` pseudo-counts of all pairs' successors:
+    (count(., c2, n) + prior * share(n)) / (count(., c2, .) + prior). prior 0 is the pair's own
+    most frequent successor. Why pool: most pairs have a handful of triples, so their own top is
+    mostly noise; what their last cluster leads to is seen far more often and drifts no faster
+    (docs/finetune-budget.md measures both against held-out days)."""
+    totals = rows.groupby(["c1", "c2", "c_next"], sort=True)["n"].sum().reset_index()
+    if prior:
+        share = totals.groupby("c_next")["n"].sum()
+        share = share / share.sum()
+        after = totals.pivot_table(index="c2", columns="c_next", values="n", aggfunc="sum", fill_value=0)
+        after = after.reindex(columns=share.index, fill_value=0)
+        q = (after + prior * share).div(after.sum(axis=1) + prior, axis=0)
+        # A pair's best successor is one it was followed by, or one of its last cluster's top three
+        # under Q (three always hold one that is neither c1 nor c2).
+        best = q.apply(lambda r: r.nlargest(3, keep="first").index.tolist(), axis=1)
+        pairs = totals[["c1", "c2"]].drop_duplicates()
+        pooled = pairs.assign(c_next=pairs.c2.map(best)).explode("c_next").astype({"c_next": totals.c_next.dtype})
+        totals = totals.merge(pooled, on=["c1", "c2", "c_next"], how="outer").fillna({"n": 0})
+        stacked = q.stack()
+        totals["n"] = totals["n"] + prior * stacked.reindex(pd.MultiIndex.from_frame(totals[["c2", "c_next"]])).to_numpy()
+    totals = totals[(totals.c_next != totals.c1) & (totals.c_next != totals.c2)]
+    top = totals.sort_values(["c1", "c2", "n", "c_next"], ascending=[True, True, False, True], kind="stable")
+    return top.drop_duplicates(["c1", "c2"]).reset_index(drop=True)[["c1", "c2", "c_next"]]
 
 
 def lined(con, daily: Path, w, ft: DictConfig, min_support: int) -> pd.DataFrame:
