@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -192,8 +193,13 @@ def test_adapter_is_bit_identical_and_a_sigtermed_run_resumes(tmp_path):
     assert stopped.value.code == 128 + signal.SIGTERM  # never 0: nothing was written
     assert not (tmp_path / "c" / "models").exists() or not list((tmp_path / "c").rglob("adapter_model.safetensors"))
     assert list((tmp_path / "c" / "work" / ".checkpoints").glob("finetune-*/last.ckpt"))  # step 3's, kept
+    shutil.rmtree(tmp_path / "c" / "metrics", ignore_errors=True)  # as dvc repro deletes outputs before a rerun
     run, resumed = fit(tmp_path / "c")
     assert run["resumed"] and "resumed" not in resumed and resumed["steps"] == 6
+    # the loss curve is the uninterrupted run's, every step once, the ones before the kill included
+    curve = "metrics/finetune/plots/metrics/train/loss.tsv"
+    assert (tmp_path / "c" / curve).read_text() == (tmp_path / "a" / curve).read_text()
+    assert (tmp_path / "c" / curve).read_text().count("\n") == 7  # header and steps 0-5
     assert resumed["adapter_sha256"] == first["adapter_sha256"]  # resuming changes nothing
     assert not list((tmp_path / "c" / "work" / ".checkpoints").glob("finetune-*"))
     # Killed after its last step, before the adapter was written: the rerun has no step left to take.

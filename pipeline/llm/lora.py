@@ -2,6 +2,7 @@
 logic only, and a Trainer, logger and checkpoints built from config."""
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 from contextlib import contextmanager
@@ -232,6 +233,16 @@ def wrap(model, lora: DictConfig):
     return get_peft_model(model, config)
 
 
+def keep_curve_before(live: Path, step: int) -> None:
+    """Keep only the rows DVCLive logged before the checkpoint a run resumes from (`step` steps
+    taken; the logger numbers them from 0), so the resumed run logs the rest once, as an
+    uninterrupted run does."""
+    for tsv in (live / "plots" / "metrics").rglob("*.tsv"):
+        header, *rows = tsv.read_text().splitlines(keepends=True)
+        at = header.rstrip("\n").split("\t").index("step")
+        tsv.write_text("".join([header] + [row for row in rows if int(row.split("\t")[at]) < step]))
+
+
 def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConfig, ckpt_dir: Path,
           log_dir: Path, accelerator: str = "cpu"):
     """Fit a LoRA adapter on the samples, resuming from ckpt_dir/last.ckpt when a run was killed.
@@ -263,9 +274,14 @@ def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConf
     module = LoraModule(peft_model, ft.optim, ft.trainer.max_steps, lower)
     last = ckpt_dir / "last.ckpt"
     resuming = last.exists()
+    # The curve is written beside the checkpoints, which outlive a killed run (dvc repro deletes
+    # the stage's outputs before it reruns), and copied to log_dir once training ends.
+    live = ckpt_dir / "live"
+    if resuming:
+        keep_curve_before(live, torch.load(last, map_location="cpu", weights_only=False)["global_step"])
     trainer = L.Trainer(
         **settings, accelerator=accelerator,
-        logger=DVCLiveLogger(dir=str(log_dir), dvcyaml=None, save_dvc_exp=False, resume=resuming),
+        logger=DVCLiveLogger(dir=str(live), dvcyaml=None, save_dvc_exp=False, resume=resuming),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every, save_last=True, save_top_k=0)],
         max_epochs=-1, default_root_dir=str(ckpt_dir))
     try:
@@ -278,6 +294,7 @@ def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConf
     except NonFinite as exc:
         raise ValueError(f"{exc} (finetune.trainer.precision={ft.trainer.precision}, finetune.optim.lr="
                          f"{ft.optim.lr}); no adapter written") from None
+    shutil.copytree(live, log_dir, dirs_exist_ok=True)
     broken = sorted(n for n, p in peft_model.named_parameters() if p.requires_grad and not torch.isfinite(p).all())
     if broken:
         raise ValueError(f"{len(broken)} adapter weights are not finite after training, {broken[0]} first "
