@@ -55,17 +55,20 @@ def top_labels(rows: pd.DataFrame, prior: float) -> pd.DataFrame:
     if prior:
         share = totals.groupby("c_next")["n"].sum()
         share = share / share.sum()
-        after = totals.pivot_table(index="c2", columns="c_next", values="n", aggfunc="sum", fill_value=0)
-        after = after.reindex(columns=share.index, fill_value=0)
-        q = (after + prior * share).div(after.sum(axis=1) + prior, axis=0)
-        # A pair's best successor is one it was followed by, or one of its last cluster's top three
-        # under Q (three always hold one that is neither c1 nor c2).
-        best = q.apply(lambda r: r.nlargest(3, keep="first").index.tolist(), axis=1)
+        # Q where it can matter, kept sparse (clusters x clusters would not fit at scale): each last
+        # cluster's observed successors and the three most shared ones, which hold its top three
+        # under Q; a pair's best successor is one it was followed by or one of those three (three
+        # always hold one that is neither c1 nor c2).
+        after = totals.groupby(["c2", "c_next"])["n"].sum()
+        spread = pd.MultiIndex.from_product([after.index.unique("c2"), share.nlargest(3, keep="first").index])
+        after = after.reindex(after.index.union(spread), fill_value=0)
+        q = (after + prior * share.reindex(after.index.get_level_values("c_next")).to_numpy()) / (
+            after.groupby("c2").transform("sum") + prior)
+        ranked = q.rename("q").reset_index().sort_values(["c2", "q", "c_next"], ascending=[True, False, True])
         pairs = totals[["c1", "c2"]].drop_duplicates()
-        pooled = pairs.assign(c_next=pairs.c2.map(best)).explode("c_next").astype({"c_next": totals.c_next.dtype})
+        pooled = pairs.merge(ranked.groupby("c2").head(3)[["c2", "c_next"]], on="c2")
         totals = totals.merge(pooled, on=["c1", "c2", "c_next"], how="outer").fillna({"n": 0})
-        stacked = q.stack()
-        totals["n"] = totals["n"] + prior * stacked.reindex(pd.MultiIndex.from_frame(totals[["c2", "c_next"]])).to_numpy()
+        totals["n"] = totals["n"] + prior * q.reindex(pd.MultiIndex.from_frame(totals[["c2", "c_next"]])).to_numpy()
     totals = totals[(totals.c_next != totals.c1) & (totals.c_next != totals.c2)]
     top = totals.sort_values(["c1", "c2", "n", "c_next"], ascending=[True, True, False, True], kind="stable")
     return top.drop_duplicates(["c1", "c2"]).reset_index(drop=True)[["c1", "c2", "c_next"]]
