@@ -69,7 +69,8 @@ def test_curation_is_balanced_deterministic_and_stays_in_the_training_days(tmp_p
     assert not ((samples.c_next == samples.c1) | (samples.c_next == samples.c2)).any()
     assert samples.equals(finetune.curate(rows, drawn, w.test_start))
     # top: each pair's most frequent successor of the training days, dated at their end
-    top = finetune.curate(rows, OmegaConf.merge(cfg.finetune, {"labels": "top", "label_prior": 0, "samples_per_pair": 1}), w.test_start)
+    own_top = {"labels": "top", "label_prior": 0, "samples_per_pair": 1}
+    top = finetune.curate(rows, OmegaConf.merge(cfg.finetune, own_top), w.test_start)
     assert top[["c1", "c2", "c_next"]].values.tolist() == [[0, 1, 2], [1, 2, 3]]
     assert (top.day == pd.Timestamp(w.test_start)).all() and top.day.dtype == rows.day.dtype
 
