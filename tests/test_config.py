@@ -23,6 +23,15 @@ def test_dataset_switch_sets_its_month():
     assert config.compose(["data=contract", "data.path=/x"]).data.path == "/x"
 
 
+def test_the_accurate_preset_changes_only_the_fine_tune():
+    default, accurate = config.compose([]), config.compose(["finetune=accurate"])
+    assert (accurate.finetune.label_prior, accurate.finetune.lora.top_layers, accurate.finetune.lora.r) == (50, None, 8)
+    assert list(accurate.finetune.lora.target_modules) == ["q_proj", "v_proj"]  # a list is replaced, not merged
+    assert accurate.finetune.min_pair_support == default.finetune.min_pair_support  # the default's interpolations
+    assert {k: v for k, v in accurate.items() if k != "finetune"} == {k: v for k, v in default.items() if k != "finetune"}
+    assert config.compose(["finetune=accurate", "finetune.trainer.max_steps=7"]).finetune.trainer.max_steps == 7
+
+
 def test_unknown_key_is_rejected():
     with pytest.raises(ConfigCompositionException, match="extract.min_engagment"):
         config.compose(["extract.min_engagment=0.3"])

@@ -60,8 +60,7 @@ def test_curation_is_balanced_deterministic_and_stays_in_the_training_days(tmp_p
     daily.to_parquet(path)
     con = db.connect(cfg)
     w = finetune.windows(cfg)
-    rows = con.execute(db.sql("finetune_rows"), {"daily": str(path), "train_start": w.train_start,
-                                                  "test_start": w.test_start, "min_support": 3}).df()
+    rows = finetune.training_rows(con, path, w, 3)
     drawn = OmegaConf.merge(cfg.finetune, {"labels": "drawn", "seed": 7})
     samples = finetune.curate(rows, drawn, w.test_start)
     assert samples.groupby(["c1", "c2"]).size().to_dict() == {(0, 1): 4, (1, 2): 4}

@@ -66,9 +66,7 @@ def main() -> None:
         f"hidden: that part + {keep:.2f} x the window's drift": shrunk.argmax(1),
         "data: train_top1": evaluate.train_lookup(con, cfg.paths.daily_counts, w, pairs).c_pred.to_numpy(),
     }
-    rows = con.execute(db.sql("finetune_rows"), {"daily": cfg.paths.daily_counts, "train_start": w.train_start,
-                                                  "test_start": w.test_start,
-                                                  "min_support": cfg.finetune.min_pair_support}).df()
+    rows = finetune.training_rows(con, cfg.paths.daily_counts, w, cfg.finetune.min_pair_support)
     for prior in args.label_priors:  # pairs without a label (too few triples) serve train_top1's answer
         labels = finetune.top_labels(rows, prior)
         served = pairs[["c1", "c2"]].merge(labels, on=["c1", "c2"], how="left").c_next

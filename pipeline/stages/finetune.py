@@ -22,6 +22,13 @@ from pipeline.period import windows
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
 
+def training_rows(con, daily: Path | str, w, min_support: int) -> pd.DataFrame:
+    """(day, c1, c2, c_next, n) of the training days [w.train_start, w.test_start) for pairs with at
+    least min_support triples there, sorted (finetune_rows.sql): what curate and top_labels read."""
+    return con.execute(db.sql("finetune_rows"), {"daily": str(daily), "train_start": w.train_start,
+                                                  "test_start": w.test_start, "min_support": min_support}).df()
+
+
 def curate(rows: pd.DataFrame, ft: DictConfig, day) -> pd.DataFrame:
     """The line-free samples: samples_per_pair per pair, labelled by ft.labels.
 
@@ -133,9 +140,7 @@ def run(cfg: DictConfig) -> None:
     ft, w = cfg.finetune, windows(cfg)
     daily = Path(cfg.paths.daily_counts)
     con = db.connect(cfg)
-    rows = con.execute(db.sql("finetune_rows"), {"daily": str(daily), "train_start": w.train_start,
-                                                  "test_start": w.test_start,
-                                                  "min_support": ft.min_pair_support}).df()
+    rows = training_rows(con, daily, w, ft.min_pair_support)
     if rows.empty:
         raise ValueError(f"{daily}: no pair has finetune.min_pair_support={ft.min_pair_support} triples in "
                          f"[{w.train_start}, {w.test_start}); is period.month={cfg.period.month} inside the data?")
