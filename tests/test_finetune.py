@@ -297,8 +297,11 @@ def test_top_layers_adapt_only_the_top_and_train_from_cached_lower_states():
     tokenizer = model.load_tokenizer(cfg.model)
     samples = lora.encode(tokenizer, ["Recent interests:\n- a, b\n- c, d\nNext new interest:", "Recent interests:\n- e\n- f\n"
                                       "Recently followed by: g, h\nNext new interest:"], [" g, h", " i"])
-    lora.cache_frozen(wrapped, samples, tokenizer.pad_token_id, batch_size=2)
-    assert recorded == [False, False] and all(s["hidden"].shape[0] == len(s["input_ids"]) for s in samples)
+    twin = dict(samples[0])
+    lora.cache_frozen(wrapped, samples + [twin], tokenizer.pad_token_id, batch_size=2)
+    # One batch of the two distinct sequences: the twin shares the first sample's states.
+    assert recorded == [False, False] and twin["hidden"] is samples[0]["hidden"]
+    assert all(s["hidden"].shape[0] == len(s["input_ids"]) for s in samples)
     wrapped.zero_grad()
     cached = lora.answer_loss(wrapped, lora.collate(tokenizer.pad_token_id)(samples), lower=1)
     cached.backward()

@@ -127,12 +127,17 @@ def cache_frozen(model, samples: list[dict], pad_id: int, batch_size: int) -> No
     """Add to each sample the hidden states its tokens have when they enter the lowest adapted
     layer. The layers below hold no adapter, so these never change during training: computed once
     here (in a fixed order of length-sorted batches, so the same bits every run and on resume),
-    each step runs only the adapted layers."""
+    each step runs only the adapted layers. Samples with the same tokens share one computation
+    (the default curation repeats a fifth of its sequences: a pair's line and label recur on
+    other days); the tensor is shared too, as nothing writes to it."""
     lower = frozen_below(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     was_training = base.training
     base.eval()
-    order = sorted(range(len(samples)), key=lambda i: len(samples[i]["input_ids"]))
+    first: dict[tuple, int] = {}
+    for i, s in enumerate(samples):
+        first.setdefault(tuple(s["input_ids"]), i)
+    order = sorted(first.values(), key=lambda i: len(samples[i]["input_ids"]))
     pad = collate(pad_id)
     with only_layers(base.get_decoder(), 0, lower, final_norm=False) as decoder:
         for k in range(0, len(order), batch_size):
@@ -142,6 +147,8 @@ def cache_frozen(model, samples: list[dict], pad_id: int, batch_size: int) -> No
                              use_cache=False).last_hidden_state
             for row, i in enumerate(chunk):
                 samples[i]["hidden"] = hidden[row, :len(samples[i]["input_ids"])].clone()
+    for s in samples:
+        s["hidden"] = samples[first[tuple(s["input_ids"])]]["hidden"]
     base.train(was_training)
 
 
