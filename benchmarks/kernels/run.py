@@ -5,7 +5,8 @@
 Each setting runs in its own process (the pin is read when torch is imported), on the default base
 model (`bin/setup` prepares it) and the default world's descriptions: --steps LoRA steps of the
 default fine-tune's LoRA (`finetune.lora`, batch 16, every layer run each step, prompts of the
-default template) and bulk decoding of --prompts base prompts. Prints each rate, the ratio pinned/native, and the CPU.
+default template) and bulk decoding of --prompts base prompts. Prints each rate, the ratio
+pinned/native, and the CPU.
 """
 from __future__ import annotations
 
