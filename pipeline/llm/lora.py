@@ -129,9 +129,12 @@ def cache_frozen(model, samples: list[dict], pad_id: int, batch_size: int) -> No
     here (in a fixed order of length-sorted batches, so the same bits every run and on resume),
     each step runs only the adapted layers. Samples with the same tokens share one computation
     (the default curation repeats a fifth of its sequences: a pair's line and label recur on
-    other days); the tensor is shared too, as nothing writes to it."""
+    other days); the tensor is shared too, as nothing writes to it. Batches are built on the host and
+    run on the model's device; the states come back to the host, where the DataLoader's batches are
+    built (the trainer moves each batch to the device)."""
     lower = frozen_below(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = next(base.parameters()).device
     was_training = base.training
     base.eval()
     first: dict[tuple, int] = {}
@@ -143,10 +146,10 @@ def cache_frozen(model, samples: list[dict], pad_id: int, batch_size: int) -> No
         for k in range(0, len(order), batch_size):
             chunk = order[k:k + batch_size]
             batch = pad([samples[i] for i in chunk])
-            hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            hidden = decoder(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                              use_cache=False).last_hidden_state
             for row, i in enumerate(chunk):
-                samples[i]["hidden"] = hidden[row, :len(samples[i]["input_ids"])].clone()
+                samples[i]["hidden"] = hidden[row, :len(samples[i]["input_ids"])].to("cpu", copy=True)
     for s in samples:
         s["hidden"] = samples[first[tuple(s["input_ids"])]]["hidden"]
     base.train(was_training)
