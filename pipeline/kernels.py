@@ -41,14 +41,32 @@ def pin(mode: str) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def device(policy: str) -> str:
-    """The device a `device:` policy (auto, cpu or cuda) names here: auto takes CUDA when torch sees a GPU."""
+def device(policy: str, stage: str | None = None) -> str:
+    """The device a `device:` policy (auto, cpu or cuda) names here: auto takes CUDA when torch sees a GPU.
+    With `stage`, one line on stderr says where that stage runs and why (auto on a CPU build of
+    torch would otherwise fall back to the CPU without a word)."""
     import torch
 
     if policy == "cuda" and not torch.cuda.is_available():
-        raise ValueError("params.yaml: device is 'cuda' but torch sees no CUDA GPU (torch "
-                         f"{torch.__version__}, built for CUDA {torch.version.cuda}); use device=auto or cpu")
-    return "cuda" if policy == "cuda" or (policy == "auto" and torch.cuda.is_available()) else "cpu"
+        why = ("a CPU build: install the CUDA wheel (docs/gpu.md)" if torch.version.cuda is None
+               else f"built for CUDA {torch.version.cuda}, but no GPU or driver is visible")
+        raise ValueError(f"params.yaml: device is 'cuda' but torch {torch.__version__} sees no CUDA GPU ({why}); "
+                         "use device=auto or cpu")
+    where = "cuda" if policy == "cuda" or (policy == "auto" and torch.cuda.is_available()) else "cpu"
+    if stage:
+        print(f"{stage}: device {where} ({describe(policy, where)})", file=sys.stderr)
+    return where
+
+
+def describe(policy: str, where: str) -> str:
+    """What runs a stage, in words: the GPU's name, or the CPU's device class, and the torch build."""
+    import torch
+
+    if where == "cuda":
+        return f"{device_class(where)}, torch {torch.__version__}, CUDA {torch.version.cuda}, device={policy}"
+    missing = (" found no GPU: torch is a CPU build" if torch.version.cuda is None
+               else " found no GPU that torch can use") if policy == "auto" else ""
+    return f"{device_class(where)}, torch {torch.__version__}, device={policy}{missing}"
 
 
 def dtype(name: str):

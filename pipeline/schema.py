@@ -493,8 +493,9 @@ def _relations(c: Config) -> None:
     need(c.finetune.test_days < c.finetune.train_days, "finetune.test_days",
          f"fewer than finetune.train_days ({c.finetune.train_days}): the held-out days end the training window")
     # float16 weights or autocast on the CPU give NaN adapters (issue 22); bfloat16 and float32/64 train there.
-    need(not c.finetune.trainer.precision.startswith("16-") or c.device == Device.cuda, "finetune.trainer.precision",
-         "32-true, bf16-mixed, bf16-true or 64-true unless device=cuda: float16 does not train on the CPU")
+    # device=auto may find a GPU: lora.train refuses float16 there when it runs on the CPU.
+    need(not c.finetune.trainer.precision.startswith("16-") or c.device != Device.cpu, "finetune.trainer.precision",
+         "32-true, bf16-mixed, bf16-true or 64-true unless device=cuda or auto: float16 does not train on the CPU")
     need(c.extract.form != ExtractForm.ordered or c.engine == Engine.duckdb, "extract.form",
          "auto or partitioned with engine=spark (ordered relies on DuckDB's row order)")
     need(c.model.source != ModelSource.pretrained or bool(c.model.name_or_path), "model.name_or_path",

@@ -237,14 +237,55 @@ def test_non_finite_training_stops_with_one_line_and_writes_no_adapter(tmp_path)
 
 def test_a_precision_the_device_cannot_train_in_is_refused_at_composition(tmp_path):
     for precision in ("16-true", "16-mixed"):
-        with pytest.raises(ValueError, match=f"finetune.trainer.precision={precision}: expected .*device=cuda"):
-            compose(tmp_path, f"finetune.trainer.precision={precision}")
-    assert compose(tmp_path, "finetune.trainer.precision=16-mixed", "device=cuda").finetune.trainer.precision == "16-mixed"
+        with pytest.raises(ValueError, match=f"finetune.trainer.precision={precision}: expected .*device=cuda or auto"):
+            compose(tmp_path, f"finetune.trainer.precision={precision}", "device=cpu")
+    for device in ("cuda", "auto"):  # auto may find a GPU: float16 is allowed there
+        assert compose(tmp_path, "finetune.trainer.precision=16-mixed", f"device={device}").finetune.trainer.precision == "16-mixed"
+
+
+def test_float16_with_device_auto_on_the_cpu_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^params.yaml: finetune.trainer.precision=16-mixed: float16 does not train on "
+                                         r"the CPU \(NaN adapters\), and this run is on the CPU; use 32-true or bf16-mixed$"):
+        tiny_fit(tmp_path, "finetune.trainer.precision=16-mixed", "device=auto")
+    assert not list(tmp_path.rglob("adapter_model.safetensors"))
 
 
 def test_devices_above_one_on_the_cpu_is_one_line_naming_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"finetune.trainer.devices=2: the CPU trains in one process"):
         tiny_fit(tmp_path, "finetune.trainer.devices=2", "device=cpu")
+
+
+def fake_gpu(monkeypatch, name: str = "NVIDIA H100 80GB HBM3") -> None:
+    """torch as it looks on a CUDA machine, as far as the device policy asks."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+
+
+def test_several_gpus_are_refused_in_one_line(tmp_path, monkeypatch):
+    fake_gpu(monkeypatch)
+    with pytest.raises(ValueError, match=r"^params.yaml: finetune.trainer.devices=4: the fine-tune trains on one GPU "
+                                         r"\(decoding scales over GPUs through the pool, infer.workers\); set "
+                                         r"finetune.trainer.devices=1$"):
+        tiny_fit(tmp_path, "finetune.trainer.devices=4", "device=cuda")
+
+
+def test_a_checkpoint_belongs_to_its_device_class(tmp_path, monkeypatch):
+    """A run on another device class (a CPU checkpoint, then a GPU) does not resume the other's checkpoint."""
+    folders = []
+
+    def stop(model, tokenizer, prompts, answers, ft, ckpt_dir, log_dir, accelerator):
+        folders.append((ckpt_dir, accelerator))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lora, "train", stop)
+    for gpu in (False, True):
+        if gpu:
+            fake_gpu(monkeypatch)
+        with pytest.raises(KeyboardInterrupt):
+            tiny_fit(tmp_path, "device=auto")
+    [(cpu, on_cpu), (cuda, on_gpu)] = folders
+    assert (on_cpu, on_gpu) == ("cpu", "gpu") and cpu.parent == cuda.parent and cpu != cuda
 
 
 def test_fewer_steps_than_the_logging_interval_still_write_the_loss_curve(tmp_path):

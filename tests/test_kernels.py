@@ -39,8 +39,28 @@ def test_the_device_class_names_the_cpu_vendor(tmp_path, vendor_id, named):
 def test_auto_picks_the_cpu_when_cuda_is_absent(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert kernels.device("auto") == "cpu" and kernels.device("cpu") == "cpu"
-    with pytest.raises(ValueError, match="device is 'cuda' but torch sees no CUDA GPU"):
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(ValueError, match=r"^params.yaml: device is 'cuda' but torch \S+ sees no CUDA GPU \(a CPU build: "
+                                         r"install the CUDA wheel \(docs/gpu.md\)\); use device=auto or cpu$"):
         kernels.device("cuda")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    with pytest.raises(ValueError, match=r"built for CUDA 12.8, but no GPU or driver is visible"):
+        kernels.device("cuda")
+
+
+def test_a_stage_says_which_device_it_runs_on(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert kernels.device("auto", "gate") == "cpu"
+    line = capsys.readouterr().err
+    assert line == (f"gate: device cpu ({kernels.device_class()}, torch {torch.__version__}, device=auto found no GPU: "
+                    "torch is a CPU build)\n")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert kernels.device("auto", "bulk_infer") == "cuda"
+    assert capsys.readouterr().err == (f"bulk_infer: device cuda (cuda-NVIDIA H100 80GB HBM3, torch {torch.__version__}, "
+                                       "CUDA 12.8, device=auto)\n")
 
 
 def test_inference_dtype_is_a_setting_and_is_checked():

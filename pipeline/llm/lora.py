@@ -264,9 +264,17 @@ def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConf
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     settings = OmegaConf.to_container(ft.trainer)
-    if accelerator == "cpu" and settings["devices"] > 1:
-        raise ValueError(f"params.yaml: finetune.trainer.devices={settings['devices']}: the CPU trains in one "
-                         "process; set finetune.trainer.devices=1")
+    if settings["devices"] > 1:
+        # Several GPUs would need DDP: a batch sampler Lightning can shard, one writer and each rank's
+        # own device. Decoding, the bulk of the work, already spreads over GPUs (the Ray pool).
+        raise ValueError(f"params.yaml: finetune.trainer.devices={settings['devices']}: " + (
+            "the CPU trains in one process" if accelerator == "cpu" else
+            "the fine-tune trains on one GPU (decoding scales over GPUs through the pool, infer.workers)")
+            + "; set finetune.trainer.devices=1")
+    if accelerator == "cpu" and settings["precision"].startswith("16-"):
+        # device=auto can only be told from device=cuda here, once torch has looked for a GPU.
+        raise ValueError(f"params.yaml: finetune.trainer.precision={settings['precision']}: float16 does not train on "
+                         "the CPU (NaN adapters), and this run is on the CPU; use 32-true or bf16-mixed")
     # DVCLive writes the loss curve (a DVC output) only at logged steps: a run shorter than the
     # logging interval logs its last step.
     settings["log_every_n_steps"] = min(settings["log_every_n_steps"], settings["max_steps"])

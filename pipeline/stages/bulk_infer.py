@@ -157,7 +157,7 @@ def run(cfg: DictConfig) -> None:
     names = contract.descriptions(cfg.data.path)
     shown = cfg.prompts.popular_n
     rows = table_rows(names, found, days, cfg.prompts.min_support, {d: p[:shown] for d, p in popular.items()})
-    where = kernels.device(cfg.device)
+    where = kernels.device(cfg.device, "bulk_infer")
     answers, ns, missing, decode_s, tokenizer = decode(cfg, rows, names, where)
     per_table, valid_rows = write_tables(cfg, rows, answers, names, popular, found, rule,
                                          lineage_fields(cfg, ns, where, gate, rule))

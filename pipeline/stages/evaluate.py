@@ -265,7 +265,7 @@ def repeat_answers(cfg: DictConfig, names: dict[int, str], texts: list[str]) -> 
     """The prompts decoded twice with seeded sampling; cached like bulk_infer's answers, and the
     model is loaded only when one is missing."""
     e, inf = cfg.eval, cfg.infer
-    where = kernels.device(cfg.device)
+    where = kernels.device(cfg.device, "evaluate")
     settings = bulk.Settings(False, inf.max_new_tokens, inf.batch_size[where], e.repeat_temperature)
     caches = [AnswerCache(cfg.paths.infer_cache, namespace(
         cfg.model, cfg.paths.adapter, names, inf.dtype, where, decoding="sample",

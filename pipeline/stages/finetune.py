@@ -155,14 +155,14 @@ def run(cfg: DictConfig) -> None:
     samples["prompt"], samples["answer"] = texts(samples, names)
 
     base, tokenizer = model.load(cfg.model)
-    # Checkpoints belong to exactly these samples, settings and training code; anything else starts afresh.
+    where = kernels.device(cfg.device, "finetune")
+    # Checkpoints belong to exactly these samples, settings, training code and device class; anything else starts afresh.
     key = hashlib.sha256(pd.util.hash_pandas_object(samples.drop(columns=["retrieved", "popular"])).values.tobytes()
                          + OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["finetune", "model"])).encode()
-                         + Path(lora.__file__).read_bytes())
+                         + Path(lora.__file__).read_bytes() + kernels.device_class(where).encode())
     ckpt_dir = Path(cfg.paths.checkpoints) / f"finetune-{key.hexdigest()[:16]}"
     log_dir = Path(cfg.paths.metrics) / "finetune"
     began = time.perf_counter()
-    where = kernels.device(cfg.device)
     adapter, stats = lora.train(base, tokenizer, samples["prompt"].tolist(), samples["answer"].tolist(), ft,
                                 ckpt_dir, log_dir, accelerator="gpu" if where == "cuda" else "cpu")
     wall = time.perf_counter() - began

@@ -132,7 +132,7 @@ def run(cfg: DictConfig) -> None:
     con = db.connect(cfg)
     pairs = held_out_pairs(con, Path(cfg.paths.triples), w.test_start, w.month_start, g.max_pairs, g.seed)
     names = contract.descriptions(cfg.data.path)
-    where = kernels.device(cfg.device)
+    where = kernels.device(cfg.device, "gate")
     llm, tokenizer = model.load(cfg.model, cfg.paths.adapter if g.use_adapter else None, where, cfg.infer.dtype)
     recall = {"triples": cfg.paths.triples, "sequences": cfg.paths.sequences, "test_start": w.test_start,
               "month_start": w.month_start, "horizon_days": g.horizon_days}
