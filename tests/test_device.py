@@ -229,3 +229,42 @@ def test_bulk_decoding_runs_on_the_device(constrained, temperature):
         llm.to("cuda")
         moved = bulk.scored_answers(llm, tokenizer, texts, trie, settings, exclude, seeds=seeds)
     assert moved == host
+
+
+def test_cuda_out_of_memory_in_bulk_decoding_is_one_line_and_keeps_finished_shards(tmp_path, monkeypatch):
+    from pipeline.llm.cache import AnswerCache
+
+    names = {0: "street food, night market", 1: "chess openings, endgames", 2: "cat videos, kitten care"}
+    llm, tokenizer = tiny(2)
+    trie = bulk.Trie.build(tokenizer, names)
+    texts = [f"Recent interests:\n- {names[a]}\n- {names[b]}\nNext new interest:" for a in names for b in names]
+    settings = bulk.Settings(True, 6, 64)
+    feed, shards = bulk._Batch.feed, []
+
+    def feed_until_the_second_shard(batch, rows):
+        if len(shards) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                              "capacity of 23.55 GiB of which 1.10 GiB is free.")
+        return feed(batch, rows)
+
+    def decode(shard, advance):
+        shards.append(shard)
+        return bulk.scored_answers(llm, tokenizer, shard, trie, settings, advance=advance)
+
+    monkeypatch.setattr(bulk._Batch, "feed", feed_until_the_second_shard)
+    cache = AnswerCache(tmp_path, {"test": 1})
+    with pytest.raises(ValueError) as err:
+        cache.fill(texts, decode, shard_size=5)
+    assert str(err.value).startswith("CUDA out of memory decoding at batch size 64 (CUDA out of memory. Tried to "
+                                     "allocate 2.00 GiB.") and "\n" not in str(err.value)
+    assert "lower infer.batch_size.cuda (gate.batch_size.cuda for the gate)" in str(err.value)
+    assert sorted(cache.load()) == sorted(texts[:5])  # the finished shard is kept
+
+
+def test_the_memory_per_row_is_the_decoders_own_kv_buffer():
+    llm, _ = tiny(2)
+    rows, room = 3, 17
+    batch = bulk._Batch(llm, 0, [[] for _ in range(rows)], room)
+    held = sum(t.numel() * t.element_size() for layer in batch.cache.layers for t in (layer.k_buf, layer.v_buf))
+    assert bulk.row_bytes(llm.config, room, 1, 4)["kv"] * rows == held
+    assert bulk.row_bytes(llm.config, room, 3, 2)["logits"] == llm.config.vocab_size * 3 * (2 + 4 + 4)

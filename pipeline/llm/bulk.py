@@ -165,9 +165,8 @@ class _Batch:
         self.mask = _padded([[1] * n for n in lengths], 0, width).to(self.device)
         self.next_pos = torch.tensor(lengths, dtype=torch.long).to(self.device)
         self.last_width, self.last_lengths = 0, []
-        c = model.config.get_text_config(decoder=True)
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        kv = torch.zeros((c.num_hidden_layers, 2, len(pasts), c.num_key_value_heads, width + room, head_dim),
+        layers, heads, head_dim = _kv_dims(model.config)
+        kv = torch.zeros((layers, 2, len(pasts), heads, width + room, head_dim),
                          dtype=self.head.weight.dtype, device=self.device)
         for row, (past, n) in enumerate(zip(pasts, lengths)):
             if past:
@@ -213,6 +212,23 @@ class _Batch:
         self.last_lengths = [self.last_lengths[r] for r in rows]
 
 
+def _kv_dims(config) -> tuple[int, int, int]:
+    """(layers, key-value heads, head size) of a model's KV cache."""
+    c = config.get_text_config(decoder=True)
+    return c.num_hidden_layers, c.num_key_value_heads, getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+
+
+def row_bytes(config, tokens: int, scored: int, itemsize: int) -> dict[str, int]:
+    """The device memory one batch row holds at its peak (docs/gpu.md): its KV buffer, `tokens`
+    positions (its prompt, max_new_tokens and 8 of room), in the weights' dtype of `itemsize` bytes;
+    and the logits of the `scored` positions one step feeds (1 plus the drafted tokens), in that
+    dtype plus a float32 copy (none when already float32) and its float32 log-softmax."""
+    layers, heads, head_dim = _kv_dims(config)
+    vocab = config.get_text_config(decoder=True).vocab_size
+    return {"kv": layers * 2 * heads * head_dim * itemsize * tokens,
+            "logits": vocab * scored * (itemsize + (4 if itemsize != 4 else 0) + 4)}
+
+
 def _padded(rows: list[list[int]], pad: int, width: int) -> torch.Tensor:
     """Rows right-padded to width, built on the host in one call."""
     return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
@@ -244,7 +260,20 @@ def decode_scored(model, tokens: list[list[int]], trie: Trie, settings: Settings
     in the order given.
 
     exclude: per prompt, clusters constrained decoding may not answer (c1 and c2);
-    seeds: per prompt, the sampling seed when settings.temperature > 0."""
+    seeds: per prompt, the sampling seed when settings.temperature > 0. CUDA running out of memory is
+    a one-line error naming the batch size (shards stored before it are kept by the answer cache)."""
+    try:
+        return _decode_scored(model, tokens, trie, settings, pad_id, exclude, advance, seeds)
+    except torch.cuda.OutOfMemoryError as exc:
+        said = str(exc).splitlines()[0][:160] if str(exc) else "out of memory"
+        raise ValueError(f"CUDA out of memory decoding at batch size {settings.batch_size} ({said}): lower "
+                         "infer.batch_size.cuda (gate.batch_size.cuda for the gate); docs/gpu.md gives the memory "
+                         "per batch row") from None
+
+
+def _decode_scored(model, tokens: list[list[int]], trie: Trie, settings: Settings, pad_id: int,
+                   exclude: list[tuple[int, ...]] | None, advance: Callable[[int], None],
+                   seeds: list[int] | None) -> list[tuple[tuple[int, ...], float]]:
     if any(not t for t in tokens):
         raise ValueError("an empty prompt cannot be decoded")
     if settings.temperature > 0 and (settings.constrained or seeds is None or len(seeds) != len(tokens)):

@@ -232,7 +232,12 @@ class _Pool:
         while running:
             (ref,), _ = self.ray.wait(list(running), num_returns=1)
             i, actor = running.pop(ref)
-            outputs = self.ray.get(ref)
+            try:
+                outputs = self.ray.get(ref)
+            except self.ray.exceptions.RayTaskError as exc:  # a one-line error raised in a worker (out of memory)
+                if not isinstance(exc.cause, ValueError):
+                    raise
+                raise ValueError(f"{str(exc.cause).splitlines()[0]} (in a Ray worker)") from None
             if todo:
                 send(actor)
             yield shards[i], outputs
