@@ -69,6 +69,10 @@ def describe(policy: str, where: str) -> str:
     return f"{device_class(where)}, torch {torch.__version__}, device={policy}{missing}"
 
 
+# The weights' dtypes inference takes (schema.Dtype's values), here where nothing needs omegaconf.
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def dtype(name: str):
     import torch
 

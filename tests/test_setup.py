@@ -46,5 +46,6 @@ def test_java_for_spark(tmp_path, version, uid, sudo, installs, message):
 
 def test_setup_takes_spark_and_ray_and_refuses_other_options():
     """An unknown option stops bin/setup before it installs anything, naming both optional installs."""
-    done = subprocess.run([str(SCRIPT.parent / "setup"), "--spark", "--gpu"], capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr == "usage: bin/setup [--spark] [--ray]\n"
+    for bad in (["--spark", "--gpu"], ["--cuda"], ["--cuda", "12.8"]):
+        done = subprocess.run([str(SCRIPT.parent / "setup"), *bad], capture_output=True, text=True)
+        assert done.returncode == 2 and done.stderr == "usage: bin/setup [--spark] [--ray] [--cuda cuXYZ]\n"

