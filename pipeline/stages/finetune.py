@@ -156,7 +156,7 @@ def run(cfg: DictConfig) -> None:
 
     base, tokenizer = model.load(cfg.model)
     where = kernels.device(cfg.device, "finetune")
-    # Checkpoints belong to exactly these samples, settings, training code and device class; anything else starts afresh.
+    # Checkpoints belong to exactly these samples, settings, training code and device class; else start afresh.
     key = hashlib.sha256(pd.util.hash_pandas_object(samples.drop(columns=["retrieved", "popular"])).values.tobytes()
                          + OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["finetune", "model"])).encode()
                          + Path(lora.__file__).read_bytes() + kernels.device_class(where).encode())
