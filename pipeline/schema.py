@@ -114,6 +114,12 @@ class RetrievalMethod(StrEnum):
     trend = "trend"
 
 
+class Evidence(StrEnum):
+    """Which lines a RAG prompt carries (pipeline/evidence.py)."""
+    instance = "instance"  # the paper's: the pair's own successor, where it has enough support
+    backoff = "backoff"  # that, else its last cluster's successor
+
+
 class Labels(StrEnum):  # finetune.labels: what a line-free training sample is labelled with
     top = "top"
     drawn = "drawn"
@@ -333,6 +339,7 @@ class Finetune:
 class Prompts:
     popular_n: int = at_least(0)  # 0: no popular line
     min_support: int = at_least(1)
+    evidence: Evidence = MISSING
 
 
 @dataclass
@@ -418,6 +425,7 @@ class Paths:
     checkpoints: str = MISSING
     gate_predictions: str = MISSING
     retrieved: str = MISSING
+    last_successors: str = MISSING
     popular: str = MISSING
     tables: str = MISSING
     infer_cache: str = MISSING

@@ -32,7 +32,7 @@ def test_each_strategy_serves_its_newest_table_dated_on_or_before_the_day():
                           "retrieved": [[8], [3]], "support": [[9], [2]]})
     # what followed c2 alone: on Mar 3, 0 was followed most by 1 (the pair (1, 0)'s own c1), then by 4
     fallback = pd.DataFrame({"refresh_date": pd.to_datetime([D1, D3, D3]), "c2": [1, 0, 1],
-                             "backoff": [[2, 3], [1, 4], [5]]})
+                             "successors": [[2, 3], [1, 4], [5]]})
     popular = {D1: [0, 1, 6], D3: [3, 1, 0]}
     events = pd.DataFrame({"day": [D1, date(2024, 3, 2), D3, date(2024, 3, 9), D1], "c1": [0, 0, 0, 1, 1],
                            "c2": [1, 1, 1, 0, 0]})
@@ -71,19 +71,6 @@ def test_the_training_lookup_reads_only_the_fine_tunes_sample_days(tmp_path):
     # reached in the window: 0 eleven times, 1 four, 2 and 3 three each: popular 0, 1, 2
     # (1, 0) and (1, 2) were never seen in the sample days: the first popular cluster not c1/c2
     assert got.c_pred.tolist() == [2, 2, 1, 0]
-
-
-def test_backoff_sql_ranks_what_followed_c2_alone_in_the_window(tmp_path):
-    from tests.test_finetune import daily_frame
-
-    cfg = compose(tmp_path)
-    path = tmp_path / "daily.parquet"
-    daily_frame([("2024-02-27", 0, 1, 2, 3), ("2024-02-28", 3, 1, 2, 2), ("2024-02-28", 0, 1, 4, 4),
-                 ("2024-02-20", 0, 1, 5, 50),  # before the 7-day window
-                 ("2024-03-01", 0, 1, 6, 99)]).to_parquet(path)  # the refresh day itself: never read
-    got = evaluate.backoff_successors(db.connect(cfg), str(path), [D1], 7)
-    # 2 followed c2=1 five times over two different c1, 4 four times
-    assert got.c2.tolist() == [1] and got.backoff.tolist() == [[2, 4]]
 
 
 def test_events_fall_in_the_bucket_of_their_pairs_support_at_the_active_refresh_date():

@@ -107,10 +107,16 @@ def test_lined_samples_see_lines_before_their_day_and_labels_after_it(tmp_path):
     ])
     path = tmp_path / "daily.parquet"
     daily.to_parquet(path)
-    got = finetune.lined(db.connect(cfg), path, w, cfg.finetune, cfg.prompts.min_support)
+    got = finetune.lined(db.connect(cfg), path, w, cfg.finetune, cfg.prompts.min_support, "instance")
     assert got[["day", "c1", "c2", "c_next"]].astype({"day": str}).values.tolist() == [["2024-02-02", 0, 1, 9]]
     assert got.retrieved.tolist() == [[7]]
-    assert finetune.lined(db.connect(cfg), path, w, OmegaConf.merge(cfg.finetune, {"line_every_days": 0}), 2).empty
+    # backoff: the thin pair (2, 3) shows what followed its last cluster 3 before Feb 4 instead
+    got = finetune.lined(db.connect(cfg), path, w, cfg.finetune, cfg.prompts.min_support, "backoff")
+    assert got[["day", "c1", "c2", "c_next"]].astype({"day": str}).values.tolist() == [
+        ["2024-02-02", 0, 1, 9], ["2024-02-04", 2, 3, 5]]
+    assert got.retrieved.tolist() == [[7], []] and got["last"].tolist() == [[], [4]]
+    assert finetune.lined(db.connect(cfg), path, w, OmegaConf.merge(cfg.finetune, {"line_every_days": 0}), 2,
+                          "backoff").empty
 
 
 def test_rag_lines_only_read_days_before_the_sample(tmp_path):
@@ -144,7 +150,7 @@ def test_the_popular_line_follows_the_rag_share_and_reads_days_before_the_sample
         chosen = finetune.rag_chosen(samples, cfg.finetune)
         rows = samples.assign(retrieved=finetune.with_rag(con, path, samples, cfg.finetune, cfg.prompts.min_support),
                               popular=finetune.with_popular(con, path, samples, chosen, cfg.finetune,
-                                                            int(cfg.prompts.popular_n)))
+                                                            int(cfg.prompts.popular_n)), last=[[], []])
         return rows, finetune.texts(rows, names)[0]
 
     rows, texts = built("finetune.rag_share=1.0", "prompts.popular_n=2")

@@ -1,8 +1,9 @@
 """bulk_infer: decode every ordered pair c1 != c2 into transition tables (paper section 2.3).
 
-One base table (no RAG) and one RAG table per refresh date; a pair with nothing retrieved at least
-prompts.min_support times on a date gets the base prompt (plus the popular line when
-prompts.popular_n is on). Each RAG table's hybrid column serves under the gate's hybrid rule: the
+One base table (no RAG) and one RAG table per refresh date; a RAG prompt carries the pair's
+evidence on its date (pipeline/evidence.py, prompts.evidence): its successor retrieved at least
+prompts.min_support times, else (backoff) its last cluster's recent successor; a pair with neither
+gets the base prompt (plus the popular line when prompts.popular_n is on). Each RAG table's hybrid column serves under the gate's hybrid rule: the
 retrieved successor where its window support reaches tau, else the table's LLM answer; or the LLM's
 answer where its log-probability reaches the gate's threshold, else the retrieved successor. Answers come from the content-addressed cache when an identical prompt
 was decoded before under the same model, adapter and settings; the rest are decoded in shards of
@@ -18,7 +19,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pipeline import kernels, manifest, retrieval, timing, verdict
+from pipeline import evidence, kernels, manifest, retrieval, timing, verdict
 from pipeline.data import contract
 from pipeline.files import atomic_path, refuse_foreign, tree_sha256, write_metrics
 from pipeline.llm import bulk, model, pool, prompts
@@ -30,34 +31,40 @@ TABLE_FILES = ("*.parquet",)
 
 
 def table_rows(names: dict[int, str], found: pd.DataFrame, days: list, min_support: int,
-               popular_line: dict | None = None) -> pd.DataFrame:
-    """(table, refresh_date, c1, c2, retrieved, prompt): every ordered pair, base table first; a RAG
-    line names the successors retrieved at least min_support times, and every RAG table prompt
-    carries popular_line[day] (the clusters popular on its date; none when absent)."""
+               popular_line: dict | None = None, last: pd.DataFrame | None = None,
+               mode: str = "instance") -> pd.DataFrame:
+    """(table, refresh_date, c1, c2, retrieved, last, prompt): every ordered pair, base table first;
+    a RAG prompt's lines are evidence.lines' (mode, min_support; `last`: the last clusters'
+    successors, needed under backoff), and every RAG table prompt carries popular_line[day] (the
+    clusters popular on its date; none when absent)."""
     clusters = sorted(names)
     pairs = pd.DataFrame([(a, b) for a in clusters for b in clusters if a != b], columns=["c1", "c2"])
-    frames = [pairs.assign(table="base", refresh_date=days[0], retrieved=[[] for _ in range(len(pairs))])]
+    none = [[] for _ in range(len(pairs))]
+    frames = [pairs.assign(table="base", refresh_date=days[0], retrieved=none, last=none)]
     for day in days:
-        frames.append(pairs.assign(table=f"rag-{day}", refresh_date=day,
-                                   retrieved=retrieval.attach(pairs.assign(day=day), found, "day", min_support)))
+        got, back = evidence.lines(pairs.assign(day=day), "day", found, last, min_support, mode)
+        frames.append(pairs.assign(table=f"rag-{day}", refresh_date=day, retrieved=got, last=back))
     rows = pd.concat(frames, ignore_index=True)
     line = {} if popular_line is None else popular_line
-    rows["prompt"] = [prompts.for_pair(names, a, b, got, line.get(day, []) if table != "base" else [])
-                      for a, b, got, day, table in zip(rows.c1, rows.c2, rows.retrieved, rows.refresh_date, rows.table)]
+    rows["prompt"] = [prompts.for_pair(names, a, b, got, line.get(day, []) if table != "base" else [], back)
+                      for a, b, got, back, day, table in zip(rows.c1, rows.c2, rows.retrieved, rows.last,
+                                                             rows.refresh_date, rows.table)]
     return rows
 
 
 def serve(rows: pd.DataFrame, answers: list[tuple[str, float]], names: dict[int, str], popular: dict) -> pd.DataFrame:
-    """What each pair serves: the model's answer when it names a novel cluster, else the retrieved
-    successor, else the first popular cluster of that date that is neither c1 nor c2. `answers`:
-    each row's (model output, its log-probability), kept as `output` and `logprob`."""
+    """What each pair serves: the model's answer when it names a novel cluster, else the evidence
+    its prompt showed (the retrieved successor, else the last cluster's), else the first popular
+    cluster of that date that is neither c1 nor c2. `answers`: each row's (model output, its
+    log-probability), kept as `output` and `logprob`; `last` is kept beside `retrieved` so that
+    each row's prompt can be rebuilt from its table."""
     outputs = [a for a, _ in answers]
     parsed = prompts.parse(outputs, names)
     c_pred, served, valid = [], [], []
-    for c1, c2, got, day, p in zip(rows.c1, rows.c2, rows.retrieved, rows.refresh_date, parsed):
+    for c1, c2, got, back, day, p in zip(rows.c1, rows.c2, rows.retrieved, rows["last"], rows.refresh_date, parsed):
         ok = p is not None and p not in (c1, c2)
         fallback = retrieval.first_popular(popular.get(day, []), c1, c2)
-        pick, how = ((p, "llm") if ok else (got[0], "retrieved") if got else
+        pick, how = ((p, "llm") if ok else (got[0], "retrieved") if got else (back[0], "last") if back else
                      (fallback, "popular") if fallback is not None else (None, "none"))
         c_pred.append(pick)
         served.append(how)
@@ -66,7 +73,8 @@ def serve(rows: pd.DataFrame, answers: list[tuple[str, float]], names: dict[int,
     return pd.DataFrame({
         "c1": rows.c1.astype("int32").to_numpy(), "c2": rows.c2.astype("int32").to_numpy(), "c_pred": c_pred,
         "description": [names[c] if pd.notna(c) else None for c in c_pred], "valid": valid, "served": served,
-        "retrieved": [[int(r) for r in got] for got in rows.retrieved], "output": outputs,
+        "retrieved": [[int(r) for r in got] for got in rows.retrieved],
+        "last": [[int(r) for r in got] for got in rows["last"]], "output": outputs,
         "logprob": [float(x) for _, x in answers]})
 
 
@@ -153,10 +161,12 @@ def run(cfg: DictConfig) -> None:
     days = refresh_dates(cfg)
     gate, rule = verdict.read(Path(cfg.paths.metrics) / "gate.json")
     found = retrieved(cfg, days)
+    last = pd.read_parquet(cfg.paths.last_successors)
     popular = retrieval.read_popular(cfg.paths.popular)
     names = contract.descriptions(cfg.data.path)
     shown = cfg.prompts.popular_n
-    rows = table_rows(names, found, days, cfg.prompts.min_support, {d: p[:shown] for d, p in popular.items()})
+    rows = table_rows(names, found, days, cfg.prompts.min_support, {d: p[:shown] for d, p in popular.items()},
+                      last, cfg.prompts.evidence)
     where = kernels.device(cfg.device, "bulk_infer")
     answers, ns, missing, decode_s, tokenizer = decode(cfg, rows, names, where)
     per_table, valid_rows = write_tables(cfg, rows, answers, names, popular, found, rule,

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline import db, kernels, manifest, report, retrieval, timing
+from pipeline.evidence import last_successors
 from pipeline.buckets import bucket_of
 from pipeline.data import contract
 from pipeline.files import atomic_path, write_metrics
@@ -77,7 +78,7 @@ def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: 
     retrieved_top1 serves the top successor `found` holds for that date however thin its support:
     the no-LLM baseline does not depend on which lines the prompts carry (prompts.min_support).
     backoff serves the same where the pair has one, else c2's top successor (`fallback`:
-    backoff_successors) other than c1, else popular. train_top1 serves `lookup` (train_lookup), a table
+    pipeline.evidence.last_successors) other than c1, else popular. train_top1 serves `lookup` (train_lookup), a table
     of every pair held all month like the base table."""
     active = active_dates(events, days)
     keyed = events[["c1", "c2"]].assign(active=active, first=days[0])
@@ -90,8 +91,8 @@ def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: 
     pop = [retrieval.first_popular(popular.get(d, []), a, b) for d, a, b in zip(active, events.c1, events.c2)]
     retrieved = retrieval.attach(keyed, found, "active")
     top1 = [got[0] if got else p for got, p in zip(retrieved, pop)]
-    ranked = fallback.assign(active=fallback.refresh_date.dt.date, top=fallback.backoff.str[0],
-                             runner_up=fallback.backoff.str[1])[["active", "c2", "top", "runner_up"]]
+    ranked = fallback.assign(active=fallback.refresh_date.dt.date, top=fallback.successors.str[0],
+                             runner_up=fallback.successors.str[1])[["active", "c2", "top", "runner_up"]]
     level2 = keyed[["active", "c1", "c2"]].merge(ranked, on=["active", "c2"], how="left")
     c2_top = level2.top.where(level2.top != level2.c1, level2.runner_up).astype("Int32")
     back = [got[0] if got else (c if pd.notna(c) else p) for got, c, p in zip(retrieved, c2_top, pop)]
@@ -122,14 +123,6 @@ def distinct_answers(served: pd.DataFrame, tables: dict[str, pd.Series]) -> dict
     every pair of the tables given (a table that names few clusters explores little)."""
     return {"served": {s: int(served[s].dropna().astype(int).nunique()) for s in served.columns},
             "tables": {name: int(c.dropna().nunique()) for name, c in tables.items()}}
-
-
-def backoff_successors(con, daily: str, days: list[date], window_days: int) -> pd.DataFrame:
-    """(refresh_date, c2, backoff): per day and last cluster, its two most frequent successors of
-    [day - window_days, day) whatever came before it (the back-off baseline's second level)."""
-    found = db.over_dates(con, "evaluate_backoff", days, {"daily": daily, "window_days": int(window_days)})
-    found["backoff"] = found["backoff"].map(list)
-    return found
 
 
 def support_buckets(events: pd.DataFrame, found: pd.DataFrame, days: list[date], bounds: dict[str, int]) -> pd.Series:
@@ -370,7 +363,7 @@ def run(cfg: DictConfig) -> None:
     popular = retrieval.read_popular(cfg.paths.popular)
     found = pd.read_parquet(cfg.paths.retrieved)
     daily = cfg.paths.daily_counts
-    fallback = backoff_successors(con, daily, days, cfg.retrieval.window_days)
+    fallback = last_successors(con, daily, days, cfg.retrieval.window_days)
     lookup = train_lookup(con, daily, w, base[["c1", "c2"]])
     served = serve(events, base, rag, popular, found, fallback, days, lookup)
     hit = hits(served, events.future)

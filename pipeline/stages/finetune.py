@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import db, kernels, retrieval, timing
+from pipeline import db, evidence, kernels, retrieval, timing
 from pipeline.data import contract
 from pipeline.files import atomic_path, refuse_foreign, sha256, write_metrics, write_parquet
 from pipeline.llm import lora, model, prompts
@@ -81,23 +81,26 @@ def top_labels(rows: pd.DataFrame, prior: float) -> pd.DataFrame:
     return top.drop_duplicates(["c1", "c2"]).reset_index(drop=True)[["c1", "c2", "c_next"]]
 
 
-def lined(con, daily: Path, w, ft: DictConfig, min_support: int) -> pd.DataFrame:
-    """Samples that teach the RAG line as tables show it: on every ft.line_every_days-th day d of
+def lined(con, daily: Path, w, ft: DictConfig, min_support: int, mode: str) -> pd.DataFrame:
+    """Samples that teach the RAG lines as tables show them: on every ft.line_every_days-th day d of
     the training days whose label days [d, d + line_label_days) end by the held-out days, each pair
-    with a line at d (its top rag_top_n successors of [d - rag_window_days, d), each followed at
-    least min_support times) gives one sample, labelled with the successor it was followed by most
-    often in the label days (ties to the lower id). A refreshed table serves the days after its
-    refresh, so the line is exactly as informative about the label as it is at serving."""
+    followed by something there that has evidence at d gives one sample, labelled with the
+    successor other than c1 it was followed by most often in the label days (ties to the lower id).
+    The evidence is evidence.lines' under `mode`, over [d - rag_window_days, d): the pair's top
+    rag_top_n successors followed at least min_support times, else (backoff) its last cluster's
+    top successor. A refreshed table serves the days after its refresh, so a line is exactly as
+    informative about the label as it is at serving, for the kinds of pair the tables serve."""
     columns = {"day": "datetime64[us]", "c1": "int32", "c2": "int32", "c_next": "int32"}
     last = w.test_start - timedelta(days=ft.line_label_days)
     if not ft.line_every_days or last < w.train_start:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()}).assign(retrieved=[])
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()}).assign(retrieved=[], last=[])
     days = [w.train_start + timedelta(days=k) for k in range(0, (last - w.train_start).days + 1, ft.line_every_days)]
     labels = db.over_dates(con, "finetune_lined", days, {"daily": str(daily), "label_days": ft.line_label_days})
     labels = labels.astype(columns)
     found = retrieval.successors(con, daily, days, ft.rag_window_days, ft.rag_top_n)
-    labels["retrieved"] = retrieval.attach(labels, found, "day", min_support)
-    return labels[labels.retrieved.map(bool)].reset_index(drop=True)
+    after = evidence.last_successors(con, daily, days, ft.rag_window_days)
+    labels["retrieved"], labels["last"] = evidence.lines(labels, "day", found, after, min_support, mode)
+    return labels[labels.retrieved.map(bool) | labels["last"].map(bool)].reset_index(drop=True)
 
 
 def rag_chosen(samples: pd.DataFrame, ft: DictConfig) -> np.ndarray:
@@ -129,8 +132,8 @@ def with_popular(con, daily: Path, samples: pd.DataFrame, chosen: np.ndarray, ft
 
 
 def texts(samples: pd.DataFrame, names: dict[int, str]) -> tuple[list[str], list[str]]:
-    built = [prompts.for_pair(names, a, b, rag, popular)
-             for a, b, rag, popular in zip(samples.c1, samples.c2, samples.retrieved, samples.popular)]
+    built = [prompts.for_pair(names, a, b, rag, popular, back) for a, b, rag, popular, back in
+             zip(samples.c1, samples.c2, samples.retrieved, samples.popular, samples["last"])]
     return built, [prompts.answer(names[c]) for c in samples.c_next]
 
 
@@ -147,7 +150,8 @@ def run(cfg: DictConfig) -> None:
     free = curate(rows, ft, w.test_start)
     free["retrieved"] = with_rag(con, daily, free, ft, cfg.prompts.min_support)
     free["popular"] = with_popular(con, daily, free, rag_chosen(free, ft), ft, cfg.prompts.popular_n)
-    anchored = lined(con, daily, w, ft, cfg.prompts.min_support)
+    free["last"] = [[] for _ in range(len(free))]
+    anchored = lined(con, daily, w, ft, cfg.prompts.min_support, cfg.prompts.evidence)
     anchored["popular"] = with_popular(con, daily, anchored, np.ones(len(anchored), dtype=bool), ft,
                                        cfg.prompts.popular_n)
     samples = pd.concat([free, anchored], ignore_index=True) if len(anchored) else free
@@ -157,7 +161,7 @@ def run(cfg: DictConfig) -> None:
     base, tokenizer = model.load(cfg.model)
     where = kernels.device(cfg.device, "finetune")
     # Checkpoints belong to exactly these samples, settings, training code and device class; else start afresh.
-    key = hashlib.sha256(pd.util.hash_pandas_object(samples.drop(columns=["retrieved", "popular"])).values.tobytes()
+    key = hashlib.sha256(pd.util.hash_pandas_object(samples.drop(columns=["retrieved", "popular", "last"])).values.tobytes()
                          + OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["finetune", "model"])).encode()
                          + Path(lora.__file__).read_bytes() + kernels.device_class(where).encode())
     ckpt_dir = Path(cfg.paths.checkpoints) / f"finetune-{key.hexdigest()[:16]}"
@@ -176,11 +180,12 @@ def run(cfg: DictConfig) -> None:
     # Whether a checkpoint was picked up depends on what an earlier run left: a run record, not a metric.
     timing.note(train_s=round(wall, 1), samples_per_s=round(seen / wall, 2), resumed=stats.pop("resumed"))
     write_metrics(cfg.paths.metrics, "finetune", {
-        **stats, "pairs": int(samples.groupby(["c1", "c2"]).ngroups), "rag_samples": int(samples.retrieved.map(bool).sum())},
+        **stats, "pairs": int(samples.groupby(["c1", "c2"]).ngroups), "rag_samples": int((samples.retrieved.map(bool) | samples["last"].map(bool)).sum())},
         {"train_window": [str(w.train_start), str(w.test_start)], "lined_samples": len(anchored),
          # how informative the lined samples' lines are: the share whose label is the line's first cluster
-         "lined_label_is_line": round(float(np.mean([r[0] == c for r, c in zip(anchored.retrieved, anchored.c_next)])), 6)
-         if len(anchored) else None, "adapter_sha256": adapter_sha, **kernels.lineage(where),
+         "lined_label_is_line": round(float(np.mean([(r or b)[0] == c for r, b, c in zip(
+             anchored.retrieved, anchored["last"], anchored.c_next)])), 6) if len(anchored) else None,
+         "lined_last_samples": int(anchored["last"].map(bool).sum()), "adapter_sha256": adapter_sha, **kernels.lineage(where),
          "base_model_sha256": model.identity(cfg.model), "template_sha256": prompts.TEMPLATE_HASH})
     print(f"finetune: {len(samples)} samples over {stats['steps']} steps in {wall:.0f}s "
           f"({seen / wall:.1f} samples/s), final loss {stats['final_loss']:.3f}")

@@ -1,9 +1,10 @@
-"""retrieve: per refresh date, each pair's recent successors and the globally popular clusters."""
+"""retrieve: per refresh date, each pair's and each last cluster's recent successors, and the
+globally popular clusters: the evidence RAG prompts carry (pipeline/evidence.py)."""
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from pipeline import db, retrieval
+from pipeline import db, evidence, retrieval
 from pipeline.files import write_metrics, write_parquet
 from pipeline.period import refresh_dates
 
@@ -14,8 +15,10 @@ def run(cfg: DictConfig) -> None:
     con = db.connect(cfg)
     daily = cfg.paths.daily_counts
     found = retrieval.successors(con, daily, days, r.window_days, r.top_n, r.method)
+    last = evidence.last_successors(con, daily, days, r.window_days)
     popular = retrieval.popular(con, daily, days, r.window_days, r.popular_n)
     write_parquet(found, cfg.paths.retrieved)
+    write_parquet(last, cfg.paths.last_successors)
     write_parquet(popular, cfg.paths.popular)
     # Under trend a pair can have window support and nothing retrieved: it counts as no retrieval.
     hit = found[found.retrieved.map(bool)]

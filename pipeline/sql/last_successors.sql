@@ -1,5 +1,6 @@
--- Back-off level of the frequency baseline: per refresh date d and last cluster c2, its most
--- frequent successors over [d - $window_days, d) whatever came before c2, never c2 itself.
+-- The last cluster's recent successors (the back-off level of RAG evidence and of the back-off
+-- baseline): per refresh date d and last cluster c2, its most frequent successors over
+-- [d - $window_days, d) whatever came before c2, never c2 itself.
 -- Two per c2 suffice: the first that is not the event's c1 is always among them.
 -- Ties go to the lower cluster id. Reads the view `refresh_dates` (day).
 -- Parameters: $daily, $window_days.
@@ -11,7 +12,7 @@ totals AS (
     WHERE d.c_next <> d.c2 AND d.c_next <> d.c1
     GROUP BY ALL
 )
-SELECT refresh_date, c2, list(c_next ORDER BY n DESC, c_next)[1:2] AS backoff
+SELECT refresh_date, c2, list(c_next ORDER BY n DESC, c_next)[1:2] AS successors
 FROM totals
 GROUP BY ALL
 ORDER BY refresh_date, c2

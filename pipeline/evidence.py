@@ -1,0 +1,55 @@
+"""The evidence a RAG prompt carries: what a count table would serve for a pair on a date.
+
+A back-off chain over the days before the date (issue 30): the pair's own top successor where it
+followed the pair at least prompts.min_support times (the paper's instance-level line), else the
+top successor of the pair's last cluster whatever came before it, never c1 or c2 (most pairs of a
+sparse log have no line of their own, and the last cluster alone predicts the next one well).
+The back-off baseline serves the same chain directly, so the model and the count answer read the
+same evidence.
+"""
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import db, retrieval
+
+# prompts.evidence: which lines a RAG prompt carries.
+MODES = ("instance", "backoff")
+
+
+def last_successors(con, daily: Path | str, days: list[date], window_days: int) -> pd.DataFrame:
+    """(refresh_date, c2, successors): per day and last cluster, its two most frequent successors
+    of [day - window_days, day) whatever came before it (last_successors.sql): the first that is
+    not a pair's c1 is always among them."""
+    found = db.over_dates(con, "last_successors", days, {"daily": str(daily), "window_days": int(window_days)})
+    found["successors"] = found["successors"].map(list)
+    return found
+
+
+def last_line(frame: pd.DataFrame, day_column: str, last: pd.DataFrame) -> pd.Series:
+    """Each row's last-cluster successor as a one-element list ([] when c2 had none other than c1),
+    matched on (c2, day) against last_successors' rows."""
+    keyed = frame[["c1", "c2", day_column]].rename(columns={day_column: "refresh_date"})
+    keyed["refresh_date"] = pd.to_datetime(keyed["refresh_date"])
+    found = last.assign(refresh_date=pd.to_datetime(last["refresh_date"]))
+    merged = keyed.merge(found, on=["refresh_date", "c2"], how="left")
+    return pd.Series([next(([int(c)] for c in got if c != a), []) if hasattr(got, "__len__") else []
+                      for a, got in zip(merged.c1, merged.successors)], index=frame.index)
+
+
+def lines(frame: pd.DataFrame, day_column: str, found: pd.DataFrame, last: pd.DataFrame, min_support: int,
+          mode: str) -> tuple[pd.Series, pd.Series]:
+    """(retrieved, last) for each row of `frame` (c1, c2 and its date in day_column): the pair's
+    successors of `found` (retrieval.successors) followed at least min_support times, and under
+    mode backoff, where the pair has none, its last cluster's successor (last_line); under
+    instance the last line stays empty, the paper's prompts."""
+    if mode not in MODES:
+        raise ValueError(f"prompts.evidence={mode!r}: not one of {list(MODES)}")
+    retrieved = retrieval.attach(frame, found, day_column, min_support)
+    if mode == "instance":
+        return retrieved, pd.Series([[] for _ in range(len(frame))], index=frame.index)
+    fallback = last_line(frame, day_column, last)
+    return retrieved, pd.Series([[] if got else f for got, f in zip(retrieved, fallback)], index=frame.index)
