@@ -348,29 +348,6 @@ def test_hybrid_by_confidence_serves_the_answer_only_where_the_model_is_sure_eno
     assert serve(-5.0).tolist() == [5, 3, 7, 8]  # an invalid answer is never trusted
 
 
-def test_the_hybrid_rule_is_chosen_by_held_out_recall_among_support_and_confidence():
-    days = [date(2024, 2, 23)]
-    frame = pd.DataFrame({"c1": [0, 0, 1, 2], "c2": [1, 2, 0, 1], "day": days * 4})
-    found = pd.DataFrame({"refresh_date": pd.to_datetime(days * 3), "c1": [0, 0, 1], "c2": [1, 2, 0],
-                          "retrieved": [[3], [4], [2]], "support": [[9], [1], [1]]})
-    answers = pd.Series(pd.array([5, 6, 7, 8], dtype="Int32"))
-    logprob = pd.Series([-0.1, -4.0, -0.2, -0.3])
-
-    def recall(truth):
-        return lambda served: float((served.astype("Int64") == pd.Series(truth).astype("Int64")).mean())
-
-    # What held out rewards: the retrieved successor on the thin pair the model is unsure of (0, 2)
-    # and the model's answers elsewhere, which no support threshold gives and a confidence one does.
-    got = retrieval.choose_hybrid(recall([5, 4, 7, 8]), answers, logprob, frame, found, "day", [1, 5])
-    assert got["rule"] == "confidence" and got["tau"] is None and -4.0 < got["min_logprob"] <= -0.3
-    assert retrieval.serve_hybrid(got, answers, logprob, frame, found, "day").tolist() == [5, 4, 7, 8]
-    assert {c["rule"] for c in got["candidates"]} == {"support", "confidence"}
-    # Trusting the thick pair's count and the model elsewhere: support at tau 5.
-    got = retrieval.choose_hybrid(recall([3, 6, 7, 8]), answers, logprob, frame, found, "day", [1, 5])
-    assert (got["rule"], got["tau"], got["min_logprob"]) == ("support", 5, None)
-    assert retrieval.serve_hybrid(got, answers, logprob, frame, found, "day").tolist() == [3, 6, 7, 8]
-
-
 def test_constrained_decoding_needs_the_tokens_of_the_longest_answer():
     eos = 0
     # 3 is decided at its third token and needs a fourth for the check; 4 only by its EOS.

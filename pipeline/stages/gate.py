@@ -1,6 +1,9 @@
 """gate: greedy free decoding on held-out pairs; halt the pipeline unless both checks pass.
 
-It also chooses the hybrid's tau on the same held-out days (never on the month the tables serve)."""
+A held-out triple hits as evaluate's events do (pipeline/hits.py), never looking into the month.
+On the same held-out days (never on the month the tables serve) it also fits what the tables and
+the report use: the hybrid rule and the count twin's smoothing, each moved off its default only
+by a gain clear of noise (hits.guarded)."""
 from __future__ import annotations
 
 import sys
@@ -12,7 +15,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pipeline import db, kernels, retrieval, timing
+from pipeline import counting, db, hits, kernels, retrieval, timing
 from pipeline.data import contract
 from pipeline.files import write_metrics, write_parquet
 from pipeline.llm import bulk, model, prompts
@@ -30,22 +33,56 @@ def held_out_pairs(con, triples: Path, test_start, month_start, max_pairs: int, 
     return pairs
 
 
-def held_out_recall(con, c_pred: pd.Series, pairs: pd.DataFrame, params: dict) -> tuple[int, int]:
-    """(held-out triples of the evaluated pairs, hits) for the predictions c_pred."""
-    con.register("predictions", pd.DataFrame({"c1": pairs.c1, "c2": pairs.c2, "c_pred": c_pred}))
-    try:
-        return con.execute(db.sql("gate_recall"), params).fetchall()[0]
-    finally:
-        con.unregister("predictions")
+def held_out_events(con, cfg: DictConfig, w) -> pd.DataFrame:
+    """Every triple of the held-out days [test_start, month_start) with the user's next eval.horizon
+    clusters seen before month_start (hits.events); too few of them to choose on is one line."""
+    found = hits.events(con, cfg.paths.triples, cfg.paths.sequences, w.test_start, w.month_start,
+                        cfg.eval.horizon, until=w.month_start)
+    if len(found) < cfg.gate.min_held_out_triples:
+        raise ValueError(f"{cfg.paths.triples}: {len(found)} held-out triples in [{w.test_start}, {w.month_start}) "
+                         f"(finetune.test_days={cfg.finetune.test_days}), fewer than gate.min_held_out_triples="
+                         f"{cfg.gate.min_held_out_triples}: raise finetune.test_days (and train_days) or lower it")
+    return found
+
+
+def served_hits(events: pd.DataFrame, pairs: pd.DataFrame, c_pred) -> np.ndarray:
+    """Per event, whether the cluster its pair is served (c_pred, aligned with `pairs`) hits."""
+    served = events[["c1", "c2"]].merge(pairs[["c1", "c2"]].assign(c_pred=pd.array(c_pred, dtype="Int32")),
+                                        on=["c1", "c2"], how="left").c_pred
+    return hits.hits(pd.DataFrame({"x": served.to_numpy()}), events.future).x.to_numpy()
+
+
+def count_prior(con, cfg: DictConfig, w, events: pd.DataFrame) -> dict:
+    """The count twin's smoothing (counting.count_table's prior) fitted on the held-out events:
+    finetune.label_prior (the fine-tune's own labels as a table) unless a candidate of
+    gate.count_priors gains on it clear of noise. {"prior", "default", "candidates"}."""
+    g = cfg.gate
+    rows = training_days(con, cfg, w)
+    pairs = events[["c1", "c2"]].drop_duplicates()
+    default = float(cfg.finetune.label_prior)
+    candidates = [{"name": p, "prior": p} for p in dict.fromkeys([default, *map(float, g.count_priors)])]
+    hit = {c["name"]: served_hits(events, pairs, counting.count_table(rows, pairs, c["prior"]).c_pred)
+           for c in candidates}
+    pick = hits.guarded(candidates, hit, events.user_id, default, g.bootstrap, g.seed)
+    for c in candidates:
+        del c["name"]
+    return {"prior": pick["prior"], "default": default, "candidates": candidates}
+
+
+def training_days(con, cfg: DictConfig, w) -> pd.DataFrame:
+    """(day, c1, c2, c_next, n): every count of the fine-tune's sample days [train_start, test_start)."""
+    return con.execute(db.sql("finetune_rows"), {"daily": cfg.paths.daily_counts, "train_start": w.train_start,
+                                                  "test_start": w.test_start, "min_support": 1}).df()
 
 
 class Scorer:
-    """Decode prompts for the evaluated pairs and score them: exact match and held-out recall."""
+    """Decode prompts for the evaluated pairs and score them on their held-out events: exact match
+    and held-out recall (the share of events hit, hits.hits)."""
 
-    def __init__(self, con, llm, tokenizer, pairs: pd.DataFrame, names: dict[int, str], g: DictConfig, recall: dict,
-                 batch_size: int):
-        self.con, self.llm, self.tokenizer, self.pairs, self.names, self.recall = (
-            con, llm, tokenizer, pairs, names, recall)
+    def __init__(self, llm, tokenizer, pairs: pd.DataFrame, events: pd.DataFrame, names: dict[int, str],
+                 g: DictConfig, batch_size: int):
+        self.llm, self.tokenizer, self.pairs, self.names = llm, tokenizer, pairs, names
+        self.events = events.merge(pairs[["c1", "c2"]], on=["c1", "c2"]).sort_values("id", ignore_index=True)
         self.trie = bulk.Trie.build(tokenizer, names)
         self.settings = bulk.Settings(constrained=False, max_new_tokens=g.max_new_tokens,
                                       batch_size=batch_size)
@@ -60,14 +97,19 @@ class Scorer:
         outputs = [text for text, _ in scored]
         logprob = pd.Series([x for _, x in scored], index=self.pairs.index)
         c_pred = pd.Series(pd.array(prompts.parse(outputs, self.names), dtype="Int32"), index=self.pairs.index)
-        triples, hits = self.hits(c_pred)
-        scores = {"exact_match": round(float(c_pred.notna().mean()), 6), "test_recall": recall_of(triples, hits),
-                  "test_triples": int(triples), "hits": int(hits)}
+        triples, hit = self.hits(c_pred)
+        scores = {"exact_match": round(float(c_pred.notna().mean()), 6), "test_recall": recall_of(triples, hit),
+                  "test_triples": int(triples), "hits": int(hit)}
         return texts, outputs, c_pred, scores, logprob
 
+    def hit(self, c_pred) -> np.ndarray:
+        """Per held-out event of the evaluated pairs, whether serving c_pred hits it."""
+        return served_hits(self.events, self.pairs, c_pred)
+
     def hits(self, c_pred) -> tuple[int, int]:
-        """(held-out triples of the evaluated pairs, hits) when they are served c_pred."""
-        return held_out_recall(self.con, c_pred, self.pairs, self.recall)
+        """(held-out events of the evaluated pairs, hits) when they are served c_pred."""
+        got = self.hit(c_pred)
+        return len(got), int(got.sum())
 
 
 def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base: pd.Series,
@@ -75,7 +117,7 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base:
     """RAG prompts on the held-out pairs (retrieval as in fine-tuning, dated test_start, with
     prompts.popular_n popular clusters as the tables carry them): exact match, recall and copy rate
     with lines of at least prompts.min_support, the same for each of gate.min_support_candidates,
-    and the hybrid's tau chosen on them. `base`: the pairs' answers to their base prompts.
+    and the hybrid rule chosen on them (retrieval.choose_hybrid, guarded by held-out users). `base`: the pairs' answers to their base prompts.
 
     Decoded once with a line wherever anything was retrieved (and once without, when a popular line
     makes that prompt differ from the base prompt); a candidate's answers take the lined answer where
@@ -107,8 +149,18 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base:
     rag = {**rag, "by_min_support": [scored[m][1] for m in g.min_support_candidates]}
     lined_at = retrieval.attach(at, found, "day", cfg.prompts.min_support).map(bool)
     logprob = lined_logprob.where(lined_at, bare_logprob)
-    return rag, retrieval.choose_hybrid(lambda served: recall_of(*score.hits(served)), c_pred, logprob, at, found,
-                                        "day", list(g.hybrid_taus))
+    users = score.events.user_id
+
+    def guard(candidates: list[dict], hit: dict) -> dict:
+        return hits.guarded(candidates, hit, users, "model", g.bootstrap, g.seed)
+
+    return rag, retrieval.choose_hybrid(score.hit, guard, c_pred, logprob, at, found, "day", list(g.hybrid_taus))
+
+
+def fitted_settings(fitted: dict) -> dict:
+    """The settings fitted on the held-out days as the verdict records them (bulk_infer copies them
+    into every table's manifest, where evaluate reads them): the chosen values, not the candidates."""
+    return {"count_prior": fitted["count_prior"]["prior"]}
 
 
 def recall_of(triples: int, hits: int) -> float:
@@ -133,17 +185,18 @@ def run(cfg: DictConfig) -> None:
     pairs = held_out_pairs(con, Path(cfg.paths.triples), w.test_start, w.month_start, g.max_pairs, g.seed)
     names = contract.descriptions(cfg.data.path)
     where = kernels.device(cfg.device)
+    events = held_out_events(con, cfg, w)
+    fitted = {"count_prior": count_prior(con, cfg, w, events)}
     llm, tokenizer = model.load(cfg.model, cfg.paths.adapter if g.use_adapter else None, where, cfg.infer.dtype)
-    recall = {"triples": cfg.paths.triples, "sequences": cfg.paths.sequences, "test_start": w.test_start,
-              "month_start": w.month_start, "horizon_days": g.horizon_days}
-    score = Scorer(con, llm, tokenizer, pairs, names, g, recall, g.batch_size[where])
+    score = Scorer(llm, tokenizer, pairs, events, names, g, g.batch_size[where])
     began = time.perf_counter()
     prompt_texts, outputs, c_pred, scores, logprob = score([[] for _ in range(len(pairs))])
     wall = time.perf_counter() - began
     pairs = pairs.assign(prompt=prompt_texts, output=outputs, c_pred=c_pred, valid=c_pred.notna())
     triples = scores["test_triples"]
     metrics = {**scores, "pairs": len(pairs), "decoding": "free", "adapter": g.use_adapter,
-               "held_out": [str(w.test_start), str(w.month_start)]}
+               "held_out": [str(w.test_start), str(w.month_start)], "held_out_triples": len(events),
+               "fitted": fitted}
     # Not gated, measured: the same pairs with RAG lines retrieved before the held-out days.
     metrics["rag"], metrics["hybrid"] = rag_probe(con, score, pairs, cfg, w, c_pred, logprob)
     failed = verdict(metrics, g)
@@ -153,7 +206,8 @@ def run(cfg: DictConfig) -> None:
     # The verdict and the figures it rests on; bulk_infer reads the verdict and tau from gate.json.
     write_metrics(cfg.paths.metrics, "gate", {
         **{k: metrics[k] for k in ("passed", "exact_match", "test_recall", "failed_checks", "override_reason")},
-        "hybrid": {k: metrics["hybrid"][k] for k in ("rule", "tau", "min_logprob")}, "rag": {"test_recall": metrics["rag"]["test_recall"]}}, metrics)
+        "hybrid": {k: metrics["hybrid"][k] for k in ("rule", "tau", "min_logprob")},
+        "rag": {"test_recall": metrics["rag"]["test_recall"]}, "fitted": fitted_settings(fitted)}, metrics)
     timing.note(decode_s=round(wall, 1), prompts_per_s=round(len(pairs) / wall, 2))
     print(f"gate: exact match {metrics['exact_match']:.3f} (>= {g.min_exact_match}), test recall "
           f"{metrics['test_recall']:.4f} (>= {g.min_test_recall}) on {len(pairs)} pairs / {triples} triples, "
