@@ -85,12 +85,15 @@ def _pts(x: float) -> str:
 
 def hybrid_rule(rule: dict) -> str:
     """The hybrid rule the gate chose, in words."""
+    if rule["rule"] == "counts":
+        return ("back-off's count answer everywhere (no rule that uses the model gained clear of noise on the "
+                "held-out days)")
     if rule["rule"] == "model":
-        return "the RAG table's answer everywhere (no other rule gained clear of noise on the held-out days)"
+        return "the RAG table's answer everywhere"
     if rule["rule"] == "support":
         return f"the retrieved successor where its window support reaches tau = {rule['tau']}, else the RAG table's answer"
-    return (f"the RAG table's answer where the model's log-probability of it reaches {rule['min_logprob']}, else the "
-            "retrieved successor")
+    return (f"the RAG table's answer where the model's log-probability of it reaches {rule['min_logprob']}, else "
+            "back-off's count answer")
 
 
 def findings(s: dict, apart: dict, study: dict, topk: pd.DataFrame, every: int, by_support: dict,

@@ -63,55 +63,61 @@ def hybrid(answers, trusted) -> pd.arrays.IntegerArray:
     return pd.array([got[0] if got else answer for got, answer in zip(trusted, answers)], dtype="Int32")
 
 
-def confident(answers, logprob, retrieved) -> Callable[[float], pd.arrays.IntegerArray]:
+def confident(answers, logprob, counts) -> Callable[[float], pd.arrays.IntegerArray]:
     """Hybrid serving by the model's confidence: for a threshold, the LLM's answer where its
-    log-probability reaches it, else the top retrieved successor (`retrieved`: the rows'
-    attach(..., min_support=1)), else the answer; an invalid answer (NA) is never confident."""
-    rows = list(zip(answers, logprob, retrieved))
-    return lambda min_logprob: pd.array([got[0] if got and (pd.isna(a) or not lp >= min_logprob) else a
-                                         for a, lp, got in rows], dtype="Int32")
+    log-probability reaches it, else the count answer (`counts`: the rows' backoff.answers), else the
+    answer; an invalid answer (NA) is never confident."""
+    rows = list(zip(answers, logprob, counts))
+    return lambda min_logprob: pd.array([c if pd.notna(c) and (pd.isna(a) or not lp >= min_logprob) else a
+                                         for a, lp, c in rows], dtype="Int32")
 
 
 # The hybrid rules, as the gate records its choice (metrics/gate.json "hybrid") and bulk_infer
-# applies it, with the parameter each one takes: "model" (the LLM's RAG answer everywhere) is the
-# default the gate leaves only for a rule whose held-out gain is clear of noise.
-RULES = {"model": None, "support": "tau", "confidence": "min_logprob"}
+# applies it, with the parameter each one takes: "counts" (the count answer everywhere, no LLM)
+# is the default the gate leaves only for a rule whose held-out gain is clear of noise.
+RULES = {"counts": None, "model": None, "support": "tau", "confidence": "min_logprob"}
+DEFAULT_RULE = "counts"
 PARAMETERS = ("tau", "min_logprob")
 CONFIDENCE_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def serve_hybrid(rule: dict, answers, logprob, frame: pd.DataFrame, found: pd.DataFrame,
-                 day_column: str) -> pd.arrays.IntegerArray:
-    """The hybrid column under a chosen rule: {"rule": "model"} serves the answer; {"rule": "support",
-    "tau": t} the top retrieved successor where its window support reaches t, else the answer;
-    {"rule": "confidence", "min_logprob": m} the answer where the model's log-probability reaches
-    m, else the top retrieved successor (any support), else the answer."""
+                 day_column: str, counts) -> pd.arrays.IntegerArray:
+    """The hybrid column under a chosen rule, pair by pair the LLM's answer, the count answer
+    (`counts`: the rows' backoff.answers) or the retrieved successor: {"rule": "counts"} serves the count
+    answer; {"rule": "model"} the LLM's; {"rule": "support", "tau": t} the top retrieved successor
+    where its window support reaches t, else the LLM's; {"rule": "confidence", "min_logprob": m}
+    the LLM's where its log-probability reaches m, else the count answer."""
+    if rule["rule"] == "counts":
+        return pd.array(list(counts), dtype="Int32")
     if rule["rule"] == "model":
         return pd.array(list(answers), dtype="Int32")
     if rule["rule"] == "support":
         return hybrid(answers, attach(frame, found, day_column, rule["tau"]))
-    return confident(answers, logprob, attach(frame, found, day_column))(rule["min_logprob"])
+    return confident(answers, logprob, counts)(rule["min_logprob"])
 
 
 def choose_hybrid(score: Callable[[pd.Series], np.ndarray], guard: Callable[[list[dict], dict], dict],
                   answers: pd.Series, logprob: pd.Series, frame: pd.DataFrame, found: pd.DataFrame,
-                  day_column: str, taus: list[int]) -> dict:
-    """The hybrid rule chosen on held-out days: the model's answer everywhere (the default), window
-    support at each of `taus`, or the model's confidence at each decile of the held-out answers'
-    log-probabilities (thresholds from the held-out answers themselves, never from the month the
-    tables serve). score(served) gives the per-event hits of served clusters (indexed like
-    `answers`) on the held-out days; guard(candidates, hits by name) picks one (hits.guarded with
-    "model" as the default: another rule only on a gain clear of noise). frame, found, day_column
-    as attach's.
+                  day_column: str, taus: list[int], counts) -> dict:
+    """The hybrid rule chosen on held-out days: the count answer everywhere (DEFAULT_RULE), the
+    model's answer everywhere, window support at each of `taus`, or the model's confidence at each
+    decile of the held-out answers' log-probabilities (thresholds from the held-out answers
+    themselves, never from the month the tables serve). score(served) gives the per-event hits of
+    served clusters (indexed like `answers`) on the held-out days; guard(candidates, hits by name)
+    picks one (hits.guarded with DEFAULT_RULE as the default: so the hybrid is never worse than
+    counting on the held-out days, and uses the model only on a gain clear of noise). frame,
+    found, day_column as attach's; counts: the rows' backoff.answers.
 
     Returns {"rule", "tau", "min_logprob", "candidates"}; a parameter the rule lacks is None."""
-    served = {"model": serve_hybrid({"rule": "model"}, answers, logprob, frame, found, day_column)}
-    candidates = [{"name": "model", "rule": "model"}]
+    served = {name: serve_hybrid({"rule": name}, answers, logprob, frame, found, day_column, counts)
+              for name in ("counts", "model")}
+    candidates = [{"name": name, "rule": name} for name in served]
     for t in taus:
         name = f"support:{int(t)}"
         candidates.append({"name": name, "rule": "support", "tau": int(t)})
         served[name] = hybrid(answers, attach(frame, found, day_column, int(t)))
-    by_confidence = confident(answers, logprob, attach(frame, found, day_column))
+    by_confidence = confident(answers, logprob, counts)
     valid = pd.Series(logprob, dtype="float64")[pd.Series(answers).notna().to_numpy()].dropna()
     thresholds = sorted({round(float(x), 6) for x in np.quantile(valid, CONFIDENCE_QUANTILES)}) if len(valid) else []
     for m in thresholds:

@@ -343,8 +343,8 @@ def test_hybrid_serves_a_trusted_successor_else_the_answer():
 
 def test_hybrid_by_confidence_serves_the_answer_only_where_the_model_is_sure_enough():
     serve = retrieval.confident(pd.array([5, pd.NA, 7, 8], dtype="Int32"), [-0.1, -0.2, -3.0, -3.0],
-                                [[2], [3], [4], []])
-    assert serve(-1.0).tolist() == [5, 3, 4, 8]  # unsure of 7: the retrieved 4; nothing retrieved for 8
+                                pd.array([2, 3, 4, pd.NA], dtype="Int32"))
+    assert serve(-1.0).tolist() == [5, 3, 4, 8]  # unsure of 7: the count answer 4; no count answer for 8
     assert serve(-5.0).tolist() == [5, 3, 7, 8]  # an invalid answer is never trusted
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import counting, db, hits, report, timing
+from pipeline import backoff, counting, db, hits, report, timing
 from pipeline.__main__ import STAGES
 from pipeline.stages import evaluate
 from tests.conftest import TINY_WORLD, build, compose
@@ -84,7 +84,7 @@ def test_backoff_sql_ranks_what_followed_c2_alone_in_the_window(tmp_path):
     daily_frame([("2024-02-27", 0, 1, 2, 3), ("2024-02-28", 3, 1, 2, 2), ("2024-02-28", 0, 1, 4, 4),
                  ("2024-02-20", 0, 1, 5, 50),  # before the 7-day window
                  ("2024-03-01", 0, 1, 6, 99)]).to_parquet(path)  # the refresh day itself: never read
-    got = evaluate.backoff_successors(db.connect(cfg), str(path), [D1], 7)
+    got = backoff.backoff_successors(db.connect(cfg), str(path), [D1], 7)
     # 2 followed c2=1 five times over two different c1, 4 four times
     assert got.c2.tolist() == [1] and got.backoff.tolist() == [[2, 4]]
 

@@ -2,9 +2,9 @@
 
 One base table (no RAG) and one RAG table per refresh date; a pair with nothing retrieved at least
 prompts.min_support times on a date gets the base prompt (plus the popular line when
-prompts.popular_n is on). Each RAG table's hybrid column serves under the gate's hybrid rule: the
-retrieved successor where its window support reaches tau, else the table's LLM answer; or the LLM's
-answer where its log-probability reaches the gate's threshold, else the retrieved successor. Answers come from the content-addressed cache when an identical prompt
+prompts.popular_n is on). Each RAG table's hybrid column serves under the gate's hybrid rule
+(retrieval.serve_hybrid): pair by pair the LLM's answer, the count answer (backoff.answers) or the
+retrieved successor. Answers come from the content-addressed cache when an identical prompt
 was decoded before under the same model, adapter and settings; the rest are decoded in shards of
 sorted prompts, each stored as soon as it is done, so a killed run resumes where it stopped and
 computes exactly the batches an uninterrupted run would.
@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pipeline import kernels, manifest, retrieval, timing, verdict
+from pipeline import backoff, db, kernels, manifest, retrieval, timing, verdict
 from pipeline.data import contract
 from pipeline.files import atomic_path, refuse_foreign, tree_sha256, write_metrics
 from pipeline.llm import bulk, model, pool, prompts
@@ -122,6 +122,9 @@ def lineage_fields(cfg: DictConfig, ns: dict, where: str, gate: dict, rule: dict
 def write_tables(cfg: DictConfig, rows: pd.DataFrame, answers: dict, names: dict[int, str], popular: dict,
                  found: pd.DataFrame, rule: dict, fields: dict) -> tuple[dict, int]:
     """Every table into paths.tables; (each table's figures, valid rows over all tables)."""
+    # The hybrid's count answer: what followed c2 alone over the retrieval window, per refresh date.
+    fallback = backoff.backoff_successors(db.connect(cfg), cfg.paths.daily_counts, sorted(set(rows.refresh_date)),
+                                          cfg.retrieval.window_days)
     # Only what the tables determine goes into tracked outputs: a table's new prompts are those no
     # earlier table of this run holds, whatever the answer cache held when the run began.
     per_table, seen, valid_rows = {}, set(), 0
@@ -131,8 +134,9 @@ def write_tables(cfg: DictConfig, rows: pd.DataFrame, answers: dict, names: dict
             table = serve(part, [answers[p] for p in part.prompt], names, popular)
             day = part.refresh_date.iloc[0]
             if name != "base":
-                table["hybrid"] = retrieval.serve_hybrid(rule, table.c_pred, table.logprob, part.assign(day=day),
-                                                         found, "day")
+                at = part.assign(day=day)
+                table["hybrid"] = retrieval.serve_hybrid(rule, table.c_pred, table.logprob, at, found, "day",
+                                                         backoff.answers(at, "day", found, fallback, popular))
             manifest.write_table(table, out / f"{name}.parquet", {
                 **fields, "strategy": "base" if name == "base" else "rag", "refresh_date": str(day),
                 "rows": len(table)})

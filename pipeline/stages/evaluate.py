@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pipeline import counting, db, hits, kernels, manifest, report, retrieval, timing
+from pipeline import backoff, counting, db, hits, kernels, manifest, report, retrieval, timing
 from pipeline.buckets import bucket_of
 from pipeline.data import contract
 from pipeline.files import atomic_path, write_metrics
@@ -35,9 +35,10 @@ STRATEGIES = {
                     "days), else the last cluster's top successor, else popular",
     "rag_refreshed": "RAG table refreshed every refresh.every_days",
     "rag_day1": "RAG table of the month's first day, held fixed",
-    "hybrid": "RAG table's hybrid column under the rule the gate chose on its held-out days: the retrieved "
-              "successor where its window support reaches tau, else the LLM's RAG answer; or the LLM's answer where "
-              "its log-probability reaches a threshold, else the retrieved successor",
+    "hybrid": "RAG table's hybrid column under the rule the gate chose on its held-out days (counts unless another "
+              "gained clear of noise there): backoff's count answer; or the LLM's RAG answer; or the retrieved "
+              "successor where its window support reaches tau, else the LLM's answer; or the LLM's answer where its "
+              "log-probability reaches a threshold, else the count answer",
     "retrieved_top1": "no LLM: the retrieved top-1 successor served directly",
     "backoff": "no LLM: the pair's top retrieved successor, else the top successor of c2 alone over the same "
                "window, else popular",
@@ -85,7 +86,7 @@ def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: 
     retrieved_top1 serves the top successor `found` holds for that date however thin its support:
     the no-LLM baseline does not depend on which lines the prompts carry (prompts.min_support).
     backoff serves the same where the pair has one, else c2's top successor (`fallback`:
-    backoff_successors) other than c1, else popular. train_top1 serves `lookup` (train_lookup) and
+    backoff.backoff_successors) other than c1, else popular (backoff.answers). train_top1 serves `lookup` (train_lookup) and
     fixed_counts `counts` (counting.count_table), tables of every pair held all month like the base table."""
     active = active_dates(events, days)
     keyed = events[["c1", "c2"]].assign(active=active, first=days[0])
@@ -99,11 +100,7 @@ def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: 
     pop = [retrieval.first_popular(popular.get(d, []), a, b) for d, a, b in zip(active, events.c1, events.c2)]
     retrieved = retrieval.attach(keyed, found, "active")
     top1 = [got[0] if got else p for got, p in zip(retrieved, pop)]
-    ranked = fallback.assign(active=fallback.refresh_date.dt.date, top=fallback.backoff.str[0],
-                             runner_up=fallback.backoff.str[1])[["active", "c2", "top", "runner_up"]]
-    level2 = keyed[["active", "c1", "c2"]].merge(ranked, on=["active", "c2"], how="left")
-    c2_top = level2.top.where(level2.top != level2.c1, level2.runner_up).astype("Int32")
-    back = [got[0] if got else (c if pd.notna(c) else p) for got, c, p in zip(retrieved, c2_top, pop)]
+    back = backoff.answers(keyed, "active", found, fallback, popular)
     return pd.DataFrame({"fixed": fixed.c_pred.to_numpy(), "fixed_counts": counted.c_pred.to_numpy(),
                          "rag_refreshed": now.c_pred.to_numpy(),
                          "rag_day1": day1.c_pred.to_numpy(), "hybrid": now.hybrid.to_numpy(),
@@ -132,14 +129,6 @@ def distinct_answers(served: pd.DataFrame, tables: dict[str, pd.Series]) -> dict
     every pair of the tables given (a table that names few clusters explores little)."""
     return {"served": {s: int(served[s].dropna().astype(int).nunique()) for s in served.columns},
             "tables": {name: int(c.dropna().nunique()) for name, c in tables.items()}}
-
-
-def backoff_successors(con, daily: str, days: list[date], window_days: int) -> pd.DataFrame:
-    """(refresh_date, c2, backoff): per day and last cluster, its two most frequent successors of
-    [day - window_days, day) whatever came before it (the back-off baseline's second level)."""
-    found = db.over_dates(con, "evaluate_backoff", days, {"daily": daily, "window_days": int(window_days)})
-    found["backoff"] = found["backoff"].map(list)
-    return found
 
 
 def support_buckets(events: pd.DataFrame, found: pd.DataFrame, days: list[date], bounds: dict[str, int]) -> pd.Series:
@@ -404,7 +393,7 @@ def run(cfg: DictConfig) -> None:
     popular = retrieval.read_popular(cfg.paths.popular)
     found = pd.read_parquet(cfg.paths.retrieved)
     daily = cfg.paths.daily_counts
-    fallback = backoff_successors(con, daily, days, cfg.retrieval.window_days)
+    fallback = backoff.backoff_successors(con, daily, days, cfg.retrieval.window_days)
     lookup = train_lookup(con, daily, w, base[["c1", "c2"]])
     settings = fitted(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet")
     counts = count_twin(con, daily, w, base[["c1", "c2"]], settings["count_prior"])

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pipeline import counting, db, hits, kernels, retrieval, timing
+from pipeline import backoff, counting, db, hits, kernels, retrieval, timing
 from pipeline.data import contract
 from pipeline.files import write_metrics, write_parquet
 from pipeline.llm import bulk, model, prompts
@@ -117,7 +117,8 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base:
     """RAG prompts on the held-out pairs (retrieval as in fine-tuning, dated test_start, with
     prompts.popular_n popular clusters as the tables carry them): exact match, recall and copy rate
     with lines of at least prompts.min_support, the same for each of gate.min_support_candidates,
-    and the hybrid rule chosen on them (retrieval.choose_hybrid, guarded by held-out users). `base`: the pairs' answers to their base prompts.
+    and the hybrid rule chosen on them (retrieval.choose_hybrid, guarded by held-out users).
+    `base`: the pairs' answers to their base prompts.
 
     Decoded once with a line wherever anything was retrieved (and once without, when a popular line
     makes that prompt differ from the base prompt); a candidate's answers take the lined answer where
@@ -137,11 +138,11 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base:
     def at_least(m: int) -> tuple[pd.Series, dict]:
         got = retrieval.attach(at, found, "day", m)
         answers = lined.where(got.map(bool), bare)
-        triples, hits = score.hits(answers)
+        triples, hit = score.hits(answers)
         copied = [not pd.isna(p) and p == line[0] for p, line in zip(answers, got) if line]
         return answers, {"min_support": m, "pairs_with_line": len(copied),
                          "exact_match": round(float(answers.notna().mean()), 6),
-                         "test_recall": recall_of(triples, hits),
+                         "test_recall": recall_of(triples, hit),
                          "copy_rate": round(float(np.mean(copied)), 6) if copied else None}
 
     scored = {m: at_least(m) for m in {cfg.prompts.min_support, *g.min_support_candidates}}
@@ -149,12 +150,17 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base:
     rag = {**rag, "by_min_support": [scored[m][1] for m in g.min_support_candidates]}
     lined_at = retrieval.attach(at, found, "day", cfg.prompts.min_support).map(bool)
     logprob = lined_logprob.where(lined_at, bare_logprob)
+    # The count answer as the tables' hybrid column has it (evaluate's backoff), over the same window.
+    daily, days = cfg.paths.daily_counts, [w.test_start]
+    counts = backoff.answers(at, "day", found, backoff.backoff_successors(con, daily, days, ft.rag_window_days),
+                             backoff.popular_at(con, daily, days, ft.rag_window_days))
     users = score.events.user_id
 
     def guard(candidates: list[dict], hit: dict) -> dict:
-        return hits.guarded(candidates, hit, users, "model", g.bootstrap, g.seed)
+        return hits.guarded(candidates, hit, users, retrieval.DEFAULT_RULE, g.bootstrap, g.seed)
 
-    return rag, retrieval.choose_hybrid(score.hit, guard, c_pred, logprob, at, found, "day", list(g.hybrid_taus))
+    return rag, retrieval.choose_hybrid(score.hit, guard, c_pred, logprob, at, found, "day", list(g.hybrid_taus),
+                                        counts)
 
 
 def fitted_settings(fitted: dict) -> dict:
