@@ -354,7 +354,8 @@ class Gate:
     override_reason: Optional[str] = MISSING
     hybrid_taus: list[int] = each_at_least(1)
     min_support_candidates: list[int] = each_at_least(1)
-    count_priors: list[float] = _rule(lambda v: len(v) > 0 and all(x >= 0 for x in v), "a non-empty list of numbers >= 0")
+    count_priors: list[float] = _rule(lambda v: len(v) > 0 and all(x >= 0 for x in v),
+                                      "a non-empty list of numbers >= 0")
     bootstrap: int = at_least(1)
 
 

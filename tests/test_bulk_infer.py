@@ -153,17 +153,20 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
             assert meta["strategy"] == "rag" and path.name == f"rag-{meta['refresh_date']}.parquet"
             assert table.retrieved.map(len).sum() > 0
             # hybrid, by support: the top successor where its window support reaches tau, else the
-            # table's answer; by confidence: the answer where its log-probability reaches the
-            # threshold, else the top successor
+            # table's answer; else the answer where the rule trusts the model (model; confidence
+            # where its log-probability reaches the threshold), else the count answer: the top
+            # successor where the pair has one, else a cluster that is neither c1 nor c2
             day = found[found.refresh_date == pd.Timestamp(meta["refresh_date"])]
             top = {(a, b): (r[0], n[0]) for a, b, r, n in zip(day.c1, day.c2, day.retrieved, day.support) if len(r)}
             pairs = list(zip(table.c1, table.c2))
             if rule["rule"] == "support":
                 want = [top[p][0] if p in top and top[p][1] >= rule["tau"] else c for p, c in zip(pairs, table.c_pred)]
-            else:
-                want = [top[p][0] if p in top and lp < rule["min_logprob"] else c
-                        for p, c, lp in zip(pairs, table.c_pred, table.logprob)]
-            assert table.hybrid.tolist() == want
+                assert table.hybrid.tolist() == want
+            for p, c, h, lp in zip(pairs, table.c_pred, table.hybrid, table.logprob):
+                if rule["rule"] == "model" or (rule["rule"] == "confidence" and lp >= rule["min_logprob"]):
+                    assert h == c
+                elif rule["rule"] != "support":
+                    assert h == top[p][0] if p in top else pd.notna(h) and h not in p
         else:
             assert table.retrieved.map(len).sum() == 0
     run, m = timing.take(), metrics(cfg)

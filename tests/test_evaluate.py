@@ -193,7 +193,8 @@ def test_eval_events_list_the_next_distinct_novel_clusters_from_c_next_on(tmp_pa
     seq.to_parquet(tmp_path / "seq.parquet")
     triples.to_parquet(tmp_path / "triples.parquet")
     con = db.connect(cfg)
-    got = hits.events(con, tmp_path / "triples.parquet", tmp_path / "seq.parquet", date(2024, 3, 1), date(2024, 4, 1), 3)
+    got = hits.events(con, tmp_path / "triples.parquet", tmp_path / "seq.parquet", date(2024, 3, 1),
+                      date(2024, 4, 1), 3)
     assert len(got) == 1 and list(got.future[0]) == [2, 3, 4]  # 0 and 1 are the history; 2 repeats
     # The gate's held-out days never look past month_start: `until` cuts the future there.
     cut = hits.events(con, tmp_path / "triples.parquet", tmp_path / "seq.parquet", date(2024, 3, 1), date(2024, 4, 1),

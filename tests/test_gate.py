@@ -35,7 +35,8 @@ def test_gate_halts_on_a_failing_adapter_and_an_override_is_recorded(tmp_path):
     assert metrics["passed"] is False and metrics["exact_match"] < 0.9 and "exact match" in metrics["failed_checks"][0]
     detail = json.loads((tmp_path / "metrics" / "gate" / "detail.json").read_text())
     assert len(pd.read_parquet(cfg.paths.gate_predictions)) == detail["pairs"] > 0
-    gate.run(compose(tmp_path, *TINY, "count.min_support=1", "gate.min_held_out_triples=1", "gate.override_reason='reviewed by hand'"))
+    gate.run(compose(tmp_path, *TINY, "count.min_support=1", "gate.min_held_out_triples=1",
+                     "gate.override_reason='reviewed by hand'"))
     metrics = json.loads((tmp_path / "metrics" / "gate.json").read_text())
     assert metrics["passed"] is False and metrics["override_reason"] == "reviewed by hand"
 
@@ -78,12 +79,19 @@ def test_the_gate_records_the_hybrid_rule_it_chose_on_held_out_recall(world):
     # Confidence thresholds come from the held-out answers that name a cluster (the tiny random
     # model's may name none).
     valid = json.loads((world / "metrics" / "gate" / "detail.json").read_text())["rag"]["exact_match"] > 0
-    assert {c["rule"] for c in candidates} == ({"support", "confidence"} if valid else {"support"})
+    assert {c["rule"] for c in candidates} == {"counts", "model", "support"} | ({"confidence"} if valid else set())
     assert sorted(c["tau"] for c in candidates if c["rule"] == "support") == sorted(cfg.gate.hybrid_taus)
-    best = max(c["test_recall"] for c in candidates)
+    # The count answer unless a rule's held-out gain is clear of noise; then the best of those.
+    clear = [c for c in candidates if c["clear"]]
+    assert all(c["gain_ci"][0] > 0 for c in clear) and candidates[0]["rule"] == "counts"
+    want = max(clear, key=lambda c: c["test_recall"]) if clear else candidates[0]
     chosen = next(c for c in candidates if c["rule"] == verdict["rule"]
                   and c.get("tau") == verdict["tau"] and c.get("min_logprob") == verdict["min_logprob"])
-    assert chosen["test_recall"] == best
+    assert chosen == want
+    assert verdict == json.loads((world / "metrics" / "gate.json").read_text())["hybrid"]
+    fitted = json.loads((world / "metrics" / "gate" / "detail.json").read_text())["fitted"]["count_prior"]
+    assert json.loads((world / "metrics" / "gate.json").read_text())["fitted"] == {"count_prior": fitted["prior"]}
+    assert [c["prior"] for c in fitted["candidates"]][0] == cfg.finetune.label_prior
 
 
 def test_recall_is_the_share_of_held_out_triples_served_their_successor():

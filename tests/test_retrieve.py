@@ -132,4 +132,5 @@ def test_the_hybrid_rule_is_chosen_on_held_out_hits_and_leaves_the_model_only_on
     got = choose([5, 6, 2, 9], 1)
     assert (got["rule"], got["tau"], got["min_logprob"]) == ("counts", None, None) and serve(got) == [3, 4, 2, 6]
     assert any(c["gain"] > 0 for c in got["candidates"])
-    assert retrieval.hybrid_rule({"rule": "counts"}, "gate.json") == {"rule": "counts", "tau": None, "min_logprob": None}
+    assert retrieval.hybrid_rule({"rule": "counts"}, "gate.json") == {"rule": "counts", "tau": None,
+                                                                       "min_logprob": None}

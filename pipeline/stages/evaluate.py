@@ -86,8 +86,9 @@ def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: 
     retrieved_top1 serves the top successor `found` holds for that date however thin its support:
     the no-LLM baseline does not depend on which lines the prompts carry (prompts.min_support).
     backoff serves the same where the pair has one, else c2's top successor (`fallback`:
-    backoff.backoff_successors) other than c1, else popular (backoff.answers). train_top1 serves `lookup` (train_lookup) and
-    fixed_counts `counts` (counting.count_table), tables of every pair held all month like the base table."""
+    backoff.backoff_successors) other than c1, else popular (backoff.answers). train_top1 serves
+    `lookup` (train_lookup) and fixed_counts `counts` (counting.count_table), tables of every pair
+    held all month like the base table."""
     active = active_dates(events, days)
     keyed = events[["c1", "c2"]].assign(active=active, first=days[0])
     table = rag.set_index(["refresh_date", "c1", "c2"])
