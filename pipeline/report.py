@@ -191,7 +191,7 @@ def against_twins(m: dict, labels: list[str], strategies: dict[str, str]) -> lis
         + "." for t in twins)]
     best = max((t["twin"] for t in twins), key=lambda n: s[n]["hit_rate"])
     hyb = s["hybrid"]
-    lines.append(f"- The hybrid ({hybrid_rule(m['hybrid'])}) scores {_pct(hyb['hit_rate'])} against the best twin, "
+    lines.append(f"- The hybrid serves {hybrid_rule(m['hybrid'])}: {_pct(hyb['hit_rate'])} against the best twin, "
                  f"`{best}`, at {_pct(s[best]['hit_rate'])}: {_pts(hyb[f'diff_vs_{best}'])} points (95 % CI "
                  f"{_pts(hyb[f'diff_vs_{best}_ci'][0])} to {_pts(hyb[f'diff_vs_{best}_ci'][1])}).")
     return lines

@@ -62,6 +62,10 @@ def test_gate_measures_rag_lines_at_each_candidate_support(world):
     assert rerun["rag"]["pairs_with_line"] == 0 and rerun["rag"]["copy_rate"] is None
     assert rerun["rag"]["test_recall"] == rerun["test_recall"] and rerun["rag"]["exact_match"] == rerun["exact_match"]
     assert rerun["rag"]["by_min_support"][0]["pairs_with_line"] == lines[0]
+    # The guarded choice among the candidates: the default unless a gain is clear of noise.
+    choice = rerun["rag"]["min_support_choice"]
+    assert choice["default"] == beyond and [c["min_support"] for c in choice["candidates"]] == [beyond, 1]
+    assert choice["min_support"] == (1 if choice["candidates"][1]["clear"] else beyond)
     gate.run(cfg)  # the session's world as the other tests expect it
 
 

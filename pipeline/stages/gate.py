@@ -147,14 +147,23 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base:
 
     scored = {m: at_least(m) for m in {cfg.prompts.min_support, *g.min_support_candidates}}
     c_pred, rag = scored[cfg.prompts.min_support]
-    rag = {**rag, "by_min_support": [scored[m][1] for m in g.min_support_candidates]}
+    users = score.events.user_id
+    # Which support a line needs, chosen as every setting is (guarded, prompts.min_support the
+    # default); measured here, not applied: the tables' prompts follow prompts.min_support.
+    candidates = [{"name": m, "min_support": m} for m in dict.fromkeys([cfg.prompts.min_support,
+                                                                        *g.min_support_candidates])]
+    pick = hits.guarded(candidates, {m: score.hit(scored[m][0]) for m in scored}, users, cfg.prompts.min_support,
+                        g.bootstrap, g.seed)
+    rag = {**rag, "by_min_support": [scored[m][1] for m in g.min_support_candidates],
+           "min_support_choice": {"min_support": pick["min_support"], "default": cfg.prompts.min_support,
+                                  "candidates": [{k: c[k] for k in ("min_support", "gain", "gain_ci", "clear")}
+                                                 for c in candidates]}}
     lined_at = retrieval.attach(at, found, "day", cfg.prompts.min_support).map(bool)
     logprob = lined_logprob.where(lined_at, bare_logprob)
     # The count answer as the tables' hybrid column has it (evaluate's backoff), over the same window.
     daily, days = cfg.paths.daily_counts, [w.test_start]
     counts = backoff.answers(at, "day", found, backoff.backoff_successors(con, daily, days, ft.rag_window_days),
                              backoff.popular_at(con, daily, days, ft.rag_window_days))
-    users = score.events.user_id
 
     def guard(candidates: list[dict], hit: dict) -> dict:
         return hits.guarded(candidates, hit, users, retrieval.DEFAULT_RULE, g.bootstrap, g.seed)
