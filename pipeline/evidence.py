@@ -1,11 +1,12 @@
-"""The evidence a RAG prompt carries: what a count table would serve for a pair on a date.
+"""The evidence a RAG prompt carries, and the same evidence counted and served with no LLM.
 
-A back-off chain over the days before the date (issue 30): the pair's own top successor where it
+A back-off chain over the days before a date (issue 30): the pair's own top successor where it
 followed the pair at least prompts.min_support times (the paper's instance-level line), else the
 top successor of the pair's last cluster whatever came before it, never c1 or c2 (most pairs of a
-sparse log have no line of their own, and the last cluster alone predicts the next one well).
-The back-off baseline serves the same chain directly, so the model and the count answer read the
-same evidence.
+sparse log have no line of their own, and the last cluster alone predicts the next one well),
+else the first popular cluster. RAG prompts show the first two levels (lines); the count answer
+(answers: evaluate's `backoff`, the RAG table's twin, and the hybrid's "counts" in the gate and
+bulk_infer) serves the chain directly, so the model and its twin read the same evidence.
 """
 from __future__ import annotations
 
@@ -53,3 +54,20 @@ def lines(frame: pd.DataFrame, day_column: str, found: pd.DataFrame, last: pd.Da
         return retrieved, pd.Series([[] for _ in range(len(frame))], index=frame.index)
     fallback = last_line(frame, day_column, last)
     return retrieved, pd.Series([[] if got else f for got, f in zip(retrieved, fallback)], index=frame.index)
+
+
+def answers(frame: pd.DataFrame, day_column: str, found: pd.DataFrame, last: pd.DataFrame, popular: dict,
+            min_support: int) -> pd.arrays.IntegerArray:
+    """The count answer, no LLM: each row's back-off chain on its day served directly, the first of
+    its lines under backoff (lines: the pair's successor followed at least min_support times, else
+    its last cluster's), else popular[day]'s first cluster that is neither c1 nor c2."""
+    retrieved, back = lines(frame, day_column, found, last, min_support, "backoff")
+    pop = [retrieval.first_popular(popular.get(d, []), a, b) for d, a, b in zip(frame[day_column], frame.c1, frame.c2)]
+    return pd.array([(got or fb or [p])[0] for got, fb, p in zip(retrieved, back, pop)], dtype="Int32")
+
+
+def popular_at(con, daily: Path | str, days: list[date], window_days: int) -> dict:
+    """{day: its three most popular clusters of [day - window_days, day)} (a day with nothing
+    there is absent): enough for one that is neither c1 nor c2."""
+    found = retrieval.popular(con, daily, days, window_days, 3)
+    return {d.date(): p for d, p in zip(pd.to_datetime(found.refresh_date), found.popular)}

@@ -85,10 +85,15 @@ def _pts(x: float) -> str:
 
 def hybrid_rule(rule: dict) -> str:
     """The hybrid rule the gate chose, in words."""
+    if rule["rule"] == "counts":
+        return ("back-off's count answer everywhere (no rule that uses the model gained clear of noise on the "
+                "held-out days)")
+    if rule["rule"] == "model":
+        return "the RAG table's answer everywhere"
     if rule["rule"] == "support":
         return f"the retrieved successor where its window support reaches tau = {rule['tau']}, else the RAG table's answer"
-    return (f"the RAG table's answer where the model's log-probability of it reaches {rule['min_logprob']}, else the "
-            "retrieved successor")
+    return (f"the RAG table's answer where the model's log-probability of it reaches {rule['min_logprob']}, else "
+            "back-off's count answer")
 
 
 def findings(s: dict, apart: dict, study: dict, topk: pd.DataFrame, every: int, by_support: dict,
@@ -149,6 +154,46 @@ def comparators(m: dict, labels: list[str], against: tuple[str, ...]) -> list[st
         d = x[first]  # diff_vs_fixed is first - fixed: negated, with its interval turned round
         lines.append(f"| {label} | " + " | ".join(_pct(x[s]["hit_rate"]) for s in head) +
                      f" | {_pts(-d['diff_vs_fixed'])} ({_pts(-d['diff_ci'][1])} to {_pts(-d['diff_ci'][0])}) |")
+    return lines
+
+
+VERDICTS = {"above": "the LLM beats counting", "below": "counting beats the LLM",
+            "includes 0": "no difference this data can detect"}
+
+
+def against_twins(m: dict, labels: list[str], strategies: dict[str, str]) -> list[str]:
+    """The first table: each LLM table beside its no-LLM twin, overall and per support bucket,
+    with the paired difference's CI and what it says in words."""
+    twins = m["twins"]
+    head = "| pairs | " + " | ".join(f"{t['llm']} | {t['twin']} | {t['llm']} - {t['twin']}, points (95 % CI)"
+                                      for t in twins) + " |"
+    lines = ["## Does the LLM beat counting its own evidence?", "",
+             "Each LLM table beside its twin: the same evidence counted and served without a model. " + " ".join(
+                 f"`{t['twin']}`: {strategies[t['twin']]}." for t in twins) +
+             f" The count twin's smoothing ({m['fitted']['count_prior']:g} pseudo-counts) was fitted on the gate's "
+             "held-out days, before the month. Hit rate by pair support, the difference paired over the same "
+             "resampled users:", "", head, "| --- |" + " ---: | ---: | --- |" * len(twins)]
+    s = m["strategies"]
+    rows = [("all", s, [t["all"] for t in twins])] + [
+        (label, b["strategies"], [t["by_support"][name] for t in twins])
+        for label, (name, b) in zip(labels, buckets_of(m).items())]
+    for label, x, verdicts in rows:
+        if not x:
+            continue
+        lines.append(f"| {label} | " + " | ".join(
+            f"{_pct(x[t['llm']]['hit_rate'])} | {_pct(x[t['twin']]['hit_rate'])} | {_pts(v['diff'])} "
+            f"({_pts(v['diff_ci'][0])} to {_pts(v['diff_ci'][1])}): {VERDICTS[v['verdict']]}"
+            for t, v in zip(twins, verdicts)) + " |")
+    lines += ["", *(f"- `{t['llm']}` against `{t['twin']}`: {VERDICTS[t['all']['verdict']]} overall" + (
+        "; " + "; ".join(f"{VERDICTS[v['verdict']]} on {name} pairs" for name, v in t["by_support"].items()
+                         if v and v["verdict"] != t["all"]["verdict"]) if any(
+            v and v["verdict"] != t["all"]["verdict"] for v in t["by_support"].values()) else ", and in every bucket")
+        + "." for t in twins)]
+    best = max((t["twin"] for t in twins), key=lambda n: s[n]["hit_rate"])
+    hyb = s["hybrid"]
+    lines.append(f"- The hybrid serves {hybrid_rule(m['hybrid'])}: {_pct(hyb['hit_rate'])} against the best twin, "
+                 f"`{best}`, at {_pct(s[best]['hit_rate'])}: {_pts(hyb[f'diff_vs_{best}'])} points (95 % CI "
+                 f"{_pts(hyb[f'diff_vs_{best}_ci'][0])} to {_pts(hyb[f'diff_vs_{best}_ci'][1])}).")
     return lines
 
 
@@ -281,7 +326,8 @@ def markdown(cfg: DictConfig, m: dict, by_day: pd.DataFrame, topk: pd.DataFrame,
     buckets = buckets_of(m)
     lows = [b["min_support"] for b in buckets.values()]
     labels = [bucket_label(name, low, nxt) for name, low, nxt in zip(buckets, lows, lows[1:] + [None])]
-    sections = [setup(cfg, m), by_strategy(cfg, m, strategies), by_pair_support(cfg, m, strategies, labels),
+    sections = [setup(cfg, m), against_twins(m, labels, strategies), by_strategy(cfg, m, strategies),
+                by_pair_support(cfg, m, strategies, labels),
                 against_comparators(cfg, m, labels, against), rag_study(cfg, m["overlap"]),
                 successor_drift(cfg, topk), cost_and_agility(m["cost"]),
                 ["## Findings", ""] + [f"- {f}" for f in findings(

@@ -63,54 +63,72 @@ def hybrid(answers, trusted) -> pd.arrays.IntegerArray:
     return pd.array([got[0] if got else answer for got, answer in zip(trusted, answers)], dtype="Int32")
 
 
-def confident(answers, logprob, retrieved) -> Callable[[float], pd.arrays.IntegerArray]:
+def confident(answers, logprob, counts) -> Callable[[float], pd.arrays.IntegerArray]:
     """Hybrid serving by the model's confidence: for a threshold, the LLM's answer where its
-    log-probability reaches it, else the top retrieved successor (`retrieved`: the rows'
-    attach(..., min_support=1)), else the answer; an invalid answer (NA) is never confident."""
-    rows = list(zip(answers, logprob, retrieved))
-    return lambda min_logprob: pd.array([got[0] if got and (pd.isna(a) or not lp >= min_logprob) else a
-                                         for a, lp, got in rows], dtype="Int32")
+    log-probability reaches it, else the count answer (`counts`: the rows' backoff.answers), else the
+    answer; an invalid answer (NA) is never confident."""
+    rows = list(zip(answers, logprob, counts))
+    return lambda min_logprob: pd.array([c if pd.notna(c) and (pd.isna(a) or not lp >= min_logprob) else a
+                                         for a, lp, c in rows], dtype="Int32")
 
 
-# The hybrid rules, as the gate records its choice (metrics/gate.json "hybrid") and bulk_infer applies it.
-RULES = {"support": "tau", "confidence": "min_logprob"}
+# The hybrid rules, as the gate records its choice (metrics/gate.json "hybrid") and bulk_infer
+# applies it, with the parameter each one takes: "counts" (the count answer everywhere, no LLM)
+# is the default the gate leaves only for a rule whose held-out gain is clear of noise.
+RULES = {"counts": None, "model": None, "support": "tau", "confidence": "min_logprob"}
+DEFAULT_RULE = "counts"
+PARAMETERS = ("tau", "min_logprob")
 CONFIDENCE_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def serve_hybrid(rule: dict, answers, logprob, frame: pd.DataFrame, found: pd.DataFrame,
-                 day_column: str) -> pd.arrays.IntegerArray:
-    """The hybrid column under a chosen rule: {"rule": "support", "tau": t} serves the top retrieved
-    successor where its window support reaches t, else the answer; {"rule": "confidence",
-    "min_logprob": m} serves the answer where the model's log-probability reaches m, else the top
-    retrieved successor (any support), else the answer."""
+                 day_column: str, counts) -> pd.arrays.IntegerArray:
+    """The hybrid column under a chosen rule, pair by pair the LLM's answer, the count answer
+    (`counts`: the rows' backoff.answers) or the retrieved successor: {"rule": "counts"} serves the count
+    answer; {"rule": "model"} the LLM's; {"rule": "support", "tau": t} the top retrieved successor
+    where its window support reaches t, else the LLM's; {"rule": "confidence", "min_logprob": m}
+    the LLM's where its log-probability reaches m, else the count answer."""
+    if rule["rule"] == "counts":
+        return pd.array(list(counts), dtype="Int32")
+    if rule["rule"] == "model":
+        return pd.array(list(answers), dtype="Int32")
     if rule["rule"] == "support":
         return hybrid(answers, attach(frame, found, day_column, rule["tau"]))
-    return confident(answers, logprob, attach(frame, found, day_column))(rule["min_logprob"])
+    return confident(answers, logprob, counts)(rule["min_logprob"])
 
 
-def choose_hybrid(recall: Callable[[pd.Series], float], answers: pd.Series, logprob: pd.Series,
-                  frame: pd.DataFrame, found: pd.DataFrame, day_column: str, taus: list[int]) -> dict:
-    """The hybrid rule with the best held-out recall, among window support at each of `taus` and
-    the model's confidence at each decile of the held-out answers' log-probabilities (thresholds
-    from the held-out answers themselves, never from the month the tables serve). On a tie: support
-    before confidence, then the smaller tau or threshold. recall(served) scores served clusters
-    (indexed like `answers`) on the held-out days; frame, found, day_column as attach's.
+def choose_hybrid(score: Callable[[pd.Series], np.ndarray], guard: Callable[[list[dict], dict], dict],
+                  answers: pd.Series, logprob: pd.Series, frame: pd.DataFrame, found: pd.DataFrame,
+                  day_column: str, taus: list[int], counts) -> dict:
+    """The hybrid rule chosen on held-out days: the count answer everywhere (DEFAULT_RULE), the
+    model's answer everywhere, window support at each of `taus`, or the model's confidence at each
+    decile of the held-out answers' log-probabilities (thresholds from the held-out answers
+    themselves, never from the month the tables serve). score(served) gives the per-event hits of
+    served clusters (indexed like `answers`) on the held-out days; guard(candidates, hits by name)
+    picks one (hits.guarded with DEFAULT_RULE as the default: so the hybrid is never worse than
+    counting on the held-out days, and uses the model only on a gain clear of noise). frame,
+    found, day_column as attach's; counts: the rows' backoff.answers.
 
-    Returns {"rule", "tau", "min_logprob", "candidates"}; the parameter of the other rule is None."""
-    def scored(served) -> float:
-        return round(float(recall(pd.Series(served, index=answers.index))), 6)
-
-    candidates = [{"rule": "support", "tau": int(t), "test_recall": scored(
-        hybrid(answers, attach(frame, found, day_column, int(t))))} for t in taus]
-    by_confidence = confident(answers, logprob, attach(frame, found, day_column))
+    Returns {"rule", "tau", "min_logprob", "candidates"}; a parameter the rule lacks is None."""
+    served = {name: serve_hybrid({"rule": name}, answers, logprob, frame, found, day_column, counts)
+              for name in ("counts", "model")}
+    candidates = [{"name": name, "rule": name} for name in served]
+    for t in taus:
+        name = f"support:{int(t)}"
+        candidates.append({"name": name, "rule": "support", "tau": int(t)})
+        served[name] = hybrid(answers, attach(frame, found, day_column, int(t)))
+    by_confidence = confident(answers, logprob, counts)
     valid = pd.Series(logprob, dtype="float64")[pd.Series(answers).notna().to_numpy()].dropna()
     thresholds = sorted({round(float(x), 6) for x in np.quantile(valid, CONFIDENCE_QUANTILES)}) if len(valid) else []
-    candidates += [{"rule": "confidence", "min_logprob": m, "test_recall": scored(by_confidence(m))}
-                   for m in thresholds]
-    best = max(c["test_recall"] for c in candidates)
-    pick = min((c for c in candidates if c["test_recall"] == best),
-               key=lambda c: (list(RULES).index(c["rule"]), c[RULES[c["rule"]]]))
-    return {"rule": pick["rule"], **{p: pick.get(p) for p in RULES.values()}, "candidates": candidates}
+    for m in thresholds:
+        name = f"confidence:{m}"
+        candidates.append({"name": name, "rule": "confidence", "min_logprob": m})
+        served[name] = by_confidence(m)
+    hit = {name: score(pd.Series(s, index=answers.index)) for name, s in served.items()}
+    pick = guard(candidates, hit)
+    for c in candidates:
+        c["test_recall"] = c.pop("hit_rate")
+    return {"rule": pick["rule"], **{p: pick.get(p) for p in PARAMETERS}, "candidates": candidates}
 
 
 def hybrid_rule(recorded: dict, where: str) -> dict:
@@ -123,9 +141,9 @@ def hybrid_rule(recorded: dict, where: str) -> dict:
     if rule not in RULES:
         raise ValueError(f"{where}: key 'hybrid.rule' is {rule!r}, not one of {sorted(RULES)}; rerun the gate stage")
     field = RULES[rule]
-    value = recorded.get(field)
+    value = recorded.get(field) if field else None
     kind = int if rule == "support" else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind):
+    if field and (isinstance(value, bool) or not isinstance(value, kind)):
         raise ValueError(f"{where}: key 'hybrid.{field}' is missing or not a number (the {rule} rule needs it); "
                          "rerun the gate stage (dvc repro)")
-    return {"rule": rule, **{p: (value if p == field else None) for p in RULES.values()}}
+    return {"rule": rule, **{p: (value if p == field else None) for p in PARAMETERS}}

@@ -352,7 +352,7 @@ class PerDevice:
 class Gate:
     min_exact_match: float = between(0, 1)
     min_test_recall: float = between(0, 1)
-    horizon_days: int = at_least(1)
+    min_held_out_triples: int = at_least(1)
     max_pairs: int = at_least(1)
     max_new_tokens: int = at_least(1)
     batch_size: PerDevice = MISSING
@@ -361,6 +361,9 @@ class Gate:
     override_reason: Optional[str] = MISSING
     hybrid_taus: list[int] = each_at_least(1)
     min_support_candidates: list[int] = each_at_least(1)
+    count_priors: list[float] = _rule(lambda v: len(v) > 0 and all(x >= 0 for x in v),
+                                      "a non-empty list of numbers >= 0")
+    bootstrap: int = at_least(1)
 
 
 @dataclass

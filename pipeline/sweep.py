@@ -26,10 +26,10 @@ from pipeline import ROOT, cli, config
 from pipeline.audit import flatten
 from pipeline.config import CONF_DIR
 
-COLUMNS = {"hit_rate.fixed": "fixed", "hit_rate.rag_refreshed": "rag_refreshed",
+COLUMNS = {"hit_rate.fixed": "fixed", "hit_rate.fixed_counts": "fixed_counts",
+           "hit_rate.rag_refreshed": "rag_refreshed",
            "rag_refreshed_vs_fixed.ci_low": "rag_refreshed - fixed: 95% CI low",
-           "rag_refreshed_vs_fixed.ci_high": "CI high", "hit_rate.hybrid": "hybrid",
-           "hit_rate.retrieved_top1": "retrieved_top1", "hit_rate.backoff": "backoff", "rag_copies_retrieved": "copies"}
+           "rag_refreshed_vs_fixed.ci_high": "CI high", "hit_rate.hybrid": "hybrid", "hit_rate.backoff": "backoff"}
 
 
 def run_one(overrides: list[str]) -> None:

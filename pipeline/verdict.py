@@ -8,7 +8,9 @@ from pathlib import Path
 
 from pipeline import retrieval
 
-VERDICT = ("passed", "exact_match", "test_recall", "override_reason", "failed_checks")
+# "fitted": the settings the gate fitted on its held-out days (the count twin's smoothing), which
+# every table's manifest records and evaluate reads there.
+VERDICT = ("passed", "exact_match", "test_recall", "override_reason", "failed_checks", "fitted")
 
 
 def read(path: Path) -> tuple[dict, dict]:

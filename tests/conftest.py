@@ -24,6 +24,7 @@ TINY_WORLD = ["data=synthetic_dense", "model=tiny_random", f"model.cache_dir={RO
         "finetune.trainer.max_steps=2", "finetune.batch_size=8", "finetune.samples_per_pair=1",
         "finetune.trainer.enable_progress_bar=false",
         "gate.max_pairs=8", "gate.max_new_tokens=4", "gate.override_reason='tiny random model'",
+        "gate.min_held_out_triples=50",
         "data.synth.n_events=30000", "data.synth.n_clusters=5", "data.synth.n_users=800",
         "count.min_support=1", "refresh.until=2024-03-05", "infer.max_new_tokens=5", "infer.batch_size.cpu=8",
         "infer.shard_size.cpu=16", "device=cpu"]

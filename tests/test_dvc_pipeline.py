@@ -32,6 +32,7 @@ gate:
   max_pairs: 10
   max_new_tokens: 6
   override_reason: tiny random model in CI
+  min_held_out_triples: 50
 """
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import db, report, timing
+from pipeline import counting, db, hits, report, timing
 from pipeline.__main__ import STAGES
 from pipeline.stages import evaluate
 from tests.conftest import TINY_WORLD, build, compose
@@ -37,7 +37,8 @@ def test_each_strategy_serves_its_newest_table_dated_on_or_before_the_day():
     events = pd.DataFrame({"day": [D1, date(2024, 3, 2), D3, date(2024, 3, 9), D1], "c1": [0, 0, 0, 1, 1],
                            "c2": [1, 1, 1, 0, 0]})
     lookup = pd.DataFrame({"c1": [1, 0], "c2": [0, 1], "c_pred": pd.array([3, 2], dtype="Int32")})
-    served = evaluate.serve(events, base, rag, popular, found, fallback, [D1, D3], lookup)
+    counts = pd.DataFrame({"c1": [0, 1], "c2": [1, 0], "c_pred": pd.array([4, 2], dtype="Int32")})
+    served = evaluate.serve(events, base, rag, popular, found, fallback, [D1, D3], lookup, counts, 1)
     assert served.fixed.tolist() == [5, 5, 5, 6, 6]
     assert served.rag_refreshed.tolist() == [7, 7, 2, 4, 9]
     assert served.rag_day1.tolist() == [7, 7, 7, 9, 9]
@@ -50,8 +51,10 @@ def test_each_strategy_serves_its_newest_table_dated_on_or_before_the_day():
     assert served.popular.tolist() == [6, 6, 3, 3, 6]
     # the training days' lookup is one table held all month, matched on the pair
     assert served.train_top1.tolist() == [2, 2, 2, 3, 3]
+    assert served.fixed_counts.tolist() == [4, 4, 4, 2, 2]  # the count twin, also held all month
     with pytest.raises(ValueError, match="before the first refresh date"):
-        evaluate.serve(events.assign(day=date(2024, 2, 28)), base, rag, popular, found, fallback, [D1, D3], lookup)
+        evaluate.serve(events.assign(day=date(2024, 2, 28)), base, rag, popular, found, fallback, [D1, D3], lookup,
+                       counts, 1)
 
 
 def test_the_training_lookup_reads_only_the_fine_tunes_sample_days(tmp_path):
@@ -150,7 +153,7 @@ def test_the_repeat_sample_is_seeded_and_keeps_the_prompt_order():
 
 def test_a_hit_is_membership_and_a_missing_prediction_never_hits():
     served = pd.DataFrame({"a": [1, 2, None], "b": pd.array([pd.NA, 3, 4], dtype="Int32")})
-    got = evaluate.hits(served, pd.Series([[1, 2], [3], [4, 5]]))
+    got = hits.hits(served, pd.Series([[1, 2], [3], [4, 5]]))
     assert got.a.tolist() == [True, False, False] and got.b.tolist() == [False, True, True]
 
 
@@ -176,10 +179,14 @@ def test_eval_events_list_the_next_distinct_novel_clusters_from_c_next_on(tmp_pa
                            columns=["user_id", "ts", "c1", "c2", "c_next"])
     seq.to_parquet(tmp_path / "seq.parquet")
     triples.to_parquet(tmp_path / "triples.parquet")
-    got = db.connect(cfg).execute(db.sql("evaluate_events"), {
-        "triples": str(tmp_path / "triples.parquet"), "sequences": str(tmp_path / "seq.parquet"),
-        "month_start": date(2024, 3, 1), "month_end": date(2024, 4, 1), "horizon": 3}).df()
+    con = db.connect(cfg)
+    got = hits.events(con, tmp_path / "triples.parquet", tmp_path / "seq.parquet", date(2024, 3, 1),
+                      date(2024, 4, 1), 3)
     assert len(got) == 1 and list(got.future[0]) == [2, 3, 4]  # 0 and 1 are the history; 2 repeats
+    # The gate's held-out days never look past month_start: `until` cuts the future there.
+    cut = hits.events(con, tmp_path / "triples.parquet", tmp_path / "seq.parquet", date(2024, 3, 1), date(2024, 4, 1),
+                      3, until=t + pd.Timedelta(minutes=5))
+    assert list(cut.future[0]) == [2, 3]
 
 
 def test_drift_is_one_at_the_first_date_and_falls_when_successors_change(tmp_path):
@@ -209,12 +216,22 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
         Path(cfg.paths.tables) / "base.parquet").c_pred.nunique()
     # The headline, what `dvc metrics show` prints: overall figures only, no per-bucket or per-date keys.
     assert headline == evaluate.headline(m) and set(headline) == {
-        "hit_rate", "rag_refreshed_vs_fixed", "hybrid_vs_backoff", "rag_identical_to_base", "rag_copies_retrieved"}
-    assert {"fixed", "train_top1", "backoff", "hybrid"} <= set(headline["hit_rate"])
+        "hit_rate", "fixed_vs_fixed_counts", "rag_refreshed_vs_backoff", "rag_refreshed_vs_fixed"}
+    assert set(headline["hit_rate"]) == {"fixed", "fixed_counts", "rag_refreshed", "backoff", "hybrid"}
+    assert sum(len(v) for v in headline.values()) <= 12
+    # Each LLM table against its twin, overall and per bucket, with the verdict its interval allows.
+    twins = {(t["llm"], t["twin"]): t for t in m["twins"]}
+    assert set(twins) == {("fixed", "fixed_counts"), ("rag_refreshed", "backoff")}
+    for (a, b), t in twins.items():
+        low, high = m["strategies"][a][f"diff_vs_{b}_ci"]
+        assert t["all"]["diff_ci"] == [low, high] and headline[f"{a}_vs_{b}"] == {"ci_low": low, "ci_high": high}
+        assert t["all"]["verdict"] == ("above" if low > 0 else "below" if high < 0 else "includes 0")
+        assert set(t["by_support"]) == set(m["by_support"])
+    gate_json = json.loads((Path(cfg.paths.metrics) / "gate.json").read_text())
+    assert m["fitted"] == gate_json["fitted"]  # read back from the tables' manifests
     hybrid = m["strategies"]["hybrid"]
     assert hybrid["diff_vs_backoff"] == pytest.approx(hybrid["hit_rate"] - m["strategies"]["backoff"]["hit_rate"],
                                                       abs=2e-6)
-    assert headline["hybrid_vs_backoff"] == dict(zip(("ci_low", "ci_high"), hybrid["diff_vs_backoff_ci"]))
     assert hybrid["diff_vs_backoff_ci"][0] <= hybrid["diff_vs_backoff_ci"][1]
     assert headline["hit_rate"]["backoff"] == m["strategies"]["backoff"]["hit_rate"]
     buckets = m["by_support"]
@@ -237,6 +254,9 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
     assert topk.top1.iloc[0] == 1.0 and len(topk) == 3
     assert (Path(cfg.paths.plots) / "hit_rate_by_day.png").stat().st_size > 1000
     text = Path(cfg.paths.report).read_text()
+    # The report's first table sets each LLM table against its twin.
+    assert text.index("| --- |") > text.index("## Does the LLM beat counting its own evidence?")
+    assert "| pairs | fixed | fixed_counts | fixed - fixed_counts, points (95 % CI) | rag_refreshed | backoff |" in text
     for section in ("## Setup", "## Hit rate by strategy", "## Hit rate by pair support", "| backoff |", "| hybrid |",
                     "cold (0) | tail (1-4) | torso (5-29) | head (>= 30)", "## How RAG changes the answers", "## Successor drift",
                     "## Cost and agility", "## Findings", "## The fixed table against its no-LLM comparators",
@@ -263,3 +283,69 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
     record = (Path(cfg.paths.metrics) / "timing" / "wall_times.md").read_text()
     assert record.index("| bulk_infer | 2.0 |") < record.index("| evaluate | 12.3 |")
     assert f"one RAG refresh {m['cost']['refresh']['prompts'] / 4:.0f} s (est. at 4.0 prompts/s)" in record
+
+
+def test_the_count_twin_backs_off_from_the_pair_to_its_last_cluster_to_popular_never_c1_or_c2():
+    from tests.test_finetune import daily_frame
+
+    rows = daily_frame([("2024-02-05", 0, 1, 2, 3), ("2024-02-05", 0, 1, 0, 1),  # c1 again: never its answer
+                        ("2024-02-06", 5, 1, 3, 4), ("2024-02-06", 5, 1, 4, 1),  # what follows c2=1 alone
+                        ("2024-02-07", 6, 7, 4, 8)])  # 4 is reached most overall, then 3
+    pairs = pd.DataFrame({"c1": [0, 2, 3, 8, 4], "c2": [1, 1, 1, 9, 7]})
+    got = counting.count_table(rows, pairs, 0)
+    # (0, 1): its own successor; (2, 1): 1's top, 3; (3, 1): 1's top is its own c1: the next, 2;
+    # (8, 9): 9 was never a last cluster: popular 4; (4, 7): 7 led only to 4, its c1: popular
+    # is 4 (c1 again) and then 3
+    assert got.c_pred.tolist() == [2, 3, 2, 4, 3]
+    # 50 pseudo-counts of Q(. | 1), itself smoothed toward the popular 4, outweigh (0, 1)'s own 3 triples of 2.
+    assert counting.count_table(rows, pairs, 50).c_pred.tolist()[0] == 4
+    # The pairs the fine-tune is taught are served their very labels.
+    taught = counting.top_labels(rows, 50)
+    assert counting.count_table(rows, taught[["c1", "c2"]], 50).c_pred.tolist() == taught.c_next.tolist()
+    for prior in (0, 5, 1000):
+        served = counting.count_table(rows, pairs, prior)
+        assert served.c_pred.notna().all() and not ((served.c_pred == served.c1) | (served.c_pred == served.c2)).any()
+    assert counting.count_table(rows.iloc[:0], pairs, 5).c_pred.isna().all()
+
+
+def test_the_gate_and_evaluate_count_the_same_hits_on_the_same_served_clusters(tmp_path):
+    """One hit definition: the next eval.horizon distinct clusters, not the gate's old 7 days."""
+    from pipeline.period import windows
+    from pipeline.stages import gate
+
+    cfg = compose(tmp_path, "period.month=2024-03", "finetune.train_days=28", "finetune.test_days=14",
+                  "gate.min_held_out_triples=1", "eval.horizon=3")
+    w = windows(cfg)  # held-out days [Feb 16, Mar 1)
+
+    def user(uid, start, clusters, late):
+        """clusters a minute apart from `start`, then `late` nine days later: (visits, the triple (0, 1, 2))."""
+        visits = [(uid, start + pd.Timedelta(minutes=m), c) for m, c in enumerate(clusters)]
+        visits.append((uid, start + pd.Timedelta(days=9), late))
+        return visits, (uid, start + pd.Timedelta(minutes=2), 0, 1, 2)
+
+    visits, triples = [], []
+    for shift, base in ((0, 0), (14, 10)):  # the held-out days, and the same users again in the month
+        start = pd.Timestamp("2024-02-16 10:00", tz="UTC") + pd.Timedelta(days=shift)
+        for uid, clusters, late in ((1, [0, 1, 2, 3], 9), (2, [0, 1, 2, 3, 4, 5], 6)):
+            v, t = user(base + uid, start, clusters, late)
+            visits += v
+            triples.append(t)
+    seq = pd.DataFrame(visits, columns=["user_id", "ts", "cluster_id"]).assign(seq=0)
+    seq["pos"] = seq.groupby("user_id").cumcount()
+    for frame, path in ((seq, cfg.paths.sequences), (pd.DataFrame(triples, columns=[
+            "user_id", "ts", "c1", "c2", "c_next"]), cfg.paths.triples)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(path)
+    con = db.connect(cfg)
+    held_out, month = gate.held_out_events(con, cfg, w), evaluate.month_events(cfg, con, w)
+    pairs = pd.DataFrame({"c1": [0], "c2": [1]})
+    for served in (9, 5, 3):
+        at_gate = gate.served_hits(held_out, pairs, [served]).tolist()
+        in_month = hits.hits(pd.DataFrame({"x": [served] * len(month)}), month.future).x.tolist()
+        assert at_gate == in_month
+    # 9 comes nine days on but third: a hit; 5 within minutes but fifth: none (the old gate: the reverse)
+    assert gate.served_hits(held_out, pairs, [9]).tolist() == [True, False]
+    assert gate.served_hits(held_out, pairs, [5]).tolist() == [False, False]
+    with pytest.raises(ValueError, match=r"2 held-out triples .* fewer than gate.min_held_out_triples=3: raise"):
+        gate.held_out_events(con, compose(tmp_path, "period.month=2024-03", "finetune.train_days=28",
+                                          "finetune.test_days=14", "gate.min_held_out_triples=3"), w)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import db, retrieval
+from pipeline import db, evidence, retrieval
 from pipeline.period import refresh_dates
 from pipeline.stages import retrieve
 from tests.conftest import compose
@@ -86,3 +86,51 @@ def test_pair_support_counts_every_successor_in_the_window(tmp_path):
     trend = retrieval.successors(con, path, [date(2024, 3, 1)], 7, 1, "trend").set_index(["c1", "c2"])
     assert trend.loc[(2, 1), "retrieved"] == [] and trend.loc[(2, 1), "pair_support"] == 1
     assert trend.loc[(0, 1), "retrieved"] == [2] and len(trend) == 2
+
+
+def test_the_hybrid_rule_is_chosen_on_held_out_hits_and_leaves_the_model_only_on_a_clear_gain():
+    import numpy as np
+
+    from pipeline import hits
+
+    days = [date(2024, 2, 23)]
+    frame = pd.DataFrame({"c1": [0, 0, 1, 2], "c2": [1, 2, 0, 1], "day": days * 4})
+    found = pd.DataFrame({"refresh_date": pd.to_datetime(days * 3), "c1": [0, 0, 1], "c2": [1, 2, 0],
+                          "retrieved": [[3], [4], [2]], "support": [[9], [1], [1]]})
+    answers = pd.Series(pd.array([5, 6, 7, 8], dtype="Int32"))
+    logprob = pd.Series([-0.1, -4.0, -0.2, -0.3])
+    # the count answer: the retrieved successor, else (for (2, 1)) what followed 1 alone: 6
+    last = pd.DataFrame({"refresh_date": pd.to_datetime(days), "c2": [1], "successors": [[6, 0]]})
+    counts = evidence.answers(frame, "day", found, last, {days[0]: [4, 5]}, 1)
+    assert counts.tolist() == [3, 4, 2, 6]
+
+    def choose(truth, users_per_pair):
+        """Each pair seen by `users_per_pair` held-out users, one event each, going on to `truth`."""
+        def score(served):
+            return np.repeat((served.astype("Int64") == pd.Series(truth).astype("Int64")).fillna(False).to_numpy(),
+                             users_per_pair)
+
+        users = np.arange(4 * users_per_pair)
+        return retrieval.choose_hybrid(score, lambda c, hit: hits.guarded(c, hit, users, "counts", 300, 1), answers,
+                                       logprob, frame, found, "day", [1, 5], counts)
+
+    def serve(rule):
+        return retrieval.serve_hybrid(rule, answers, logprob, frame, found, "day", counts).tolist()
+
+    # What held out rewards: the count answer on the pair the model is unsure of (0, 2) and the
+    # model's answers elsewhere, which no support threshold gives and a confidence one does.
+    got = choose([5, 4, 7, 8], 50)
+    assert got["rule"] == "confidence" and got["tau"] is None and -4.0 < got["min_logprob"] <= -0.3
+    assert serve(got) == [5, 4, 7, 8]
+    assert {c["rule"] for c in got["candidates"]} == {"counts", "model", "support", "confidence"}
+    # Trusting the thick pair's count and the model elsewhere: support at tau 5.
+    got = choose([3, 6, 7, 8], 50)
+    assert (got["rule"], got["tau"], got["min_logprob"]) == ("support", 5, None)
+    assert serve(got) == [3, 6, 7, 8]
+    # The model beats counting by one hit in four: clear over 50 held-out users a pair, noise over one.
+    assert choose([5, 6, 2, 9], 50)["rule"] == "model"
+    got = choose([5, 6, 2, 9], 1)
+    assert (got["rule"], got["tau"], got["min_logprob"]) == ("counts", None, None) and serve(got) == [3, 4, 2, 6]
+    assert any(c["gain"] > 0 for c in got["candidates"])
+    assert retrieval.hybrid_rule({"rule": "counts"}, "gate.json") == {"rule": "counts", "tau": None,
+                                                                       "min_logprob": None}

@@ -3,9 +3,10 @@
 One base table (no RAG) and one RAG table per refresh date; a RAG prompt carries the pair's
 evidence on its date (pipeline/evidence.py, prompts.evidence): its successor retrieved at least
 prompts.min_support times, else (backoff) its last cluster's recent successor; a pair with neither
-gets the base prompt (plus the popular line when prompts.popular_n is on). Each RAG table's hybrid column serves under the gate's hybrid rule: the
-retrieved successor where its window support reaches tau, else the table's LLM answer; or the LLM's
-answer where its log-probability reaches the gate's threshold, else the retrieved successor. Answers come from the content-addressed cache when an identical prompt
+gets the base prompt (plus the popular line when prompts.popular_n is on). Each RAG table's hybrid
+column serves under the gate's hybrid rule (retrieval.serve_hybrid): pair by pair the LLM's answer,
+the count answer (evidence.answers: the same evidence served directly) or the retrieved successor.
+Answers come from the content-addressed cache when an identical prompt
 was decoded before under the same model, adapter and settings; the rest are decoded in shards of
 sorted prompts, each stored as soon as it is done, so a killed run resumes where it stopped and
 computes exactly the batches an uninterrupted run would.
@@ -128,8 +129,9 @@ def lineage_fields(cfg: DictConfig, ns: dict, where: str, gate: dict, rule: dict
 
 
 def write_tables(cfg: DictConfig, rows: pd.DataFrame, answers: dict, names: dict[int, str], popular: dict,
-                 found: pd.DataFrame, rule: dict, fields: dict) -> tuple[dict, int]:
-    """Every table into paths.tables; (each table's figures, valid rows over all tables)."""
+                 found: pd.DataFrame, last: pd.DataFrame, rule: dict, fields: dict) -> tuple[dict, int]:
+    """Every table into paths.tables; (each table's figures, valid rows over all tables). found,
+    last: the retrieve stage's pair and last-cluster successors (the hybrid's count answer)."""
     # Only what the tables determine goes into tracked outputs: a table's new prompts are those no
     # earlier table of this run holds, whatever the answer cache held when the run began.
     per_table, seen, valid_rows = {}, set(), 0
@@ -139,8 +141,10 @@ def write_tables(cfg: DictConfig, rows: pd.DataFrame, answers: dict, names: dict
             table = serve(part, [answers[p] for p in part.prompt], names, popular)
             day = part.refresh_date.iloc[0]
             if name != "base":
-                table["hybrid"] = retrieval.serve_hybrid(rule, table.c_pred, table.logprob, part.assign(day=day),
-                                                         found, "day")
+                at = part.assign(day=day)
+                table["hybrid"] = retrieval.serve_hybrid(rule, table.c_pred, table.logprob, at, found, "day",
+                                                         evidence.answers(at, "day", found, last, popular,
+                                                                          cfg.prompts.min_support))
             manifest.write_table(table, out / f"{name}.parquet", {
                 **fields, "strategy": "base" if name == "base" else "rag", "refresh_date": str(day),
                 "rows": len(table)})
@@ -169,7 +173,7 @@ def run(cfg: DictConfig) -> None:
                       last, cfg.prompts.evidence)
     where = kernels.device(cfg.device, "bulk_infer")
     answers, ns, missing, decode_s, tokenizer = decode(cfg, rows, names, where)
-    per_table, valid_rows = write_tables(cfg, rows, answers, names, popular, found, rule,
+    per_table, valid_rows = write_tables(cfg, rows, answers, names, popular, found, last, rule,
                                          lineage_fields(cfg, ns, where, gate, rule))
     unique = rows.prompt.drop_duplicates()
     rate = len(missing) / decode_s if missing else 0.0

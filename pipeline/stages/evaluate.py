@@ -2,8 +2,11 @@
 
 Every triple of the month is a user with history (c1, c2) on day t; each strategy serves the
 cluster its newest table dated <= t holds for (c1, c2), and hits when that cluster is among the
-user's next eval.horizon distinct clusters, overall and per bucket of the pair's support in the
-retrieval window. Then the overlap study, successor drift and cost.
+user's next eval.horizon distinct clusters (pipeline/hits.py, the gate's definition too), overall
+and per bucket of the pair's support in the retrieval window. Each LLM table stands beside its
+no-LLM twin, the same evidence counted and served directly: fixed beside fixed_counts (a count
+table of the fine-tune's own days), rag_refreshed beside backoff (the refreshed retrieval). Then
+the overlap study, successor drift and cost.
 """
 from __future__ import annotations
 
@@ -17,8 +20,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pipeline import db, kernels, manifest, report, retrieval, timing
-from pipeline.evidence import last_successors
+from pipeline import counting, db, evidence, hits, kernels, manifest, report, retrieval, timing
 from pipeline.buckets import bucket_of
 from pipeline.data import contract
 from pipeline.files import atomic_path, write_metrics
@@ -28,22 +30,29 @@ from pipeline.period import refresh_dates, windows
 
 STRATEGIES = {
     "fixed": "fine-tuned model, no RAG (base table all month)",
+    "fixed_counts": "no LLM, the fixed table's twin: a count table of the fine-tune's own sample days served all "
+                    "month: the pair's successor (with the last cluster's pooled in, smoothing fitted on the held-out "
+                    "days), else the last cluster's top successor, else popular",
     "rag_refreshed": "RAG table refreshed every refresh.every_days",
     "rag_day1": "RAG table of the month's first day, held fixed",
-    "hybrid": "RAG table's hybrid column under the rule the gate chose on its held-out days: the retrieved "
-              "successor where its window support reaches tau, else the LLM's RAG answer; or the LLM's answer where "
-              "its log-probability reaches a threshold, else the retrieved successor",
+    "hybrid": "RAG table's hybrid column under the rule the gate chose on its held-out days (counts unless another "
+              "gained clear of noise there): backoff's count answer; or the LLM's RAG answer; or the retrieved "
+              "successor where its window support reaches tau, else the LLM's answer; or the LLM's answer where its "
+              "log-probability reaches a threshold, else the count answer",
     "retrieved_top1": "no LLM: the retrieved top-1 successor served directly",
-    "backoff": "no LLM: the pair's top retrieved successor, else the top successor of c2 alone over the same "
-               "window, else popular",
+    "backoff": "no LLM, the RAG table's twin: the RAG prompts' evidence served directly: the pair's top retrieved "
+               "successor where it has prompts.min_support, else the top successor of c2 alone over the same window, "
+               "else popular",
     "popular": "no LLM: the most popular recent cluster that is neither c1 nor c2",
     "train_top1": "no LLM: the pair's most frequent successor in the fine-tune's sample days, else their most "
                   "popular cluster (a lookup of what the fixed table was trained on)",
 }
+# Each LLM table and its no-LLM twin (the same evidence, counted and served directly).
+TWINS = (("fixed", "fixed_counts"), ("rag_refreshed", "backoff"))
 # Paired differences (a, b) reported as a - b with their interval, beside each strategy's against fixed.
-PAIRED = (("hybrid", "backoff"),)
+PAIRED = (*TWINS, ("hybrid", "backoff"), ("hybrid", "fixed_counts"))
 # The strategies whose hit rate the headline (metrics/evaluate.json) carries.
-HEADLINE = ("fixed", "rag_refreshed", "hybrid", "backoff", "retrieved_top1", "train_top1")
+HEADLINE = ("fixed", "fixed_counts", "rag_refreshed", "backoff", "hybrid")
 # The fixed table's honest comparators: what it was trained on, served as a lookup, and the no-LLM
 # strategies it competes with during the month.
 COMPARATORS = ("train_top1", "popular", "backoff")
@@ -72,14 +81,17 @@ def active_dates(events: pd.DataFrame, days: list[date]) -> list[date]:
 
 
 def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: dict, found: pd.DataFrame,
-          fallback: pd.DataFrame, days: list[date], lookup: pd.DataFrame) -> pd.DataFrame:
+          last: pd.DataFrame, days: list[date], lookup: pd.DataFrame, counts: pd.DataFrame,
+          min_support: int) -> pd.DataFrame:
     """The cluster each strategy serves to each event, from the newest table dated <= its day.
 
     retrieved_top1 serves the top successor `found` holds for that date however thin its support:
     the no-LLM baseline does not depend on which lines the prompts carry (prompts.min_support).
-    backoff serves the same where the pair has one, else c2's top successor (`fallback`:
-    pipeline.evidence.last_successors) other than c1, else popular. train_top1 serves `lookup` (train_lookup), a table
-    of every pair held all month like the base table."""
+    backoff serves the RAG prompts' evidence directly (evidence.answers): the pair's successor where
+    it followed the pair at least min_support times, else c2's top successor other than c1 (`last`:
+    evidence.last_successors), else popular. train_top1 serves `lookup` (train_lookup) and
+    fixed_counts `counts` (counting.count_table), tables of every pair held all month like the base
+    table."""
     active = active_dates(events, days)
     keyed = events[["c1", "c2"]].assign(active=active, first=days[0])
     table = rag.set_index(["refresh_date", "c1", "c2"])
@@ -88,15 +100,13 @@ def serve(events: pd.DataFrame, base: pd.DataFrame, rag: pd.DataFrame, popular: 
     pairs = pd.MultiIndex.from_frame(keyed[["c1", "c2"]])
     fixed = base.set_index(["c1", "c2"]).reindex(pairs)
     trained = lookup.set_index(["c1", "c2"]).reindex(pairs)
+    counted = counts.set_index(["c1", "c2"]).reindex(pairs)
     pop = [retrieval.first_popular(popular.get(d, []), a, b) for d, a, b in zip(active, events.c1, events.c2)]
     retrieved = retrieval.attach(keyed, found, "active")
     top1 = [got[0] if got else p for got, p in zip(retrieved, pop)]
-    ranked = fallback.assign(active=fallback.refresh_date.dt.date, top=fallback.successors.str[0],
-                             runner_up=fallback.successors.str[1])[["active", "c2", "top", "runner_up"]]
-    level2 = keyed[["active", "c1", "c2"]].merge(ranked, on=["active", "c2"], how="left")
-    c2_top = level2.top.where(level2.top != level2.c1, level2.runner_up).astype("Int32")
-    back = [got[0] if got else (c if pd.notna(c) else p) for got, c, p in zip(retrieved, c2_top, pop)]
-    return pd.DataFrame({"fixed": fixed.c_pred.to_numpy(), "rag_refreshed": now.c_pred.to_numpy(),
+    back = evidence.answers(keyed, "active", found, last, popular, min_support)
+    return pd.DataFrame({"fixed": fixed.c_pred.to_numpy(), "fixed_counts": counted.c_pred.to_numpy(),
+                         "rag_refreshed": now.c_pred.to_numpy(),
                          "rag_day1": day1.c_pred.to_numpy(), "hybrid": now.hybrid.to_numpy(),
                          "retrieved_top1": top1, "backoff": back, "popular": pop,
                          "train_top1": trained.c_pred.to_numpy()}, index=events.index)
@@ -153,12 +163,6 @@ def unseen_in_training(con, daily: str, events: pd.DataFrame, w) -> float | None
                                                   "test_start": w.test_start, "min_support": 1}).df()
     seen = rows[["c1", "c2"]].drop_duplicates().assign(seen=True)
     return share(events[["c1", "c2"]].merge(seen, on=["c1", "c2"], how="left").seen.isna())
-
-
-def hits(served: pd.DataFrame, future: pd.Series) -> pd.DataFrame:
-    sets = [set(f) for f in future]
-    return pd.DataFrame({s: [c is not None and not pd.isna(c) and int(c) in f for c, f in zip(served[s], sets)]
-                         for s in served.columns}, index=served.index)
 
 
 def bootstrap(hit: pd.DataFrame, users: pd.Series, reps: int, seed: int,
@@ -295,6 +299,24 @@ def note_refresh_estimate(metrics: Path, prompts: int) -> None:
     timing.note(refresh_est_s=round(prompts / rate) if rate else None, refresh_est_prompts_per_s=rate)
 
 
+def fitted(table: Path) -> dict:
+    """The settings the gate fitted on its held-out days, as a RAG table's manifest records them
+    (its gate verdict's "fitted"); a table from before they were recorded is one line."""
+    recorded = json.loads(manifest.read(table).get("gate") or "{}").get("fitted")
+    if recorded is None or "count_prior" not in recorded:
+        raise ValueError(f"{table}: its manifest records no fitted settings (built under an older gate); "
+                         "rerun the gate and bulk_infer stages (dvc repro)")
+    return recorded
+
+
+def count_twin(con, daily: str, w, pairs: pd.DataFrame, prior: float) -> pd.DataFrame:
+    """The fixed table's twin: counting.count_table over the fine-tune's sample days
+    [train_start, test_start) for every pair of `pairs`, smoothed by `prior` (fitted by the gate)."""
+    rows = con.execute(db.sql("finetune_rows"), {"daily": daily, "train_start": w.train_start,
+                                                  "test_start": w.test_start, "min_support": 1}).df()
+    return counting.count_table(rows, pairs, prior)
+
+
 def hybrid_rule(table: Path) -> dict:
     """The hybrid rule a RAG table was built under, from its manifest; a table from before the rule
     was recorded is one line saying to rebuild it."""
@@ -308,27 +330,39 @@ def hybrid_rule(table: Path) -> dict:
 def headline(m: dict) -> dict:
     """What `dvc metrics show` and `diff` compare across experiments, a dozen figures at most (the
     rest, per strategy, bucket and date, is in the detail): the hit rates of the fixed and RAG
-    tables, hybrid and the no-LLM strategies they must beat (back-off, the retrieved successor, the
-    training days' lookup), the intervals of RAG refreshed against fixed and of hybrid against
-    back-off (each difference is the gap between their hit rates), and how lined RAG answers relate
-    to the no-RAG answer and the retrieved cluster."""
+    tables, their no-LLM twins and hybrid; the intervals of each LLM table against its twin and of
+    RAG refreshed against fixed (each difference is the gap between their hit rates, paired over
+    the same resampled users)."""
     s = m["strategies"]
-    rag, hyb = s["rag_refreshed"], s["hybrid"]
+
+    def ci(a: str, b: str) -> dict:
+        low, high = s[a]["diff_ci"] if b == "fixed" else s[a][f"diff_vs_{b}_ci"]
+        return {"ci_low": low, "ci_high": high}
+
     return {"hit_rate": {name: s[name]["hit_rate"] for name in HEADLINE},
-            "rag_refreshed_vs_fixed": {"ci_low": rag["diff_ci"][0], "ci_high": rag["diff_ci"][1]},
-            "hybrid_vs_backoff": {"ci_low": hyb["diff_vs_backoff_ci"][0], "ci_high": hyb["diff_vs_backoff_ci"][1]},
-            **{k: m["overlap"][k] for k in ("rag_identical_to_base", "rag_copies_retrieved")}}
+            **{f"{a}_vs_{b}": ci(a, b) for a, b in (*TWINS, ("rag_refreshed", "fixed"))}}
 
 
 def month_events(cfg: DictConfig, con, w) -> pd.DataFrame:
-    """The evaluated month's events (triples) with each user's next distinct clusters."""
-    events = con.execute(db.sql("evaluate_events"), {
-        "triples": cfg.paths.triples, "sequences": cfg.paths.sequences, "month_start": w.month_start,
-        "month_end": w.month_end, "horizon": cfg.eval.horizon}).df()
+    """The evaluated month's events (triples) with each user's next distinct clusters (hits.events)."""
+    events = hits.events(con, cfg.paths.triples, cfg.paths.sequences, w.month_start, w.month_end, cfg.eval.horizon)
     if events.empty:
         raise ValueError(f"{cfg.paths.triples}: no triples in {cfg.period.month}; nothing to evaluate")
-    events["day"] = pd.to_datetime(events.day).dt.date
     return events
+
+
+def twins(strategies: dict, buckets: dict) -> list[dict]:
+    """Per LLM table and its no-LLM twin, overall and per support bucket: the difference (table -
+    twin) with its CI and the verdict it allows: "above" (the LLM beats counting), "below", or
+    "includes 0" (no difference this data can detect)."""
+    def verdict(x: dict, a: str, b: str) -> dict:
+        low, high = x[a][f"diff_vs_{b}_ci"]
+        return {"diff": x[a][f"diff_vs_{b}"], "diff_ci": [low, high],
+                "verdict": "above" if low > 0 else "below" if high < 0 else "includes 0"}
+
+    return [{"llm": a, "twin": b, "all": verdict(strategies, a, b),
+             "by_support": {name: verdict(k["strategies"], a, b) if k["strategies"] else None
+                            for name, k in buckets.items()}} for a, b in TWINS]
 
 
 def rates_by_support(buckets: dict) -> pd.DataFrame:
@@ -363,10 +397,12 @@ def run(cfg: DictConfig) -> None:
     popular = retrieval.read_popular(cfg.paths.popular)
     found = pd.read_parquet(cfg.paths.retrieved)
     daily = cfg.paths.daily_counts
-    fallback = last_successors(con, daily, days, cfg.retrieval.window_days)
+    last = pd.read_parquet(cfg.paths.last_successors)
     lookup = train_lookup(con, daily, w, base[["c1", "c2"]])
-    served = serve(events, base, rag, popular, found, fallback, days, lookup)
-    hit = hits(served, events.future)
+    settings = fitted(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet")
+    counts = count_twin(con, daily, w, base[["c1", "c2"]], settings["count_prior"])
+    served = serve(events, base, rag, popular, found, last, days, lookup, counts, cfg.prompts.min_support)
+    hit = hits.hits(served, events.future)
     by_day = hit.groupby(events.day.astype(str)).mean().round(6).rename_axis("day").reset_index()
     strategies = bootstrap(hit, events.user_id, e.bootstrap, e.seed, PAIRED)
     bounds = {str(k): int(v) for k, v in e.support_buckets.items()}
@@ -382,7 +418,9 @@ def run(cfg: DictConfig) -> None:
 
     metrics = {"horizon": e.horizon, "events": len(events), "users": int(events.user_id.nunique()),
                "days": int(events.day.nunique()), "strategies": strategies, "by_support": buckets,
-               "distinct_clusters": distinct_answers(served, {"fixed": base.c_pred, "train_top1": lookup.c_pred}),
+               "distinct_clusters": distinct_answers(served, {"fixed": base.c_pred, "fixed_counts": counts.c_pred,
+                                                              "train_top1": lookup.c_pred}),
+               "fitted": settings, "twins": twins(strategies, buckets),
                "unseen_in_training": unseen_in_training(con, daily, events, w),
                "hybrid": hybrid_rule(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet"),
                "rag_departs_from_retrieved": departures(served, hit), "overlap": study,

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import db, evidence, kernels, retrieval, timing
+from pipeline.counting import top_labels
 from pipeline.data import contract
 from pipeline.files import atomic_path, refuse_foreign, sha256, write_metrics, write_parquet
 from pipeline.llm import lora, model, prompts
@@ -48,37 +49,6 @@ def curate(rows: pd.DataFrame, ft: DictConfig, day) -> pd.DataFrame:
         weights = group["n"].to_numpy(dtype=float)
         picked.append(group.iloc[np.sort(rng.choice(len(group), size=ft.samples_per_pair, p=weights / weights.sum()))])
     return pd.concat(picked, ignore_index=True)[["day", "c1", "c2", "c_next"]]
-
-
-def top_labels(rows: pd.DataFrame, prior: float) -> pd.DataFrame:
-    """(c1, c2, c_next) per pair of `rows`: the successor n other than c1 and c2 with the highest
-    count(c1, c2, n) + prior * Q(n | c2), ties to the lower id, where Q(n | c2) is what every
-    pair ending in c2 was followed by, itself given `prior` pseudo-counts of all pairs' successors:
-    (count(., c2, n) + prior * share(n)) / (count(., c2, .) + prior). prior 0 is the pair's own
-    most frequent successor. Why pool: most pairs have a handful of triples, so their own top is
-    mostly noise; what their last cluster leads to is seen far more often and drifts no faster
-    (docs/finetune-budget.md measures both against held-out days)."""
-    totals = rows.groupby(["c1", "c2", "c_next"], sort=True)["n"].sum().reset_index()
-    if prior:
-        share = totals.groupby("c_next")["n"].sum()
-        share = share / share.sum()
-        # Q where it can matter, kept sparse (clusters x clusters would not fit at scale): each last
-        # cluster's observed successors and the three most shared ones, which hold its top three
-        # under Q; a pair's best successor is one it was followed by or one of those three (three
-        # always hold one that is neither c1 nor c2).
-        after = totals.groupby(["c2", "c_next"])["n"].sum()
-        spread = pd.MultiIndex.from_product([after.index.unique("c2"), share.nlargest(3, keep="first").index])
-        after = after.reindex(after.index.union(spread), fill_value=0)
-        q = (after + prior * share.reindex(after.index.get_level_values("c_next")).to_numpy()) / (
-            after.groupby("c2").transform("sum") + prior)
-        ranked = q.rename("q").reset_index().sort_values(["c2", "q", "c_next"], ascending=[True, False, True])
-        pairs = totals[["c1", "c2"]].drop_duplicates()
-        pooled = pairs.merge(ranked.groupby("c2").head(3)[["c2", "c_next"]], on="c2")
-        totals = totals.merge(pooled, on=["c1", "c2", "c_next"], how="outer").fillna({"n": 0})
-        totals["n"] = totals["n"] + prior * q.reindex(pd.MultiIndex.from_frame(totals[["c2", "c_next"]])).to_numpy()
-    totals = totals[(totals.c_next != totals.c1) & (totals.c_next != totals.c2)]
-    top = totals.sort_values(["c1", "c2", "n", "c_next"], ascending=[True, True, False, True], kind="stable")
-    return top.drop_duplicates(["c1", "c2"]).reset_index(drop=True)[["c1", "c2", "c_next"]]
 
 
 def lined(con, daily: Path, w, ft: DictConfig, min_support: int, mode: str) -> pd.DataFrame:
