@@ -1,0 +1,160 @@
+"""Every stage at 50, 300 and 1,000 clusters with the tiny random model (issue 32): wall time and peak RSS.
+
+    nice -n 15 python -m benchmarks.scale.run [--clusters 50 300 1000] [--root DIR] [--workers 1 2]
+        [--stages synth extract ...] [key=value ...]
+
+Per cluster count n, a world of data=synthetic_1000's process at n clusters (a tenth of them cold,
+200,000 events) in DIR/n/, every output path moved there, then each stage in its own process:
+synth, the seven DVC stages, and lookup of one pair. Each row is the stage's wall time and its
+peak RSS (os.wait4's ru_maxrss of that process: Ray actors with --workers 2 are other processes and
+are not in it). With two worker counts, bulk_infer runs again for the second into DIR/n/w<k>/
+with its own answer cache (nothing served from the first run's), the tables are compared byte
+for byte, and audit's table comparison (pipeline.audit.pairs_differ, what `audit verify` runs on
+a table whose bytes differ) runs over every table of the two. Extra key=value overrides go to every stage (e.g. infer.max_new_tokens=4 to shorten the
+tiny model's decode). A stage that fails stops that cluster count: its row says so.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # python benchmarks/scale/run.py
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import cpu  # noqa: E402
+
+STAGES = ("synth", "extract", "count", "finetune", "gate", "retrieve", "bulk_infer", "evaluate", "lookup")
+# The tiny model through every stage as tests/conftest.py's TINY_WORLD runs it: a few training
+# steps, a small gate whose verdict is overridden (a random model cannot pass it).
+TINY = ["model=tiny_random", f"model.cache_dir={ROOT / 'models'}", "device=cpu",
+        "finetune.trainer.max_steps=2", "finetune.batch_size=8", "finetune.samples_per_pair=1",
+        "finetune.trainer.enable_progress_bar=false", "gate.max_pairs=8", "gate.max_new_tokens=4",
+        "gate.override_reason='tiny random model'"]
+
+
+def overrides(root: Path, n: int, workers: int, extra: list[str]) -> list[str]:
+    """The settings of the n-cluster world, every output under root."""
+    from pipeline import config
+
+    paths = config.compose().paths
+    return ["data=synthetic_1000", f"data.synth.n_clusters={n}", f"data.synth.cold_clusters={max(1, n // 10)}",
+            f"data.path={root / 'data'}", *[f"paths.{key}={root / value}" for key, value in paths.items()],
+            f"duckdb.temp_directory={root / 'duckdb_tmp'}", f"ray.workers={workers}", *TINY, *extra]
+
+
+def command(stage: str, params: Path, settings: list[str]) -> list[str]:
+    if stage == "synth":
+        return [sys.executable, "-m", "pipeline.data", "synth", *settings]
+    if stage == "lookup":
+        return [sys.executable, "-m", "benchmarks.scale.run", "lookup", str(params)]
+    return [sys.executable, "-m", "benchmarks.scale.run", "stage", str(params), stage]
+
+
+def measure(cmd: list[str], log: Path) -> tuple[int, float, float]:
+    """(exit status, wall seconds, peak RSS in GiB) of one process, its output into log."""
+    began = time.perf_counter()
+    with log.open("w") as out:
+        child = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, time.perf_counter() - began, usage.ru_maxrss / 2**20  # ru_maxrss: KiB on Linux
+
+
+def tables_sha(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet"))}
+
+
+def run_stage(params: str, stage: str) -> None:
+    """`python -m pipeline STAGE` on this params file (the stages read the repository's params.yaml)."""
+    from pipeline import config
+    from pipeline.__main__ import main
+
+    load = config.load
+    config.load = lambda: load(params)
+    main([stage])
+
+
+def lookup(params: str) -> None:
+    """Serve the pair (0, 1) from the newest RAG table, as `python -m pipeline.lookup` does."""
+    from pipeline import config, lookup as serve
+
+    tables = Path(config.load(params).paths.tables)
+    newest = sorted(tables.glob("rag-*.parquet"))[-1]
+    serve.main(["0", "1", "--table", str(newest)])
+
+
+def audit(first: str, second: str) -> None:
+    """What `python -m pipeline.audit verify` does with each table whose bytes differ from the
+    release's: count the pairs that serve another cluster (here every table, against the other run's)."""
+    import pandas as pd
+
+    from pipeline import audit as release
+
+    counts = [release.pairs_differ(pd.read_parquet(p), pd.read_parquet(Path(second) / p.name))
+              for p in sorted(Path(first).glob("*.parquet"))]
+    print(f"{len(counts)} tables, {sum(counts)} pairs differ")
+
+
+def bench(args) -> None:
+    from pipeline import config
+
+    print(f"CPU: {cpu()} (family {cpu('cpu family')} model {cpu('model')}), {os.cpu_count()} cores; "
+          f"overrides {' '.join(args.overrides) or 'none'}", flush=True)
+    print("| clusters | stage | workers | wall s | peak RSS GiB | status |\n| ---: | --- | ---: | ---: | ---: | --- |",
+          flush=True)
+    for n in args.clusters:
+        root = Path(args.root) / str(n)
+        first, *others = args.workers
+        settings = overrides(root, n, first, args.overrides)
+        root.mkdir(parents=True, exist_ok=True)
+        params = root / "params.yaml"
+        config.dump(settings, params)
+        for stage in args.stages:
+            rc, wall, rss = measure(command(stage, params, settings), root / f"{stage}.log")
+            print(f"| {n} | {stage} | {first} | {wall:.1f} | {rss:.2f} | {'ok' if rc == 0 else f'exit {rc}'} |",
+                  flush=True)
+            if rc:
+                break
+        else:
+            for workers in others:
+                again = root / f"w{workers}"
+                settings = overrides(root, n, workers, [f"paths.tables={again / 'tables'}",
+                                                        f"paths.infer_cache={again / 'infer_cache'}", *args.overrides])
+                again.mkdir(exist_ok=True)
+                config.dump(settings, again / "params.yaml")
+                rc, wall, rss = measure(command("bulk_infer", again / "params.yaml", settings), again / "bulk_infer.log")
+                same = tables_sha(again / "tables") == tables_sha(root / "tables")
+                print(f"| {n} | bulk_infer | {workers} | {wall:.1f} | {rss:.2f} | "
+                      f"{'ok' if rc == 0 else f'exit {rc}'}; tables {'identical' if same else 'DIFFER'} |",
+                      flush=True)
+                cmd = [sys.executable, "-m", "benchmarks.scale.run", "audit", str(root / "tables"), str(again / "tables")]
+                rc, wall, rss = measure(cmd, again / "audit.log")
+                print(f"| {n} | audit (pairs_differ) | {workers} | {wall:.1f} | {rss:.2f} | "
+                      f"{'ok' if rc == 0 else f'exit {rc}'}: {(again / 'audit.log').read_text().strip()} |", flush=True)
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["stage"]:
+        return run_stage(argv[1], argv[2])
+    if argv[:1] == ["lookup"]:
+        return lookup(argv[1])
+    if argv[:1] == ["audit"]:
+        return audit(argv[1], argv[2])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.scale.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--clusters", type=int, nargs="+", default=[50, 300, 1000])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--stages", nargs="*", choices=STAGES, default=list(STAGES),
+                    help="none: only the runs of the other worker counts, on outputs a run left in DIR")
+    ap.add_argument("--root", default=str(ROOT / "benchmarks" / ".cache" / "scale"))
+    ap.add_argument("overrides", nargs="*", metavar="key=value")
+    bench(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
