@@ -1,17 +1,20 @@
 """Every stage at 50, 300 and 1,000 clusters with the tiny random model (issue 32): wall time and peak RSS.
 
     nice -n 15 python -m benchmarks.scale.run [--clusters 50 300 1000] [--root DIR] [--workers 1 2]
-        [--stages synth extract ...] [key=value ...]
+        [--stages synth extract ...] [--answers-every K] [key=value ...]
 
 Per cluster count n, a world of data=synthetic_1000's process at n clusters (a tenth of them cold,
 200,000 events) in DIR/n/, every output path moved there, then each stage in its own process:
 synth, the seven DVC stages, and lookup of one pair. Each row is the stage's wall time and its
 peak RSS (os.wait4's ru_maxrss of that process: Ray actors with --workers 2 are other processes and
 are not in it). With two worker counts, bulk_infer runs again for the second into DIR/n/w<k>/
-with its own answer cache (nothing served from the first run's), the tables are compared byte
-for byte, and audit's table comparison (pipeline.audit.pairs_differ, what `audit verify` runs on
-a table whose bytes differ) runs over every table of the two. Extra key=value overrides go to every stage (e.g. infer.max_new_tokens=4 to shorten the
-tiny model's decode). A stage that fails stops that cluster count: its row says so.
+with its own answer cache, the tables are compared byte for byte, and audit's table comparison
+(pipeline.audit.pairs_differ, what `audit verify` runs on a table whose bytes differ) runs over
+every table of the two. With --answers-every K (for 1,000 clusters, where the whole decode and
+the table writing take most of an hour each here), the other worker counts decode every K-th
+shard of the first run again (`same_answers`) and compare the answer-cache parts instead. Extra
+key=value overrides go to every stage (e.g. infer.max_new_tokens=1 to shorten the tiny model's
+decode). A stage that fails stops that cluster count: its row says so.
 """
 from __future__ import annotations
 
@@ -89,6 +92,41 @@ def lookup(params: str) -> None:
     serve.main(["0", "1", "--table", str(newest)])
 
 
+def same_answers(params: str, workers: int, every: int, out: str) -> None:
+    """Decode every `every`-th part of the answer cache a finished or running bulk_infer left (by
+    name: a spread of its shards of sorted prompts) again through bulk_infer.decode on `workers`
+    Ray workers into an empty cache at `out`, and compare the parts byte for byte: the same shards
+    give the same part names, and equal answers give equal tables (writing them does not depend
+    on the workers). For 1,000 clusters, where decoding and writing the whole tables again takes
+    an hour here."""
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from pipeline import config, kernels
+
+    cfg = config.load(params)
+    kernels.pin(cfg.kernels)  # before torch is imported
+    from pipeline.data import contract
+    from pipeline.llm import prompts
+    from pipeline.stages import bulk_infer
+
+    # bulk_infer's namespace: the one with the most parts (the gate's and evaluate's hold a few)
+    spaces = [sorted(d.glob("part-*.parquet")) for d in Path(cfg.paths.infer_cache).iterdir() if d.is_dir()]
+    first = max(spaces, key=len)[::every]
+    chosen = set(pd.concat([pd.read_parquet(p, columns=["prompt"]) for p in first]).prompt)
+    names = contract.descriptions(cfg.data.path)
+    ids = {text: c for c, text in names.items()}
+    # c1 and c2 from each prompt's history lines ("- <description>"): prompts.HISTORY's first two
+    rows = pd.DataFrame([(ids[text.split("\n")[1][2:]], ids[text.split("\n")[2][2:]], text) for text in sorted(chosen)],
+                        columns=["c1", "c2", "prompt"])
+    assert prompts.HISTORY.startswith("Recent interests:\n- {c1}\n- {c2}\n")
+    cfg = OmegaConf.merge(cfg, {"ray": {"workers": workers}, "paths": {"infer_cache": out}})
+    bulk_infer.decode(cfg, rows, names, kernels.device(cfg.device))
+    again = {p.name: p.read_bytes() for p in Path(out).glob("*/part-*.parquet")}
+    same = sum(again.get(p.name) == p.read_bytes() for p in first)
+    print(f"{len(first)} shards, {len(rows)} prompts on {workers} workers: {same} parts byte-identical")
+
+
 def audit(first: str, second: str) -> None:
     """What `python -m pipeline.audit verify` does with each table whose bytes differ from the
     release's: count the pairs that serve another cluster (here every table, against the other run's)."""
@@ -127,13 +165,23 @@ def bench(args) -> None:
                 settings = overrides(root, n, workers, [f"paths.tables={again / 'tables'}",
                                                         f"paths.infer_cache={again / 'infer_cache'}", *args.overrides])
                 again.mkdir(exist_ok=True)
+                if args.answers_every:
+                    cmd = [sys.executable, "-m", "benchmarks.scale.run", "answers", str(params), str(workers),
+                           str(args.answers_every), str(again / "infer_cache")]
+                    rc, wall, rss = measure(cmd, again / "answers.log")
+                    print(f"| {n} | bulk_infer.decode (every {args.answers_every}th shard) | {workers} | {wall:.1f} | "
+                          f"{rss:.2f} | {'ok' if rc == 0 else f'exit {rc}'}: "
+                          f"{(again / 'answers.log').read_text().strip().splitlines()[-1]} |", flush=True)
+                    continue
                 config.dump(settings, again / "params.yaml")
-                rc, wall, rss = measure(command("bulk_infer", again / "params.yaml", settings), again / "bulk_infer.log")
+                rc, wall, rss = measure(command("bulk_infer", again / "params.yaml", settings),
+                                        again / "bulk_infer.log")
                 same = tables_sha(again / "tables") == tables_sha(root / "tables")
                 print(f"| {n} | bulk_infer | {workers} | {wall:.1f} | {rss:.2f} | "
                       f"{'ok' if rc == 0 else f'exit {rc}'}; tables {'identical' if same else 'DIFFER'} |",
                       flush=True)
-                cmd = [sys.executable, "-m", "benchmarks.scale.run", "audit", str(root / "tables"), str(again / "tables")]
+                cmd = [sys.executable, "-m", "benchmarks.scale.run", "audit", str(root / "tables"),
+                       str(again / "tables")]
                 rc, wall, rss = measure(cmd, again / "audit.log")
                 print(f"| {n} | audit (pairs_differ) | {workers} | {wall:.1f} | {rss:.2f} | "
                       f"{'ok' if rc == 0 else f'exit {rc}'}: {(again / 'audit.log').read_text().strip()} |", flush=True)
@@ -146,11 +194,16 @@ def main(argv: list[str]) -> None:
         return lookup(argv[1])
     if argv[:1] == ["audit"]:
         return audit(argv[1], argv[2])
+    if argv[:1] == ["answers"]:
+        return same_answers(argv[1], int(argv[2]), int(argv[3]), argv[4])
     ap = argparse.ArgumentParser(prog="python -m benchmarks.scale.run", description=__doc__.splitlines()[0])
     ap.add_argument("--clusters", type=int, nargs="+", default=[50, 300, 1000])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--stages", nargs="*", choices=STAGES, default=list(STAGES),
                     help="none: only the runs of the other worker counts, on outputs a run left in DIR")
+    ap.add_argument("--answers-every", type=int, default=0, metavar="K",
+                    help="the other worker counts decode every K-th shard of the first run again and compare the "
+                         "answer-cache parts (0: the whole bulk_infer again, tables compared)")
     ap.add_argument("--root", default=str(ROOT / "benchmarks" / ".cache" / "scale"))
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     bench(ap.parse_args(argv))
