@@ -1,6 +1,5 @@
-"""Issue 32 at small scale: the estimate bulk_infer prints before a long decode, RAG prompts that share
-their base prompt's string, and the 1,000-cluster preset's path (benchmarks/scale) at a few dozen
-clusters through every stage."""
+"""Issue 32 at small scale: the estimate bulk_infer prints before a long decode, and the 1,000-cluster
+preset's path (benchmarks/scale) at a few dozen clusters through every stage."""
 from __future__ import annotations
 
 import hashlib
@@ -43,21 +42,6 @@ def test_the_estimate_comes_once_after_the_first_shard_and_not_for_one_shard(tmp
     cache.arm(5, workers=1)
     pool._InProcess(decode).fill(cache, [f"other {i}" for i in range(5)], shard_size=10)
     assert "prompts to decode" not in capsys.readouterr().out
-
-
-def test_rag_rows_without_a_line_take_the_base_prompt(monkeypatch):
-    names = {c: contract.description(k) for c, k in enumerate(synth.cluster_keywords(40))}
-    days = [date(2024, 3, 1), date(2024, 3, 3)]
-    found = pd.DataFrame({"refresh_date": pd.to_datetime(days), "c1": [0, 1], "c2": [1, 0], "retrieved": [[2], [3]],
-                          "support": [[5], [5]]})
-    formatted = []
-    real = bulk_infer.prompts.for_pair
-    monkeypatch.setattr(bulk_infer.prompts, "for_pair", lambda *a: formatted.append(a) or real(*a))
-    rows = bulk_infer.table_rows(names, found, days, min_support=5)
-    assert len(rows) == 3 * 40 * 39 and rows.prompt.nunique() == 40 * 39 + 2
-    assert len(formatted) == 40 * 39 + 2  # the base table's prompts and the two RAG lines, nothing twice
-    rag = rows.set_index(["table", "c1", "c2"]).prompt
-    assert rag[("rag-2024-03-03", 5, 7)] == rag[("base", 5, 7)] == real(names, 5, 7)
 
 
 @pytest.mark.slow

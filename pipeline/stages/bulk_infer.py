@@ -36,25 +36,15 @@ def table_rows(names: dict[int, str], found: pd.DataFrame, days: list, min_suppo
     carries popular_line[day] (the clusters popular on its date; none when absent)."""
     clusters = sorted(names)
     pairs = pd.DataFrame([(a, b) for a in clusters for b in clusters if a != b], columns=["c1", "c2"])
-    base = [prompts.for_pair(names, a, b) for a, b in zip(pairs.c1, pairs.c2)]
-    frames = [pairs.assign(table="base", refresh_date=days[0], retrieved=[[] for _ in range(len(pairs))],
-                           prompt=base)]
-    line = {} if popular_line is None else popular_line
+    frames = [pairs.assign(table="base", refresh_date=days[0], retrieved=[[] for _ in range(len(pairs))])]
     for day in days:
-        got = retrieval.attach(pairs.assign(day=day), found, "day", min_support)
-        frames.append(pairs.assign(table=f"rag-{day}", refresh_date=day, retrieved=got,
-                                   prompt=rag_prompts(names, pairs, base, got, line.get(day, []))))
-    return pd.concat(frames, ignore_index=True)
-
-
-def rag_prompts(names: dict[int, str], pairs: pd.DataFrame, base: list[str], retrieved: list, popular: list) -> list:
-    """A RAG table's prompts. A pair with nothing retrieved and no popular line asks what its base
-    prompt asks, so it takes that string instead of formatting its own: at 1,000 clusters most of
-    the 16 million RAG rows, formatted once in the base table instead of 17 times."""
-    if popular:
-        return [prompts.for_pair(names, a, b, got, popular) for a, b, got in zip(pairs.c1, pairs.c2, retrieved)]
-    return [prompts.for_pair(names, a, b, got) if got else same
-            for a, b, got, same in zip(pairs.c1, pairs.c2, retrieved, base)]
+        frames.append(pairs.assign(table=f"rag-{day}", refresh_date=day,
+                                   retrieved=retrieval.attach(pairs.assign(day=day), found, "day", min_support)))
+    rows = pd.concat(frames, ignore_index=True)
+    line = {} if popular_line is None else popular_line
+    rows["prompt"] = [prompts.for_pair(names, a, b, got, line.get(day, []) if table != "base" else [])
+                      for a, b, got, day, table in zip(rows.c1, rows.c2, rows.retrieved, rows.refresh_date, rows.table)]
+    return rows
 
 
 def serve(rows: pd.DataFrame, answers: list[tuple[str, float]], names: dict[int, str], popular: dict) -> pd.DataFrame:
