@@ -1,7 +1,7 @@
 """Every stage at 50, 300 and 1,000 clusters with the tiny random model (issue 32): wall time and peak RSS.
 
     nice -n 15 python -m benchmarks.scale.run [--clusters 50 300 1000] [--root DIR] [--workers 1 2]
-        [--stages synth extract ...] [--answers-every K] [key=value ...]
+        [--stages synth extract ...] [--answers-every K | --seed-every K] [key=value ...]
 
 Per cluster count n, a world of data=synthetic_1000's process at n clusters (a tenth of them cold,
 200,000 events) in DIR/n/, every output path moved there, then each stage in its own process:
@@ -12,7 +12,9 @@ with its own answer cache, the tables are compared byte for byte, and audit's ta
 (pipeline.audit.pairs_differ, what `audit verify` runs on a table whose bytes differ) runs over
 every table of the two. With --answers-every K (for 1,000 clusters, where the whole decode and
 the table writing take most of an hour each here), the other worker counts decode every K-th
-shard of the first run again (`same_answers`) and compare the answer-cache parts instead. Extra
+shard of the first run again (`same_answers`) and compare the answer-cache parts instead; with
+--seed-every K, their bulk_infer starts from the first run's cache less every K-th part, so it
+decodes that share on its workers and writes every table, compared as above. Extra
 key=value overrides go to every stage (e.g. infer.max_new_tokens=1 to shorten the tiny model's
 decode). A stage that fails stops that cluster count: its row says so.
 """
@@ -90,6 +92,28 @@ def lookup(params: str) -> None:
     tables = Path(config.load(params).paths.tables)
     newest = sorted(tables.glob("rag-*.parquet"))[-1]
     serve.main(["0", "1", "--table", str(newest)])
+
+
+def seed_cache(first: Path, second: Path, every: int) -> int:
+    """The first run's answer cache into `second`, less every `every`-th part (by name: a spread of
+    its shards) of bulk_infer's namespace (the one with the most parts): a run on it decodes those
+    shards and the cache serves the rest. Returns the parts left out."""
+    import shutil
+
+    shutil.rmtree(second, ignore_errors=True)
+    spaces = [d for d in first.iterdir() if d.is_dir()]
+    largest = max(spaces, key=lambda d: len(list(d.glob("part-*.parquet"))))
+    left_out = 0
+    for space in spaces:
+        (second / space.name).mkdir(parents=True)
+        parts = sorted(space.glob("part-*.parquet"))
+        for i, part in enumerate(parts):
+            if space == largest and i % every == 0:
+                left_out += 1
+            else:
+                shutil.copy2(part, second / space.name / part.name)
+        shutil.copy2(space / "namespace.json", second / space.name / "namespace.json")
+    return left_out
 
 
 def same_answers(params: str, workers: int, every: int, out: str) -> None:
@@ -173,6 +197,8 @@ def bench(args) -> None:
                           f"{rss:.2f} | {'ok' if rc == 0 else f'exit {rc}'}: "
                           f"{(again / 'answers.log').read_text().strip().splitlines()[-1]} |", flush=True)
                     continue
+                if args.seed_every:
+                    seed_cache(Path(config.load(params).paths.infer_cache), again / "infer_cache", args.seed_every)
                 config.dump(settings, again / "params.yaml")
                 rc, wall, rss = measure(command("bulk_infer", again / "params.yaml", settings),
                                         again / "bulk_infer.log")
@@ -204,6 +230,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--answers-every", type=int, default=0, metavar="K",
                     help="the other worker counts decode every K-th shard of the first run again and compare the "
                          "answer-cache parts (0: the whole bulk_infer again, tables compared)")
+    ap.add_argument("--seed-every", type=int, default=0, metavar="K",
+                    help="the other worker counts' bulk_infer starts from the first run's answer cache less every "
+                         "K-th part: it decodes that share and writes every table (0: from an empty cache)")
     ap.add_argument("--root", default=str(ROOT / "benchmarks" / ".cache" / "scale"))
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     bench(ap.parse_args(argv))
