@@ -92,6 +92,11 @@ class UnknownItems(StrEnum):
     error = "error"
 
 
+class PairNoise(StrEnum):  # data.synth.pair_noise: pipeline/data/synth.py's module docstring
+    stream = "stream"  # every anchor's C^3 logits from one stream, held (the pinned presets' bytes)
+    keyed = "keyed"  # a pair's logits from a stream keyed by the pair, on demand (memory ~ C^2)
+
+
 class Dedupe(StrEnum):
     first_occurrence = "first_occurrence"
     consecutive = "consecutive"
@@ -196,6 +201,7 @@ class Synth:
     trend_days: int = at_least(1)
     trend_boost: float = at_least(0)
     chunk_events: int = at_least(1)
+    pair_noise: PairNoise = MISSING
 
 
 @dataclass

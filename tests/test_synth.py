@@ -1,10 +1,12 @@
 """The synthetic world: valid, deterministic, drifting as configured."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -191,3 +193,40 @@ def test_synth_refuses_a_folder_holding_a_users_dataset_and_keeps_it(tmp_path):
     with pytest.raises(ValueError, match="other.partial: exists and is not a generation this command left"):
         generate(tmp_path / "other")
     assert (tmp_path / "other.partial" / "notes").read_text() == "mine"
+
+
+def test_affinity_moments_match_the_dense_array():
+    sim = synth.cluster_similarity(np.random.default_rng(7), 40)
+    dense = sim[None, :, :] + 0.5 * sim[:, None, :]
+    assert np.allclose(synth.affinity_moments(sim), (dense.mean(), dense.std()), rtol=1e-10)
+
+
+def test_keyed_world_draws_a_pair_the_same_whoever_asks():
+    """pair_noise keyed: a pair's row does not depend on the batch, the order or the other pairs
+    asked with it; it drifts around the stable part as stream's anchors do."""
+    data = config.compose(["data=synthetic", *SMALL, "data.synth.pair_noise=keyed", "data.synth.n_clusters=12",
+                           "data.synth.cold_clusters=2"]).data
+    world = synth.build_world(data.synth, data.time_range)
+    a, b = np.meshgrid(np.arange(12), np.arange(12), indexing="ij")
+    a, b = a.ravel(), b.ravel()
+    k = np.arange(len(a)) % world.anchors.last.shape[0]
+    rows = world.anchors[k, a, b]
+    order = np.random.default_rng(0).permutation(len(a))[:50]
+    single = dataclasses.replace(world.anchors, batch=1)
+    assert np.array_equal(single[k[order], a[order], b[order]], rows[order])
+    drift = rows - world.stable[a, b]  # stream's scale: logit_scale x sqrt(1 - semantic_share), centred
+    assert abs(drift.std() - 2.0 * np.sqrt(0.8)) < 0.2 and abs(float(drift.mean())) < 0.3
+
+
+def test_stream_refuses_a_world_it_cannot_hold_in_one_line():
+    data = config.compose(["data=synthetic", "data.synth.n_clusters=1000"]).data
+    with pytest.raises(ValueError, match=r"data.synth.n_clusters: 1000 with data.synth.pair_noise=stream holds 15 x "
+                                         r"1000\^3 float32 logits \(55.9 GiB\); set data.synth.pair_noise=keyed"):
+        synth.build_world(data.synth, data.time_range)
+
+
+def test_keywords_name_1000_clusters_and_keep_the_first_720():
+    names = [contract.description(k) for k in synth.cluster_keywords(1000)]
+    assert len(set(names)) == 1000 and len(synth.cluster_keywords(1000)[999]) == 4
+    assert synth.cluster_keywords(1000)[:720] == synth.cluster_keywords(720)
+    assert all(len(k) == 3 for k in synth.cluster_keywords(720))

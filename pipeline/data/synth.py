@@ -16,6 +16,12 @@ reaches them until then, so pairs with them were never seen in training (their k
 from existing themes). Sessions also repeat clusters (dedupe collapses them) and carry negative
 events (extract drops them). Everything is drawn from seeded streams and written chunk by
 chunk, so the same settings give byte-identical files in bounded memory.
+
+`pair_noise` says where a pair's idiosyncrasy comes from. `stream` (the presets up to a few hundred
+clusters) draws every anchor's C x C x C logits from one stream and holds them: the bytes data.dvc
+pins, but 15 anchors of 1,000^3 float32 are 56 GiB. `keyed` draws a pair's row from a stream keyed
+by the pair, when a session first needs it, so memory grows with C^2 (the part about the last
+cluster) and a chunk's sessions, not C^3.
 """
 from __future__ import annotations
 
@@ -94,8 +100,9 @@ DOMAINS = {
 
 
 def cluster_keywords(n_clusters: int) -> list[list[str]]:
-    """Deterministic, unique keyword sets: theme i % len(THEMES), its k-th 3-keyword combination."""
-    combos = [list(itertools.combinations(theme, 3)) for theme in THEMES]
+    """Deterministic, unique keyword sets: theme i % len(THEMES), its k-th 3-keyword combination;
+    past the 720 of those, its 4-keyword combinations (540 more), so 1,000 clusters have names."""
+    combos = [list(itertools.combinations(theme, 3)) + list(itertools.combinations(theme, 4)) for theme in THEMES]
     limit = len(THEMES) * len(combos[0])
     if not 1 <= n_clusters <= limit:
         raise ValueError(f"data.synth.n_clusters: {n_clusters} is outside 1..{limit}")
@@ -109,18 +116,21 @@ class World:
     start: np.datetime64
     n_days: int
     anchor_days: int
-    anchors: np.ndarray  # (n_anchors, C, C, C) successor logits every anchor_days
+    # (n_anchors, C, C, C) successor logits every anchor_days: an array (pair_noise stream) or
+    # KeyedAnchors, which computes the rows [k, a, b] it is asked for (keyed)
+    anchors: np.ndarray | KeyedAnchors
     trends: np.ndarray  # (n_days, C) additive logit boost
     items: np.ndarray  # (C, items_per_cluster) item ids
     prior: np.ndarray  # (C,) log popularity, also where sessions start (0: uniform)
     born: np.ndarray  # (C,) first day a cluster exists (0: always)
-    stable: np.ndarray  # (C, C, C) the part of every anchor that never drifts: semantic + prior
+    stable: np.ndarray | KeyedStable  # (C, C, C) the part of every anchor that never drifts: semantic + prior
 
     def logits(self, day: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Successor logits for sessions on `day` whose last two distinct clusters are (a, b)."""
         k = day // self.anchor_days
         frac = ((day % self.anchor_days) / self.anchor_days)[:, None]
-        out = (1 - frac) * self.anchors[k, a, b] + frac * self.anchors[k + 1, a, b] + self.trends[day]
+        now, then = self.anchors[np.stack([k, k + 1]), a, b]  # one look-up: keyed rows are drawn once
+        out = (1 - frac) * now + frac * then + self.trends[day]
         out[np.arange(len(b)), b] = -np.inf  # a move, not a repeat: repeats are drawn separately
         out[self.born[None, :] > day[:, None]] = -np.inf
         return out
@@ -138,6 +148,10 @@ class World:
 # themes of one domain then have a cosine of about 0.8, of two domains about 0.
 THEME_DIM, THEME_SPREAD = 8, 0.5
 
+# pair_noise stream holds every anchor's C^3 logits: above this it stops with a one-line error
+# naming keyed instead of allocating until the kernel kills it.
+DENSE_LIMIT = 4 * 2**30
+
 
 def cluster_domains(n_clusters: int) -> np.ndarray:
     """Each cluster's domain (an index into DOMAINS), by its theme."""
@@ -145,16 +159,83 @@ def cluster_domains(n_clusters: int) -> np.ndarray:
     return np.array([domain_of[THEMES[c % len(THEMES)][0]] for c in range(n_clusters)])
 
 
-def semantic_affinity(rng: np.random.Generator, c: int) -> np.ndarray:
-    """(C, C, C) standardised affinity of a pair (a, b) for a successor n: mostly how close n's
-    theme is to b's, partly to a's (a cluster shares its theme's vector)."""
+def cluster_similarity(rng: np.random.Generator, c: int) -> np.ndarray:
+    """(C, C) cosine of two clusters' theme vectors (a cluster shares its theme's vector)."""
     centres = rng.standard_normal((len(DOMAINS), THEME_DIM))
     themes = centres[cluster_domains(len(THEMES))] + THEME_SPREAD * rng.standard_normal((len(THEMES), THEME_DIM))
     themes /= np.linalg.norm(themes, axis=1, keepdims=True)
     vectors = themes[np.arange(c) % len(THEMES)]
-    sim = vectors @ vectors.T
+    return vectors @ vectors.T
+
+
+def semantic_affinity(sim: np.ndarray) -> np.ndarray:
+    """(C, C, C) standardised affinity of a pair (a, b) for a successor n: mostly how close n's
+    theme is to b's, partly to a's."""
     affinity = sim[None, :, :] + 0.5 * sim[:, None, :]
     return (affinity - affinity.mean()) / (affinity.std() or 1.0)
+
+
+def affinity_moments(sim: np.ndarray) -> tuple[float, float]:
+    """The mean and standard deviation of semantic_affinity(sim) without its C^3 array: over all
+    (a, b, n), x = sim[b, n] + 0.5 sim[a, n] has E[x] = 1.5 E[sim] and
+    E[x^2] = 1.25 E[sim^2] + E_n[(E_a sim[a, n])^2] (a and b range independently)."""
+    col = sim.mean(axis=0)
+    mean = 1.5 * float(sim.mean())
+    var = 1.25 * float((sim**2).mean()) + float((col**2).mean()) - mean**2
+    return mean, float(np.sqrt(max(var, 0.0))) or 1.0
+
+
+@dataclass(frozen=True)
+class KeyedStable:
+    """stable[a, b]: (len(a), C) semantic affinity + prior of pairs (a, b), computed on demand."""
+
+    sim: np.ndarray  # (C, C) cluster similarity
+    moments: tuple[float, float]  # affinity_moments(sim)
+    scale: float  # logit_scale * sqrt(semantic_share)
+    prior: np.ndarray  # (C,) log popularity
+
+    def __getitem__(self, key) -> np.ndarray:
+        a, b = key
+        mean, std = self.moments
+        return self.scale * ((self.sim[b] + 0.5 * self.sim[a] - mean) / std) + self.prior
+
+
+@dataclass(frozen=True)
+class KeyedAnchors:
+    """anchors[k, a, b] of pair_noise keyed. The anchor's drifting idiosyncrasy has a part about the
+    last cluster (held: n_anchors x C x C) and a part about the pair, which a stream keyed by
+    (seed, 3, a, b) draws for all anchors at once, so a pair's row is the same whichever session,
+    chunk or order asks for it; the AR(1) chain runs along the anchors as in stream."""
+
+    seed: int
+    last: np.ndarray  # (n_anchors, C, C) the last-cluster part, already chained and scaled
+    stable: KeyedStable
+    keep: float  # correlation of consecutive anchors
+    scale: float  # logit_scale * sqrt(0.5) * sqrt(1 - semantic_share): the pair part's weight
+    batch: int = 512  # pairs drawn together: bounds the (batch, n_anchors, C) draw
+
+    def pair_part(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(len(a), n_anchors, C) the chained, scaled pair part of the unique pairs (a, b)."""
+        n_anchors, c = self.last.shape[:2]
+        z = np.stack([np.random.default_rng([self.seed, 3, int(x), int(y)]).standard_normal((n_anchors, c))
+                      for x, y in zip(a, b)])
+        for k in range(1, n_anchors):
+            z[:, k] = self.keep * z[:, k - 1] + np.sqrt(1 - self.keep**2) * z[:, k]
+        return self.scale * z
+
+    def __getitem__(self, key) -> np.ndarray:
+        k, a, b = key  # k: (..., m) anchor index per look-up; a, b: (m,)
+        k = np.broadcast_to(k, np.broadcast_shapes(np.shape(k), np.shape(a)))
+        c = self.last.shape[1]
+        out = np.empty((*k.shape, c), dtype=np.float32)
+        pairs, inverse = np.unique(np.asarray(a, np.int64) * c + b, return_inverse=True)
+        for lo in range(0, len(pairs), self.batch):
+            first, last = pairs[lo:lo + self.batch] // c, pairs[lo:lo + self.batch] % c
+            part, stable = self.pair_part(first, last), self.stable[first, last]
+            rows = np.nonzero((inverse >= lo) & (inverse < lo + self.batch))[0]
+            u, kk = inverse[rows] - lo, k[..., rows]
+            out[..., rows, :] = (part[u, kk] + self.last[kk, last[u]] + stable[u]).astype(np.float32)
+        return out
 
 
 def build_world(s: DictConfig, time_range) -> World:
@@ -166,13 +247,20 @@ def build_world(s: DictConfig, time_range) -> World:
     month_starts = np.clip((months.astype("datetime64[D]") - start).astype(int), 0, None)
     n_days = int((end - start).astype(int))
     month_starts[-1] = n_days
-    # Half the idiosyncrasy is about the last cluster only, half about the pair.
+    # Half the idiosyncrasy is about the last cluster only, half about the pair (stream: drawn here;
+    # keyed: drawn per pair by KeyedAnchors).
+    keyed = s.pair_noise == "keyed"
     def draw():
-        return s.logit_scale * (np.sqrt(0.5) * rng.standard_normal((1, c, c)) + np.sqrt(0.5) * rng.standard_normal((c, c, c)))
+        last = np.sqrt(0.5) * rng.standard_normal((1, c, c))
+        return s.logit_scale * (last if keyed else last + np.sqrt(0.5) * rng.standard_normal((c, c, c)))
     step = s.anchor_days
     keep = np.sqrt(1 - s.monthly_drift) ** (step / 30.0)  # correlation of consecutive anchors
+    n_anchors = n_days // step + 2
+    if not keyed and n_anchors * c**3 * 4 > DENSE_LIMIT:
+        raise ValueError(f"data.synth.n_clusters: {c} with data.synth.pair_noise=stream holds {n_anchors} x {c}^3 "
+                         f"float32 logits ({n_anchors * c**3 * 4 / 2**30:.1f} GiB); set data.synth.pair_noise=keyed")
     anchors = [draw()]
-    for _ in range(n_days // step + 1):
+    for _ in range(n_anchors - 1):
         anchors.append(keep * anchors[-1] + np.sqrt(1 - keep**2) * draw())
     trends = np.zeros((n_days, c))
     for m in range(len(month_starts) - 1):
@@ -183,12 +271,19 @@ def build_world(s: DictConfig, time_range) -> World:
     items = rng.permutation(c * s.items_per_cluster).reshape(c, -1).astype(np.int64) + 1
     # The semantic world's own stream, so the dense world (all of it off) keeps its draws above.
     sem_rng = np.random.default_rng([s.seed, 2])
-    semantic = s.logit_scale * np.sqrt(s.semantic_share) * semantic_affinity(sem_rng, c)
+    sim = cluster_similarity(sem_rng, c)
     prior = -s.zipf_exponent * np.log1p(sem_rng.permutation(c))  # popularity rank r weighs 1 / (r + 1)^exponent
     cold = s.cold_clusters  # the schema holds it below n_clusters
     born = np.zeros(c, dtype=np.int64)
     last = month_starts[-2]  # the last month: its first half sees the cold clusters appear
     born[c - cold:] = np.sort(sem_rng.integers(last, last + max(1, (n_days - last) // 2), size=cold))
+    if keyed:
+        stable = KeyedStable(sim, affinity_moments(sim), s.logit_scale * np.sqrt(s.semantic_share), prior)
+        anchors = KeyedAnchors(s.seed, (np.sqrt(1 - s.semantic_share) * np.concatenate(anchors)).astype(np.float32),
+                               stable, keep, s.logit_scale * np.sqrt(0.5) * np.sqrt(1 - s.semantic_share))
+        return World(start, n_days, step, anchors, trends.astype(np.float32), items, prior.astype(np.float32), born,
+                     stable)
+    semantic = s.logit_scale * np.sqrt(s.semantic_share) * semantic_affinity(sim)
     anchors = np.sqrt(1 - s.semantic_share) * np.stack(anchors) + semantic + prior
     return World(start, n_days, step, anchors.astype(np.float32), trends.astype(np.float32), items,
                  prior.astype(np.float32), born, (semantic + prior).astype(np.float32))
