@@ -204,7 +204,7 @@ def figure(cfg: DictConfig, name: str, alt: str) -> str:
 
 def curation(ft: DictConfig) -> str:
     """The fine-tune's samples in words, from the settings that chose them."""
-    lined = (f"a lined sample per pair with a line every {ft.line_every_days} days" if ft.line_every_days
+    lined = (f"lined samples every {ft.line_every_days} days for every pair with evidence then" if ft.line_every_days
              else "no lined samples")
     extra = f", RAG lines on {ft.rag_share:.0%} of the line-free samples" if ft.rag_share else ""
     pooled = f" pooling {ft.label_prior:g} pseudo-counts of the last cluster's successors" if (
@@ -280,16 +280,21 @@ def against_comparators(cfg: DictConfig, m: dict, labels: list[str], against: tu
 def rag_study(cfg: DictConfig, study: dict) -> list[str]:
     lined = f"lined, {study['lined_answers']:,}"
     return ["## How RAG changes the answers", "",
-            "Each share is over the answers it concerns: the RAG tables' (pair, refresh date) answers where both the "
-            "RAG and the no-RAG answer are the model's own, split by whether the RAG prompt carried a retrieved line "
-            f"(at least prompts.min_support = {cfg.prompts.min_support} triples). Only lined answers were generated "
-            "with RAG, as the paper's were; an unlined prompt is the no-RAG prompt"
+            f"Evidence in the prompt (prompts.evidence = {cfg.prompts.evidence}): "
+            f"{_pct(study['rag_prompts_with_evidence'])} of the RAG tables' prompts carry some, "
+            f"{_pct(study['rag_prompts_with_pair_line'])} a line of the pair's own (a successor that followed it at "
+            f"least prompts.min_support = {cfg.prompts.min_support} times)"
+            + ("; the others with evidence show what followed the pair's last cluster" if
+               cfg.prompts.evidence == "backoff" else "") + ". "
+            "Each share below is over the answers it concerns: the RAG tables' (pair, refresh date) answers where both "
+            "the RAG and the no-RAG answer are the model's own, split by whether the RAG prompt carried evidence. "
+            "Only lined answers were generated with RAG, as the paper's were; an unlined prompt is the no-RAG prompt"
             + (" plus the popular line" if cfg.prompts.popular_n else "") + ".", "",
             "| measure | over (answers) | this run | paper |", "| --- | ---: | ---: | ---: |",
             f"| RAG answer identical to the no-RAG answer (same pair) | {lined} | "
             f"{_pct(study['rag_identical_to_base'])} | 7.8 % |",
-            f"| RAG answer equal to the retrieved cluster | {lined} | {_pct(study['rag_copies_retrieved'])} | |",
-            f"| RAG answer neither the retrieved nor the no-RAG cluster | {lined} | "
+            f"| RAG answer equal to the evidence's cluster | {lined} | {_pct(study['rag_copies_retrieved'])} | |",
+            f"| RAG answer neither the evidence's nor the no-RAG cluster | {lined} | "
             f"{_pct(study['rag_differs_from_both'])} | |",
             f"| answer identical to the no-RAG answer | unlined, {study['unlined_answers']:,} | "
             f"{_pct(study['unlined_identical_to_base'])} | |",

@@ -216,7 +216,8 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
         Path(cfg.paths.tables) / "base.parquet").c_pred.nunique()
     # The headline, what `dvc metrics show` prints: overall figures only, no per-bucket or per-date keys.
     assert headline == evaluate.headline(m) and set(headline) == {
-        "hit_rate", "fixed_vs_fixed_counts", "rag_refreshed_vs_backoff", "rag_refreshed_vs_fixed"}
+        "hit_rate", "fixed_vs_fixed_counts", "rag_refreshed_vs_backoff", "rag_refreshed_vs_fixed", "rag_prompts"}
+    assert headline["rag_prompts"]["with_evidence"] == m["overlap"]["rag_prompts_with_evidence"]
     assert set(headline["hit_rate"]) == {"fixed", "fixed_counts", "rag_refreshed", "backoff", "hybrid"}
     assert sum(len(v) for v in headline.values()) <= 12
     # Each LLM table against its twin, overall and per bucket, with the verdict its interval allows.

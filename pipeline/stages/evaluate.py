@@ -213,17 +213,23 @@ def overlap(base: pd.DataFrame, rag: pd.DataFrame, repeats: tuple[list[str], lis
     identical to those produced without RAG, compared to a 37.5 % overlap when using repeated prompts
     without RAG"). Each share is over the answers it concerns, with their count: the (pair, refresh
     date) answers of the RAG tables where both the RAG and the no-RAG answer are the model's own
-    (served llm), split by whether the RAG prompt carried a retrieved line. Only lined answers were
-    generated with RAG, the paper's case; an unlined prompt is the base prompt (plus the popular line
-    when prompts.popular_n is on), so it is identical by construction otherwise."""
+    (served llm), split by whether the RAG prompt carried evidence (the pair's retrieved line, or
+    under prompts.evidence=backoff its last cluster's). Only lined answers were generated with RAG,
+    the paper's case; an unlined prompt is the base prompt (plus the popular line when
+    prompts.popular_n is on), so it is identical by construction otherwise. Also the share of all
+    RAG table prompts carrying evidence, and a pair line of its own."""
+    evidence_of = rag.retrieved.where(rag.retrieved.map(len) > 0, rag["last"])
+    rag = rag.assign(evidence=evidence_of)
     merged = rag.merge(base[["c1", "c2", "c_pred", "served"]], on=["c1", "c2"], suffixes=("", "_base"))
     both = merged[(merged.served == "llm") & (merged.served_base == "llm")]
-    has_line = (both.retrieved.map(len) > 0).to_numpy()
+    has_line = (both.evidence.map(len) > 0).to_numpy()
     identical = (both.c_pred == both.c_pred_base).to_numpy(dtype=bool)
-    copied = (both.c_pred == both.retrieved.str[0]).fillna(False).to_numpy(dtype=bool)
+    copied = (both.c_pred == both.evidence.str[0]).fillna(False).to_numpy(dtype=bool)
     first, second = repeats
     known = set(names.values())
-    return {"rag_identical_to_base": share(identical[has_line]), "rag_copies_retrieved": share(copied[has_line]),
+    return {"rag_prompts_with_evidence": share(rag.evidence.map(len) > 0),
+            "rag_prompts_with_pair_line": share(rag.retrieved.map(len) > 0),
+            "rag_identical_to_base": share(identical[has_line]), "rag_copies_retrieved": share(copied[has_line]),
             "rag_differs_from_both": share(~copied[has_line] & ~identical[has_line]),
             "lined_answers": int(has_line.sum()),
             "rag_identical_to_base_by_date": {str(d): share(identical[has_line & (both.refresh_date == d).to_numpy()])
@@ -332,7 +338,7 @@ def headline(m: dict) -> dict:
     rest, per strategy, bucket and date, is in the detail): the hit rates of the fixed and RAG
     tables, their no-LLM twins and hybrid; the intervals of each LLM table against its twin and of
     RAG refreshed against fixed (each difference is the gap between their hit rates, paired over
-    the same resampled users)."""
+    the same resampled users); and the share of RAG prompts that carry evidence."""
     s = m["strategies"]
 
     def ci(a: str, b: str) -> dict:
@@ -340,7 +346,8 @@ def headline(m: dict) -> dict:
         return {"ci_low": low, "ci_high": high}
 
     return {"hit_rate": {name: s[name]["hit_rate"] for name in HEADLINE},
-            **{f"{a}_vs_{b}": ci(a, b) for a, b in (*TWINS, ("rag_refreshed", "fixed"))}}
+            **{f"{a}_vs_{b}": ci(a, b) for a, b in (*TWINS, ("rag_refreshed", "fixed"))},
+            "rag_prompts": {"with_evidence": m["overlap"]["rag_prompts_with_evidence"]}}
 
 
 def month_events(cfg: DictConfig, con, w) -> pd.DataFrame:
