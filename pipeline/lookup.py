@@ -11,12 +11,13 @@ import datetime as dt
 import io
 import json
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import cli, config, manifest
+from pipeline import cli, config, lineage, manifest
 from pipeline import ROOT
 from pipeline.revisions import Version
 
@@ -29,9 +30,20 @@ def _text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
-TYPES = {"c1": pa.types.is_integer, "c2": pa.types.is_integer, "c_pred": pa.types.is_integer, "description": _text,
-         "valid": pa.types.is_boolean, "served": _text, "output": _text,
-         "retrieved": lambda t: (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)}
+def _or_null(check):
+    """A column of which every value may be null: Parquet then stores it as null, whatever the writer
+    meant (the base table's retrieved lists are all empty: list<null>; a table with no valid
+    answer has no description)."""
+    return lambda t: check(t) or pa.types.is_null(t)
+
+
+def _ids(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and _or_null(pa.types.is_integer)(t.value_type)
+
+
+TYPES = {"c1": pa.types.is_integer, "c2": pa.types.is_integer, "c_pred": _or_null(pa.types.is_integer),
+         "description": _or_null(_text), "valid": pa.types.is_boolean, "served": _text, "output": _text,
+         "retrieved": _ids}
 
 
 class LookupFailed(ValueError):
@@ -113,6 +125,28 @@ def read_table(name: str, read) -> tuple[pd.DataFrame, dict[str, str]]:
     return frame, meta
 
 
+def check_table(path: Path | str, strategy: str, refresh_date: dt.date, clusters: set[int]) -> None:
+    """Refuse, in one line, a table that is not the one a reader expects at `path`: not a transition
+    table, another strategy or refresh date, no hybrid column (a RAG table), or other clusters than
+    the data's (a table swapped in from another build)."""
+    path = Path(path)
+    frame, meta = read_table(str(path), lambda name: io.BytesIO(Path(name).read_bytes()))
+    found = {"strategy": meta["strategy"], "refresh_date": meta["refresh_date"]}
+    wanted = {"strategy": strategy, "refresh_date": str(refresh_date)}
+    if strategy == "base":
+        del found["refresh_date"], wanted["refresh_date"]
+    for key in found:
+        if found[key] != wanted[key]:
+            raise LookupFailed(f"{path}: a table of {key} {found[key]}, not {wanted[key]} (swapped in from another "
+                               "build?); rebuild the tables: dvc repro")
+    if strategy == "rag" and "hybrid" not in pq.read_schema(path).names:
+        raise LookupFailed(f"{path}: no hybrid column (written by an older build); rebuild the tables: dvc repro")
+    other = set(map(int, frame.c1)) ^ clusters
+    if other:
+        raise LookupFailed(f"{path}: its clusters are not the data's (e.g. {min(other)}); it was built from other "
+                           "data: rebuild the tables: dvc repro")
+
+
 def lookup(c1: int, c2: int, table: str | None = None, strategy: str = "rag", date: str | None = None,
            rev: str | None = None) -> dict:
     """The served prediction for (c1, c2) with its table's strategy, refresh date and lineage."""
@@ -120,12 +154,17 @@ def lookup(c1: int, c2: int, table: str | None = None, strategy: str = "rag", da
         raise LookupFailed(f"c1 and c2 are both {c1}: a history holds two distinct clusters")
     if rev is None:
         read = read_file
+        named = table is not None
         if table is None:
             tables_dir = str(config.load().paths.tables)
             folder = ROOT / tables_dir
             if not folder.is_dir():
                 raise LookupFailed(f"{tables_dir}: no tables; run `dvc repro`")
             table = f"{tables_dir}/{choose(sorted(p.name for p in folder.glob('*.parquet')), strategy, date)}"
+        if (ROOT / table).is_file():
+            # What is served is what the pipeline wrote: a table edited since is refused (a file the
+            # user names by --table, of no output of this machine or dvc.lock, is theirs to vouch for).
+            lineage.verify_file(ROOT / table, unknown=named)
     else:
         version = Version(rev)
         read = version.blob
