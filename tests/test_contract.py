@@ -310,3 +310,11 @@ def test_two_columns_of_the_same_name_are_refused(tmp_path):
     data = write_dataset(tmp_path, twice)
     with pytest.raises(ContractError, match=r"events.parquet: column 'engagement': holds two columns of this name"):
         register(data)
+
+
+def test_a_nan_engagement_is_named_with_its_row(tmp_path):
+    """DuckDB's Parquet scan skips a NaN under a pushed-down filter that its count found."""
+    events = pa.Table.from_pandas(events_frame(GOOD_EVENTS), schema=contract.EVENTS_SCHEMA, preserve_index=False)
+    events = events.set_column(3, "engagement", pa.array([0.9, float("nan"), 0.9], pa.float32()))
+    message = expect(write_dataset(tmp_path, events), "events.parquet", "engagement", float("nan"))
+    assert "row 1: column 'engagement': null or NaN engagement (1 rows)" in message
