@@ -11,7 +11,6 @@ import datetime as dt
 import io
 import json
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -123,28 +122,6 @@ def read_table(name: str, read) -> tuple[pd.DataFrame, dict[str, str]]:
     if frame.empty:
         raise LookupFailed(f"{name}: holds no pairs")
     return frame, meta
-
-
-def check_table(path: Path | str, strategy: str, refresh_date: dt.date, clusters: set[int]) -> None:
-    """Refuse, in one line, a table that is not the one a reader expects at `path`: not a transition
-    table, another strategy or refresh date, no hybrid column (a RAG table), or other clusters than
-    the data's (a table swapped in from another build)."""
-    path = Path(path)
-    frame, meta = read_table(str(path), lambda name: io.BytesIO(Path(name).read_bytes()))
-    found = {"strategy": meta["strategy"], "refresh_date": meta["refresh_date"]}
-    wanted = {"strategy": strategy, "refresh_date": str(refresh_date)}
-    if strategy == "base":
-        del found["refresh_date"], wanted["refresh_date"]
-    for key in found:
-        if found[key] != wanted[key]:
-            raise LookupFailed(f"{path}: a table of {key} {found[key]}, not {wanted[key]} (swapped in from another "
-                               "build?); rebuild the tables: dvc repro")
-    if strategy == "rag" and "hybrid" not in pq.read_schema(path).names:
-        raise LookupFailed(f"{path}: no hybrid column (written by an older build); rebuild the tables: dvc repro")
-    other = set(map(int, frame.c1)) ^ clusters
-    if other:
-        raise LookupFailed(f"{path}: its clusters are not the data's (e.g. {min(other)}); it was built from other "
-                           "data: rebuild the tables: dvc repro")
 
 
 def lookup(c1: int, c2: int, table: str | None = None, strategy: str = "rag", date: str | None = None,

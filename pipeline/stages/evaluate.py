@@ -23,7 +23,6 @@ from pipeline.data import contract
 from pipeline.files import atomic_path, write_metrics
 from pipeline.llm import bulk, pool, prompts
 from pipeline.llm.cache import AnswerCache, namespace
-from pipeline.lookup import check_table
 from pipeline.period import refresh_dates, windows
 
 STRATEGIES = {
@@ -51,8 +50,8 @@ COMPARATORS = ("train_top1", "popular", "backoff")
 
 def load_tables(tables: Path, days: list[date], clusters: set[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(base table, all RAG tables stacked with their refresh_date); a table that is not what this
-    build wrote there (check_table) is refused in one line."""
-    check_table(tables / "base.parquet", "base", days[0], clusters)
+    build wrote there (manifest.check_table) is refused in one line."""
+    manifest.check_table(tables / "base.parquet", "base", days[0], clusters)
     base = pd.read_parquet(tables / "base.parquet")
     rag = []
     for d in days:
@@ -60,7 +59,7 @@ def load_tables(tables: Path, days: list[date], clusters: set[int]) -> tuple[pd.
         if not path.exists():
             raise ValueError(f"{path}: missing; the tables do not match refresh dates {[str(x) for x in days]} "
                              "(rerun bulk_infer: dvc repro)")
-        check_table(path, "rag", d, clusters)
+        manifest.check_table(path, "rag", d, clusters)
         rag.append(pd.read_parquet(path).assign(refresh_date=d))
     return base, pd.concat(rag, ignore_index=True)
 
