@@ -17,7 +17,8 @@ repro` DVC's own dvc.lock decides what is stale, so records are written but not 
 
 check_outputs() refuses, before any work, an output path that a stage may not replace: one shared
 with another output or an input, a symbolic link, or a file or folder there now that another stage
-wrote, that git tracks, or (a file) that no record or dvc.lock names as this stage's.
+wrote, that git tracks, or that no record or dvc.lock names as this stage's (a folder: unless empty
+or marked by files.atomic_path).
 verify_file() is what a reader outside the stages (lookup) checks one table against.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import ROOT
-from pipeline.files import MARK, file_hashes, sha256, tree_sha256, write_json
+from pipeline.files import MARK, file_hashes, refuse_foreign, sha256, tree_sha256, write_json
 
 
 def _resolve(text: str, cfg: DictConfig) -> str:
@@ -243,7 +244,7 @@ def _tracked(path: Path) -> bool:
     return bool(found)
 
 
-def _setting(cfg: DictConfig, path: str) -> str:
+def setting(cfg: DictConfig, path: str) -> str:
     """The paths.* (or data.path) setting that names `path`, or the folder it is in, for the line."""
     where = Path(path).resolve()
     keys = {f"paths.{k}": v for k, v in cfg.paths.items()} | {"data.path": cfg.data.path}
@@ -256,9 +257,7 @@ def _setting(cfg: DictConfig, path: str) -> str:
 def check_outputs(cfg: DictConfig, stage: str) -> None:
     """Refuse, before `stage` runs, any output path it may not replace (see the module's doc).
     Under `dvc repro` (DVC names its work tree in DVC_ROOT), also outputs outside the work tree:
-    DVC tracks none there, and would refuse them only after the stage wrote them. A folder that is
-    no stage's is judged by files.atomic_path when the stage writes it (empty, marked as ours, or
-    holding only the names the stage writes)."""
+    DVC tracks none there, and would refuse them only after the stage wrote them."""
     root = os.environ.get("DVC_ROOT")
     for out in graph(cfg)[stage]["outs"] if root else ():
         if not Path(out).resolve().is_relative_to(Path(root).resolve()):
@@ -277,12 +276,12 @@ def check_paths(cfg: DictConfig, stage: str) -> None:
             for o in s["outs"]:
                 if (other, o) != (stage, out) and _overlaps(here, Path(o).resolve()):
                     whose = "another output of this stage" if other == stage else f"an output of the {other} stage"
-                    raise ValueError(f"{out}{_setting(cfg, out)}: the same path as, or nested with, {o}"
-                                     f"{_setting(cfg, o)}, {whose}; nothing was written: "
+                    raise ValueError(f"{out}{setting(cfg, out)}: the same path as, or nested with, {o}"
+                                     f"{setting(cfg, o)}, {whose}; nothing was written: "
                                      "give each paths.* setting a path of its own")
             for d in s["deps"]:
                 if d not in produced and _overlaps(here, Path(d).resolve()):
-                    raise ValueError(f"{out}{_setting(cfg, out)}: the same path as, or nested with, {d}, an input of "
+                    raise ValueError(f"{out}{setting(cfg, out)}: the same path as, or nested with, {d}, an input of "
                                      f"the {other} stage; "
                                      "nothing was written: set the paths.* setting elsewhere")
         path = Path(out)
@@ -298,6 +297,10 @@ def check_paths(cfg: DictConfig, stage: str) -> None:
         if owner is None and _tracked(path):
             raise ValueError(f"{out}: tracked by git and not an output of the {stage} stage; nothing was replaced: "
                              "set the paths.* setting to a new path")
+        if owner is None and path.is_dir():
+            # No stage's, unmarked, and not empty: refused here as atomic_path would refuse it (DVC
+            # removes a stage's outputs before the stage runs, so the composition must refuse it too).
+            refuse_foreign(path)
         if owner is None and path.is_file():
             raise ValueError(f"{out}: a file the {stage} stage did not write (no lineage record, not in dvc.lock); "
                              "nothing was replaced: move it away, or set the paths.* setting to a new path")

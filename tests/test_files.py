@@ -218,14 +218,16 @@ def test_no_path_setting_makes_a_stage_replace_what_it_did_not_write(tmp_path, m
     link = tmp_path / "linked"
     (tmp_path / "elsewhere").mkdir()
     link.symlink_to(tmp_path / "elsewhere")
-    kept = {p: p.read_bytes() for p in (notes, triples, ROOT / "README.md")}
+    (tmp_path / "elsewhere" / "ratings.csv").write_text("userId,movieId\n")
+    kept = {p: p.read_bytes() for p in (notes, triples, ROOT / "README.md", tmp_path / "elsewhere" / "ratings.csv")}
     for stage, override, problem in (
             ("extract", f"paths.sequences={notes}", "a file the extract stage did not write"),
             ("evaluate", f"paths.report={ROOT / 'README.md'}", "tracked by git and not an output of the evaluate stage"),
             ("count", f"paths.daily_counts={triples}", "the extract stage's output, not the count stage's"),
             ("finetune", f"paths.adapter={tmp_path / 'tables'}", "an output of the bulk_infer stage"),
             ("extract", f"paths.sequences={tmp_path / 'data' / 'x.parquet'}", "an input of the extract stage"),
-            ("bulk_infer", f"paths.tables={link}", "a symbolic link")):
+            ("bulk_infer", f"paths.tables={link}", "a symbolic link"),
+            ("extract", f"paths.sequences={tmp_path / 'elsewhere'}", "holds files the pipeline did not write")):
         cfg = config.compose([f"data.path={tmp_path / 'data'}", f"paths.tables={tmp_path / 'tables'}", override])
         with pytest.raises(ValueError, match=problem):
             lineage.check_paths(cfg, stage)
