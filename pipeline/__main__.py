@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
     stage = ap.parse_args(argv).stage
     cli.quiet_third_party()
     began = time.perf_counter()
-    with cli.user_errors(stage):  # Ctrl-C while the libraries load is one line too
+    with cli.user_errors(stage), cli.terminated():  # Ctrl-C or SIGTERM while the libraries load too
         import duckdb
 
         from pipeline import config, kernels, lineage, timing

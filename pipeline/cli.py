@@ -14,6 +14,7 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Iterator
@@ -82,25 +83,44 @@ def one_line(text: str) -> str:
     return line
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is (terminated() installs it): it unwinds like Ctrl-C, so
+    no half-written output is moved into place."""
+
+
+@contextmanager
+def terminated() -> Iterator[None]:
+    """Inside the block, SIGTERM raises Terminated (user_errors ends it in one line, status 143)."""
+    def stop(signum, frame):
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 @contextmanager
 def user_errors(prog: str) -> Iterator[None]:
     """Turn a user's mistake raised inside the block into `prog: message` and exit status 1; a full
     disk or a forbidden folder likewise (the outputs before are kept); Ctrl-C into one line and
-    exit status 130."""
+    exit status 130, SIGTERM (under terminated()) into one line and 143."""
     try:
         yield
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
         if os.environ.get(DEBUG):
             raise
-        print(f"{prog}: interrupted; the outputs it had not finished were not written, the earlier ones are "
+        how, status = ("terminated (SIGTERM)", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        print(f"{prog}: {how}; the outputs it had not finished were not written, the earlier ones are "
               "intact; rerun to resume", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(status) from None
     except Exception as exc:
         if os.environ.get(DEBUG):
             raise
         if isinstance(exc, OSError) and exc.errno in MACHINE:
-            where = exc.filename or "a write"
-            raise SystemExit(f"{prog}: {where}: {MACHINE[exc.errno]} ({exc.strerror or exc}); nothing was "
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise SystemExit(f"{prog}: {where}{MACHINE[exc.errno]} ({exc.strerror or exc}); nothing was "
                              "replaced, the earlier outputs are intact: free or fix it, then rerun") from None
         if not isinstance(exc, _user_errors()):
             raise

@@ -125,12 +125,12 @@ def _short(value) -> str:
 
 def _disagrees(record: dict, built: dict, cfg: DictConfig, sha) -> str | None:
     """Why a current record does not vouch for its output under cfg and the inputs there now."""
-    now = _settings(cfg, built["params"])
-    for key in sorted(set(now) | set(record.get("params", {}))):
-        if now.get(key) != record["params"].get(key):
-            name, was, is_ = _difference(key, record["params"].get(key), now.get(key))
+    now, then = _settings(cfg, built["params"]), record.get("params") or {}
+    for key in sorted(set(now) | set(then)):
+        if now.get(key) != then.get(key):
+            name, was, is_ = _difference(key, then.get(key), now.get(key))
             return f"built with {name}={_short(was)}, but params.yaml has {_short(is_)}"
-    inputs = record.get("inputs", {})
+    inputs = record.get("inputs") or {}
     for dep in built["deps"]:
         if dep not in inputs:
             other = " ".join(sorted(set(inputs) - set(built["deps"])))
@@ -143,6 +143,8 @@ def _disagrees(record: dict, built: dict, cfg: DictConfig, sha) -> str | None:
 def _vouch(path: Path, producer: str) -> str | None:
     """Why the record beside `path` does not vouch for the files there now (None when it does)."""
     found = _load(path)
+    if found is None and _record_path(path).exists():
+        return "its lineage record is unreadable"
     if found is None:
         return "no lineage record describes it (copied in, restored, or its record was removed)"
     if found.get("stage") != producer:

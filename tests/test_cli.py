@@ -75,13 +75,22 @@ def test_a_full_disk_a_forbidden_folder_and_ctrl_c_end_in_one_line_and_keep_the_
             with cli.user_errors("bulk_infer"), atomic_path(table) as tmp:
                 tmp.write_text("half")
                 raise exc
-        assert done.value.code.startswith(f"bulk_infer: {exc.filename or 'a write'}: {problem} (")
+        assert done.value.code.startswith(f"bulk_infer: {exc.filename + ': ' if exc.filename else ''}{problem} (")
         assert "the earlier outputs are intact" in done.value.code and "\n" not in done.value.code
         assert table.read_text() == "the old table" and not list(tmp_path.glob(".base.parquet.tmp-*"))
     with pytest.raises(SystemExit) as done:
         with cli.user_errors("bulk_infer"):
             raise KeyboardInterrupt
     assert done.value.code == 130 and capsys.readouterr().err.startswith("bulk_infer: interrupted;")
+    import signal
+    import time
+
+    with pytest.raises(SystemExit) as done:
+        with cli.user_errors("bulk_infer"), cli.terminated():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert done.value.code == 143 and capsys.readouterr().err.startswith("bulk_infer: terminated (SIGTERM);")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     with pytest.raises(OSError):  # any other OSError is ours: a traceback
         with cli.user_errors("tool"):
             raise OSError(errno.EBADF, "Bad file descriptor")

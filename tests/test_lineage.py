@@ -86,7 +86,7 @@ def test_an_input_its_record_does_not_vouch_for_is_refused_and_a_touched_one_is_
     for problem, change in (
             ("changed since the extract stage wrote it", lambda: triples.write_bytes(triples.read_bytes() + b"x")),
             ("no lineage record describes it .*", record.unlink),
-            ("no lineage record describes it .*", lambda: record.write_text("{not json")),
+            ("its lineage record is unreadable", lambda: record.write_text("{not json")),
             ("its lineage record is the 'count' stage's, not the extract stage's",
              lambda: record.write_text(json.dumps({**json.loads(kept), "stage": "count"})))):
         change()
