@@ -11,6 +11,7 @@ Stages, in pipeline order:
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 import time
@@ -26,23 +27,30 @@ def main(argv: list[str]) -> None:
     ap.add_argument("stage", choices=STAGES, metavar="STAGE", help="one of: " + ", ".join(STAGES))
     stage = ap.parse_args(argv).stage
     cli.quiet_third_party()
-    import duckdb
-
-    from pipeline import config, kernels, lineage, timing
-
     began = time.perf_counter()
-    with cli.user_errors(stage):
+    with cli.user_errors(stage), cli.terminated():  # Ctrl-C or SIGTERM while the libraries load too
+        import duckdb
+
+        from pipeline import config, kernels, lineage, timing
+
         cfg = config.load()
-        # Inputs missing, or built from other data or settings than this run records, stop it here.
+        # Inputs missing, or built from other data or settings than this run records, stop it here;
+        # so do outputs it may not replace, before any work.
         lineage.check(cfg, stage)
         lineage.check_outputs(cfg, stage)
         kernels.pin(cfg.kernels)  # before the stage imports torch
+        since = time.time_ns()
         try:
             importlib.import_module(f"pipeline.stages.{stage}").run(cfg)
         except duckdb.OutOfMemoryException as exc:
             raise ValueError(f"duckdb.memory_limit={cfg.duckdb.memory_limit} is too small for this data (DuckDB: "
                              f"{str(exc).splitlines()[0]}); raise it, e.g. python -m pipeline.config "
                              "duckdb.memory_limit=4GB") from None
+        except BaseException:
+            # Each output lands whole or not at all: the ones written before the stop are this stage's.
+            with contextlib.suppress(OSError, ValueError):
+                lineage.record(cfg, stage, since_ns=since)
+            raise
         lineage.record(cfg, stage)
     wall = time.perf_counter() - began
     timing.write(cfg.paths.metrics, stage, wall, STAGES)

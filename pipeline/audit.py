@@ -40,12 +40,27 @@ def newest_rag(v: Version) -> str:
     return lookup.choose(v.table_names(), "rag", None)
 
 
+def outside(cfg) -> None:
+    """Refuse a workspace whose data or outputs live outside the repository: a release's dvc.lock
+    names them by path, and neither DVC nor `audit show` at its tag can read them there."""
+    from pipeline import lineage
+
+    root = os.path.abspath(ROOT)
+    for name, stage in lineage.graph(cfg).items():
+        for path in (*stage["deps"], *stage["outs"]):
+            where = os.path.abspath(path)
+            if os.path.commonpath([root, where]) != root:
+                raise AuditError(f"{path}{lineage.setting(cfg, path)}: outside the repository ({root}); a release "
+                                 "pins only what its dvc.lock can restore: move it inside, run dvc repro, then release")
+
+
 def release(cfg) -> str:
     """Push every output to the default DVC remote and tag the current state for period.month;
     refuse a dirty tree, a stale dvc.lock or a failed gate."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
+    outside(cfg)
     dirty = git("status", "--porcelain", "--untracked-files=no")
     if dirty:
         raise AuditError(f"the work tree has uncommitted changes; commit them (with dvc.lock) first:\n{dirty}")

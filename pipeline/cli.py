@@ -11,8 +11,11 @@ user's mistake too.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import signal
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,19 +65,68 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ValueError, FileNotFoundError, HydraException
 
 
+# What the machine, not the code, refuses: a full disk, a read-only or forbidden folder. The
+# writes are atomic (files.atomic_path), so the outputs there before are intact.
+MACHINE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+           errno.EROFS: "the filesystem is read-only", errno.EACCES: "permission denied",
+           errno.EPERM: "operation not permitted", errno.EIO: "an input/output error"}
+# A one-line error longer than this is cut in its middle: its head names the file and key, its tail what to do.
+LONGEST = 400
+
+
+def one_line(text: str) -> str:
+    """Hydra and DVC messages can span lines, and some name a whole setting: the user gets one
+    readable line."""
+    line = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    if len(line) > LONGEST:
+        line = f"{line[:LONGEST * 2 // 3]} ... {line[-LONGEST // 3:]}"
+    return line
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is (terminated() installs it): it unwinds like Ctrl-C, so
+    no half-written output is moved into place."""
+
+
 @contextmanager
-def user_errors(prog: str) -> Iterator[None]:
-    """Turn a user's mistake raised inside the block into `prog: message` and exit status 1."""
+def terminated() -> Iterator[None]:
+    """Inside the block, SIGTERM raises Terminated (user_errors ends it in one line, status 143)."""
+    def stop(signum, frame):
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, stop)
     try:
         yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@contextmanager
+def user_errors(prog: str) -> Iterator[None]:
+    """Turn a user's mistake raised inside the block into `prog: message` and exit status 1; a full
+    disk or a forbidden folder likewise (the outputs before are kept); Ctrl-C into one line and
+    exit status 130, SIGTERM (under terminated()) into one line and 143."""
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated) as stop:
+        if os.environ.get(DEBUG):
+            raise
+        how, status = ("terminated (SIGTERM)", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        print(f"{prog}: {how}; the outputs it had not finished were not written, the earlier ones are "
+              "intact; rerun to resume", file=sys.stderr)
+        raise SystemExit(status) from None
     except Exception as exc:
-        if os.environ.get(DEBUG) or not isinstance(exc, _user_errors()):
+        if os.environ.get(DEBUG):
+            raise
+        if isinstance(exc, OSError) and exc.errno in MACHINE:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise SystemExit(f"{prog}: {where}{MACHINE[exc.errno]} ({exc.strerror or exc}); nothing was "
+                             "replaced, the earlier outputs are intact: free or fix it, then rerun") from None
+        if not isinstance(exc, _user_errors()):
             raise
         text = str(exc)
         if exc.__cause__ is not None and type(exc).__module__.startswith("hydra"):
             # Hydra names the override; the first line of its cause (OmegaConf's type or enum
             # check) says what is allowed.
             text += ": " + str(exc.__cause__).splitlines()[0]
-        # Hydra and DVC messages can span lines; the user gets one.
-        message = " ".join(line.strip() for line in text.splitlines() if line.strip())
-        raise SystemExit(f"{prog}: {message or type(exc).__name__}") from None
+        raise SystemExit(f"{prog}: {one_line(text) or type(exc).__name__}") from None

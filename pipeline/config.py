@@ -7,6 +7,7 @@ every load is typed and checked by pipeline/schema.py (hydra_plugins/ brings the
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -20,18 +21,33 @@ PARAMS = ROOT / "params.yaml"
 
 def dump(overrides: list[str] | None = None, output: Path = PARAMS) -> None:
     """Compose conf/config.yaml with Hydra overrides and write it to `output` (nothing is written
-    when a setting is refused)."""
+    when a setting or an output path is refused)."""
     # `dvc exp run -S` writes OmegaConf.to_yaml of the resolved composition (DVC's compose_and_dump):
     # the same bytes here, so the two never disagree (tests/test_dvc_pipeline.py checks).
-    Path(output).write_text(OmegaConf.to_yaml(compose(overrides)), encoding="utf-8")
+    cfg = compose(overrides)
+    # An output path the stages may not replace is refused here too: `dvc repro` removes a stage's
+    # outputs before the stage's own check runs.
+    from pipeline import lineage
+
+    for stage in lineage.graph(cfg):
+        lineage.check_paths(cfg, stage)
+    Path(output).write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
     """The composed, resolved and checked config in memory."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    except AssertionError:
+        # OmegaConf asserts where Hydra should refuse: an override of a key the chosen group lacks
+        # (data=contract with data.synth.*).
+        raise ValueError(f"overrides {' '.join(overrides or [])}: cannot be composed: one sets a key that the chosen "
+                         "config group does not have (data.synth.* belongs to the synthetic worlds); drop it, or "
+                         "choose the group that has it") from None
+    refuse_resolvers(cfg, "composition")
     OmegaConf.resolve(cfg)
     schema.load(cfg)
     return cfg
@@ -41,9 +57,33 @@ def load(path: Path | str = PARAMS) -> DictConfig:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no params file; run `python -m pipeline.config` to compose it")
-    cfg = schema.load(read_yaml(path.read_text(encoding="utf-8"), str(path)), str(path))
+    found = read_yaml(path.read_text(encoding="utf-8"), str(path))
+    refuse_resolvers(found, str(path))
+    cfg = schema.load(found, str(path))
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+# ${name:...}: a resolver call (oc.env, oc.decode, hydra:...), whose value comes from outside the
+# settings; a plain ${key.path} interpolation names another setting and stays allowed.
+RESOLVER = re.compile(r"\$\{\s*[\w.\-]+\s*:")
+
+
+def refuse_resolvers(cfg: DictConfig, source: str) -> None:
+    """Refuse a value taken from outside the settings (the environment, the machine): params.yaml
+    and the tracked outputs would depend on who composed them."""
+    def walk(node, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(node, str) and RESOLVER.search(node):
+            raise ValueError(f"{source}: {key}={node[:80]!r}: a resolver takes the value from outside the settings "
+                             "(the environment, the machine); write the value itself")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
 
 
 def read_yaml(text: str, source: str, fix: str = "recompose it with `python -m pipeline.config`") -> DictConfig:

@@ -59,7 +59,10 @@ def refuse_foreign(target: Path | str, owns: tuple[str, ...] = ()) -> None:
     """Raise unless atomic_path may replace `target` (see there); writers whose work takes long
     call it first, so a refusal comes before the work."""
     target = Path(target)
-    if target.is_symlink() or not target.exists():
+    if target.is_symlink():
+        raise ValueError(f"{target}: a symbolic link (to {os.readlink(target)}); the pipeline replaces only files and "
+                         "folders it wrote, never a link: remove the link, or set the paths.* setting to its target")
+    if not target.exists():
         return
     if target.is_dir():
         files = [p for p in target.rglob("*") if not p.is_dir()]
@@ -160,13 +163,24 @@ def sha256(path: Path | str) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def tree_sha256(path: Path | str) -> str:
-    """A file's sha256, or a directory's: over its files' relative paths and hashes, in sorted order
-    (atomic_path's MARK left out: it says who wrote the folder, not what it holds)."""
+def file_hashes(path: Path | str) -> dict[str, str]:
+    """sha256 of each file of a folder by its relative path, in sorted order (atomic_path's MARK
+    left out: it says who wrote the folder, not what it holds); of a file, under the key ""."""
     path = Path(path)
     if path.is_file():
-        return sha256(path)
+        return {"": sha256(path)}
+    return {f.relative_to(path).as_posix(): sha256(f)
+            for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != MARK)}
+
+
+def tree_sha256(path: Path | str, hashes: dict[str, str] | None = None) -> str:
+    """A file's sha256, or a directory's: over its files' relative paths and hashes (file_hashes,
+    or `hashes` when the caller has them already), in sorted order."""
+    path = Path(path)
+    hashes = file_hashes(path) if hashes is None else hashes
+    if path.is_file():
+        return hashes[""]
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name != MARK):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256(file)}\n".encode())
+    for name, value in sorted(hashes.items()):
+        digest.update(f"{name}\0{value}\n".encode())
     return digest.hexdigest()

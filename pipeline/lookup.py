@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import cli, config, manifest
+from pipeline import cli, config, lineage, manifest
 from pipeline import ROOT
 from pipeline.revisions import Version
 
@@ -29,9 +29,20 @@ def _text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
-TYPES = {"c1": pa.types.is_integer, "c2": pa.types.is_integer, "c_pred": pa.types.is_integer, "description": _text,
-         "valid": pa.types.is_boolean, "served": _text, "output": _text,
-         "retrieved": lambda t: (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)}
+def _or_null(check):
+    """A column of which every value may be null: Parquet then stores it as null, whatever the writer
+    meant (the base table's retrieved lists are all empty: list<null>; a table with no valid
+    answer has no description)."""
+    return lambda t: check(t) or pa.types.is_null(t)
+
+
+def _ids(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and _or_null(pa.types.is_integer)(t.value_type)
+
+
+TYPES = {"c1": pa.types.is_integer, "c2": pa.types.is_integer, "c_pred": _or_null(pa.types.is_integer),
+         "description": _or_null(_text), "valid": pa.types.is_boolean, "served": _text, "output": _text,
+         "retrieved": _ids}
 
 
 class LookupFailed(ValueError):
@@ -120,12 +131,17 @@ def lookup(c1: int, c2: int, table: str | None = None, strategy: str = "rag", da
         raise LookupFailed(f"c1 and c2 are both {c1}: a history holds two distinct clusters")
     if rev is None:
         read = read_file
+        named = table is not None
         if table is None:
             tables_dir = str(config.load().paths.tables)
             folder = ROOT / tables_dir
             if not folder.is_dir():
                 raise LookupFailed(f"{tables_dir}: no tables; run `dvc repro`")
             table = f"{tables_dir}/{choose(sorted(p.name for p in folder.glob('*.parquet')), strategy, date)}"
+        if (ROOT / table).is_file():
+            # What is served is what the pipeline wrote: a table edited since is refused (a file the
+            # user names by --table, of no output of this machine or dvc.lock, is theirs to vouch for).
+            lineage.verify_file(ROOT / table, unknown=named)
     else:
         version = Version(rev)
         read = version.blob

@@ -23,7 +23,8 @@ def stage_deps(stage: str) -> tuple[list[str], tuple[str, ...]]:
     from dvc.repo import Repo
 
     with Repo(str(ROOT)) as repo:
-        (found,) = repo.stage.collect(stage)
+        # By dvc.yaml's full path: a bare stage name is looked up from the working folder.
+        (found,) = repo.stage.collect(f"{ROOT / 'dvc.yaml'}:{stage}")
     params = [d for d in found.deps if isinstance(d, ParamsDependency)]
     code = sorted(d.def_path for d in found.deps if d not in params and d.def_path.startswith("pipeline/"))
     return code, tuple(key for d in params for key in d.params)
@@ -88,3 +89,24 @@ def read(source) -> dict[str, str]:
     """A table's manifest fields (the pandas schema entry left out); source: a path or an open file."""
     meta = pq.read_schema(source).metadata or {}
     return {k.decode(): v.decode() for k, v in meta.items() if k != b"pandas"}
+
+
+def check_table(path: Path | str, strategy: str, refresh_date, clusters: set[int]) -> None:
+    """Refuse, in one line, a table that is not the one a reader expects at `path`: no manifest of
+    this strategy and refresh date, no hybrid column (a RAG table), or other clusters than the
+    data's (a table swapped in from another build)."""
+    path = Path(path)
+    meta = read(path)
+    wanted = {"strategy": strategy, "refresh_date": str(refresh_date)} if strategy == "rag" else {"strategy": strategy}
+    for key, value in wanted.items():
+        if meta.get(key) != value:
+            raise ValueError(f"{path}: a table of {key} {meta.get(key)}, not {value} (swapped in from another "
+                             "build?); rebuild the tables: dvc repro")
+    names = pq.read_schema(path).names
+    lacking = [c for c in ("c1", "c2", "c_pred", *(("hybrid",) if strategy == "rag" else ())) if c not in names]
+    if lacking:
+        raise ValueError(f"{path}: no column {lacking[0]!r} (written by another build); rebuild the tables: dvc repro")
+    other = set(map(int, pq.read_table(path, columns=["c1"]).column("c1").to_pylist())) ^ set(clusters)
+    if other:
+        raise ValueError(f"{path}: its clusters are not the data's (e.g. {min(other)}); it was built from other "
+                         "data: rebuild the tables: dvc repro")

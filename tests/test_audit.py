@@ -88,3 +88,17 @@ def test_show_reads_as_text_with_the_pair_and_its_prompt(monkeypatch, capsys):
                          "    line two\n")
     audit.main(["show", "tables/2024-03", "--json"])
     assert json.loads(capsys.readouterr().out)["pair"]["prompt"] == pair["prompt"]
+
+
+def test_release_refuses_a_workspace_whose_data_or_outputs_live_outside_the_repository(tmp_path):
+    from pipeline import config
+
+    for override, named in ((f"data.path={tmp_path / 'data'}", "(data.path)"),
+                            (f"paths.tables={tmp_path / 'tables'}", "(paths.tables)")):
+        try:
+            audit.release(config.compose([override]))
+        except audit.AuditError as refused:
+            assert str(refused).startswith(f"{tmp_path}") and named in str(refused)
+            assert "outside the repository" in str(refused)
+        else:
+            raise AssertionError(f"released with {override}")

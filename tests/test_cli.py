@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -56,6 +57,52 @@ def test_a_user_error_is_one_line_our_bug_keeps_its_traceback(monkeypatch):
     with pytest.raises(ValueError, match="bad"):
         with cli.user_errors("tool"):
             raise ValueError("bad")
+
+
+def test_a_full_disk_a_forbidden_folder_and_ctrl_c_end_in_one_line_and_keep_the_old_outputs(tmp_path, monkeypatch,
+                                                                                            capsys):
+    import errno
+
+    from pipeline.files import atomic_path
+
+    monkeypatch.delenv(cli.DEBUG, raising=False)
+    table = tmp_path / "base.parquet"
+    table.write_text("the old table")
+    for exc, problem in ((OSError(errno.ENOSPC, "No space left on device", str(table)), "the disk is full"),
+                         (OSError(errno.EDQUOT, "Disk quota exceeded"), "the disk quota is exceeded"),
+                         (PermissionError(errno.EACCES, "Permission denied", "/ro/tables"), "permission denied")):
+        with pytest.raises(SystemExit) as done:
+            with cli.user_errors("bulk_infer"), atomic_path(table) as tmp:
+                tmp.write_text("half")
+                raise exc
+        assert done.value.code.startswith(f"bulk_infer: {exc.filename + ': ' if exc.filename else ''}{problem} (")
+        assert "the earlier outputs are intact" in done.value.code and "\n" not in done.value.code
+        assert table.read_text() == "the old table" and not list(tmp_path.glob(".base.parquet.tmp-*"))
+    with pytest.raises(SystemExit) as done:
+        with cli.user_errors("bulk_infer"):
+            raise KeyboardInterrupt
+    assert done.value.code == 130 and capsys.readouterr().err.startswith("bulk_infer: interrupted;")
+    import signal
+    import time
+
+    with pytest.raises(SystemExit) as done:
+        with cli.user_errors("bulk_infer"), cli.terminated():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert done.value.code == 143 and capsys.readouterr().err.startswith("bulk_infer: terminated (SIGTERM);")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with pytest.raises(OSError):  # any other OSError is ours: a traceback
+        with cli.user_errors("tool"):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+
+
+def test_a_long_refusal_is_cut_to_a_readable_line(monkeypatch):
+    monkeypatch.delenv(cli.DEBUG, raising=False)
+    with pytest.raises(SystemExit) as done:
+        with cli.user_errors("gate"):
+            raise ValueError("work/x: built with finetune=" + "{\"lr\": 0.003, " * 100 + "}; run dvc repro")
+    line = done.value.code
+    assert len(line) <= cli.LONGEST + 20 and line.startswith("gate: work/x: built with") and line.endswith("run dvc repro")
 
 
 def test_a_stage_stopped_by_bad_data_says_one_line(tmp_path, monkeypatch):
@@ -130,6 +177,66 @@ def test_lookup_refuses_a_file_with_a_forged_manifest(tmp_path):
     pq.write_table(rows.replace_schema_metadata(manifest.encode({**fields, "gate": {}})), empty)
     with pytest.raises(lookup.LookupFailed, match=rf"^{empty}: holds no pairs$"):
         lookup.lookup(1, 2, table=str(empty))
+
+
+def test_lookup_serves_the_base_and_rag_tables_bulk_infer_writes_and_refuses_one_edited_since(tmp_path, monkeypatch):
+    """The tables as bulk_infer's own writer lays them out: the base table's retrieved lists are all
+    empty (Parquet list<null>), and here no answer is valid, so the base table's description is
+    all null too; a RAG table has a line and its hybrid column."""
+    import datetime as dt
+
+    from pipeline import lineage
+    from pipeline.stages import bulk_infer
+
+    names = {0: "a, b", 1: "c, d", 2: "e, f"}
+    day = dt.date(2024, 3, 1)
+    found = pd.DataFrame({"refresh_date": pd.to_datetime([day]), "c1": [0], "c2": [1], "retrieved": [[2]],
+                          "support": [[3]], "pair_support": [3]})
+    rows = bulk_infer.table_rows(names, found, [day], 1)
+    cfg = compose(tmp_path)
+    fields = {**{k: "x" for k in lookup.LINEAGE}, "gate": {"passed": True}}
+    bulk_infer.write_tables(cfg, rows, {p: ("?", -9.0) for p in rows.prompt}, names, {}, found,
+                            {"rule": "support", "tau": 1}, fields)
+    base = pq.read_schema(f"{cfg.paths.tables}/base.parquet")
+    assert pa.types.is_null(base.field("retrieved").type.value_type) and pa.types.is_null(base.field("description").type)
+    lineage.record(cfg, "bulk_infer")
+    monkeypatch.setattr(config, "load", lambda: cfg)
+    assert lookup.lookup(0, 1, strategy="base")["c_pred"] is None
+    rag = lookup.lookup(0, 1)
+    assert (rag["c_pred"], rag["served"], rag["retrieved"]) == (2, "retrieved", [2])
+    assert "(0, 1) -> None" in lookup.render(lookup.lookup(0, 1, strategy="base"))
+    # What evaluate reads: a table swapped in from another build, in one line.
+    tables = Path(cfg.paths.tables)
+    manifest.check_table(tables / "base.parquet", "base", day, set(names))
+    manifest.check_table(tables / "rag-2024-03-01.parquet", "rag", day, set(names))
+    for path, strategy, clusters, problem in (
+            (tables / "base.parquet", "rag", set(names), "a table of strategy base, not rag"),
+            (tables / "rag-2024-03-01.parquet", "base", set(names), "a table of strategy rag, not base"),
+            (tables / "base.parquet", "base", {0, 1, 2, 3}, "its clusters are not the data's .e.g. 3.")):
+        with pytest.raises(ValueError, match=rf"{path.name}: {problem}"):
+            manifest.check_table(path, strategy, day, clusters)
+    with pytest.raises(ValueError, match="a table of refresh_date 2024-03-01, not 2024-03-02"):
+        manifest.check_table(tables / "rag-2024-03-01.parquet", "rag", dt.date(2024, 3, 2), set(names))
+    # Every c_pred set to one cluster by hand: refused, by the default choice and by --table alike.
+    path = f"{cfg.paths.tables}/rag-2024-03-01.parquet"
+    pq.write_table(pq.read_table(path).set_column(2, "c_pred", pa.array([1] * 6, pa.int32())), path)
+    for table in (None, path):
+        with pytest.raises(ValueError, match=r"rag-2024-03-01.parquet: changed since the bulk_infer stage wrote it"):
+            lookup.lookup(0, 1, table=table)
+    # With the records removed, the default choice serves nothing it cannot vouch for.
+    for record in tmp_path.rglob(".*.lineage"):
+        record.unlink()
+    with pytest.raises(ValueError, match=r"base.parquet: no lineage record or dvc.lock entry vouches for its bytes"):
+        lookup.lookup(0, 1, strategy="base")
+
+
+@pytest.mark.skipif(not (ROOT / "tables").is_dir(), reason="the default build's tables: after `dvc repro`")
+def test_lookup_reads_every_table_of_the_default_build():
+    tables = sorted((ROOT / "tables").glob("*.parquet"))
+    assert any(t.name == "base.parquet" for t in tables) and any(t.name.startswith("rag-") for t in tables)
+    for table in tables:
+        frame, meta = lookup.read_table(str(table.relative_to(ROOT)), lookup.read_file)
+        assert len(frame) and meta["strategy"] in ("base", "rag")
 
 
 @pytest.mark.slow  # a scratch clone and DVC in other processes
@@ -236,3 +343,13 @@ def test_stage_output_drops_the_known_third_party_noise_and_keeps_every_other_wa
         log.removeHandler(handler)
     assert [str(w.message) for w in caught] == ["`is_activation_checkpointing` is deprecated"]
     assert seen == ["GPU available: False, used: False"]
+
+
+def test_llm_cache_refuses_a_root_that_is_not_a_folder(tmp_path, monkeypatch):
+    from pipeline.llm.__main__ import main
+
+    monkeypatch.delenv(cli.DEBUG, raising=False)
+    (tmp_path / "file").write_text("x")
+    for root, what in ((tmp_path / "none", "no such folder"), (tmp_path / "file", "a file, not a folder")):
+        with pytest.raises(SystemExit, match=rf"^llm cache: --root {root}: {what}; give the answer cache's folder"):
+            main(["cache", "--root", str(root)])

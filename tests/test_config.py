@@ -187,3 +187,48 @@ def test_params_yaml_that_is_not_yaml_is_named_with_its_line(tmp_path, monkeypat
         with pytest.raises(SystemExit) as done:
             entry(args)
         assert done.value.code.startswith(f"{prog}: {params}: line {line}: not valid YAML ("), done.value.code
+
+
+def test_a_value_taken_from_the_environment_is_refused_at_composition_and_at_load(tmp_path, capsys):
+    for value in ("${oc.env:HOME}", "${oc.env:HOME,/tmp}/tables", "'${oc.decode:${oc.env:PATH}}'"):
+        with pytest.raises(ValueError, match=r"^composition: paths.tables=.*: a resolver takes the value from outside"):
+            config.compose([f"paths.tables={value}"])
+    params = tmp_path / "params.yaml"
+    params.write_text(config.PARAMS.read_text().replace("tables: tables", "tables: ${oc.env:HOME}/tables"))
+    with pytest.raises(ValueError, match=rf"^{params}: paths.tables='\$\{{oc.env:HOME\}}/tables': a resolver"):
+        config.load(params)
+    # A plain interpolation names another setting, and stays allowed.
+    assert config.compose(["paths.tables=${paths.metrics}/tables"]).paths.tables == "metrics/tables"
+    with pytest.raises(SystemExit, match=r"^config: composition: paths.tables="):
+        config.main(["paths.tables=${oc.env:HOME}"])
+
+
+def test_dvc_composing_a_value_from_the_environment_fails_while_resolving(tmp_path):
+    """DVC resolves the composition itself before it writes params.yaml: the plugin's oc.env refuses."""
+    script = f"""
+import sys
+from hydra import compose, initialize_config_dir
+from hydra.core.plugins import Plugins
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+from omegaconf import OmegaConf
+root = {str(config.ROOT)!r}
+sys.path.append(root)
+Plugins.instance().discover(SearchPathPlugin)
+sys.path.remove(root)
+with initialize_config_dir(root + "/conf", version_base=None):
+    cfg = compose(config_name="config", overrides=["paths.tables=${{oc.env:HOME}}"])
+try:
+    OmegaConf.resolve(cfg)
+    print("resolved", cfg.paths.tables)
+except Exception as exc:
+    print(str(exc).splitlines()[0])
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "a setting taken from the environment would make params.yaml" in done.stdout, done.stdout
+
+
+def test_an_override_of_a_key_the_chosen_group_lacks_is_one_line():
+    for overrides in (["data=contract", "data.synth.n_users=3"], ["data=movielens", "data.synth.n_clusters=4"]):
+        with pytest.raises(SystemExit, match=r"^config: overrides .*: cannot be composed: one sets a key that the chosen"):
+            config.main(overrides)

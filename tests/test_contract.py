@@ -179,6 +179,7 @@ def test_string_timestamps_with_offsets_are_read_as_utc(tmp_path):
 
 
 @pytest.mark.parametrize("ts_type", [pa.timestamp("us", tz="UTC"), pa.timestamp("us", tz="Asia/Kolkata"),
+                                     pa.timestamp("ns", tz="UTC"), pa.timestamp("ns", tz="Asia/Kolkata"),
                                      pa.timestamp("ns"), pa.timestamp("ms"), pa.string()])
 def test_ts_is_the_utc_wall_time_the_zone_cast_gives(tmp_path, ts_type):
     """The events view's ts (taken from the epoch, not through the time-zone library) equals
@@ -301,3 +302,19 @@ def test_a_nanosecond_timestamp_that_rounds_past_the_range_shows_the_rounded_val
     write_dataset(tmp_path, events)
     message = expect(tmp_path, "events.parquet", "ts", datetime.datetime(2024, 4, 1, 0, 0).isoformat(sep=" "))
     assert "outside the declared range [2024-01-01, 2024-04-01) once rounded to the microsecond" in message
+
+
+def test_two_columns_of_the_same_name_are_refused(tmp_path):
+    good = pa.Table.from_pandas(events_frame(GOOD_EVENTS), preserve_index=False)
+    twice = good.append_column("engagement", pa.array([0.1] * 3, pa.float32()))
+    data = write_dataset(tmp_path, twice)
+    with pytest.raises(ContractError, match=r"events.parquet: column 'engagement': holds two columns of this name"):
+        register(data)
+
+
+def test_a_nan_engagement_is_named_with_its_row(tmp_path):
+    """DuckDB's Parquet scan skips a NaN under a pushed-down filter that its count found."""
+    events = pa.Table.from_pandas(events_frame(GOOD_EVENTS), schema=contract.EVENTS_SCHEMA, preserve_index=False)
+    events = events.set_column(3, "engagement", pa.array([0.9, float("nan"), 0.9], pa.float32()))
+    message = expect(write_dataset(tmp_path, events), "events.parquet", "engagement", float("nan"))
+    assert "row 1: column 'engagement': null or NaN engagement (1 rows)" in message

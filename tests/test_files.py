@@ -202,3 +202,53 @@ def test_finetune_refuses_an_adapter_folder_of_the_users_files_before_training(w
     with pytest.raises(ValueError, match="holds files the pipeline did not write"):
         finetune.run(compose(world, *TINY_WORLD, f"paths.adapter={mine}"))
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_no_path_setting_makes_a_stage_replace_what_it_did_not_write(tmp_path, monkeypatch):
+    """A user's file, a git-tracked file, another stage's output, an input, a link: each refused in
+    one line by the stage runner before any work (and by `python -m pipeline.config`), and kept."""
+    from pipeline import config, lineage
+    from tests.conftest import events_frame, run_stage, write_dataset
+
+    write_dataset(tmp_path / "data", events_frame([(1, 100 * (i % 4), 60 * i, 0.9) for i in range(8)]))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    assert run_stage(monkeypatch, tmp_path, "extract") is None
+    triples = tmp_path / "work" / "extract" / "triples.parquet"
+    link = tmp_path / "linked"
+    (tmp_path / "elsewhere").mkdir()
+    link.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "ratings.csv").write_text("userId,movieId\n")
+    kept = {p: p.read_bytes() for p in (notes, triples, ROOT / "README.md", tmp_path / "elsewhere" / "ratings.csv")}
+    for stage, override, problem in (
+            ("extract", f"paths.sequences={notes}", "a file the extract stage did not write"),
+            ("evaluate", f"paths.report={ROOT / 'README.md'}", "tracked by git and not an output of the evaluate stage"),
+            ("count", f"paths.daily_counts={triples}", "the extract stage's output, not the count stage's"),
+            ("finetune", f"paths.adapter={tmp_path / 'tables'}", "an output of the bulk_infer stage"),
+            ("extract", f"paths.sequences={tmp_path / 'data' / 'x.parquet'}", "an input of the extract stage"),
+            ("bulk_infer", f"paths.tables={link}", "a symbolic link"),
+            ("extract", f"paths.sequences={tmp_path / 'elsewhere'}", "holds files the pipeline did not write")):
+        cfg = config.compose([f"data.path={tmp_path / 'data'}", f"paths.tables={tmp_path / 'tables'}", override])
+        with pytest.raises(ValueError, match=problem):
+            lineage.check_paths(cfg, stage)
+        with pytest.raises(ValueError, match=problem):
+            config.dump([f"data.path={tmp_path / 'data'}", f"paths.tables={tmp_path / 'tables'}", override],
+                        tmp_path / "refused.yaml")
+        assert not (tmp_path / "refused.yaml").exists()
+    # The stage runner refuses before the stage starts, on a params.yaml written past the composition's check.
+    from omegaconf import OmegaConf
+
+    from pipeline.__main__ import main
+    from tests.conftest import LOAD
+
+    params = tmp_path / "params.yaml"
+    paths = {k: tmp_path / v for k, v in config.compose().paths.items()}
+    params.write_text(OmegaConf.to_yaml(config.compose([
+        f"data.path={tmp_path / 'data'}", *[f"paths.{k}={v}" for k, v in paths.items()],
+        f"duckdb.temp_directory={tmp_path / 'duckdb_tmp'}", f"paths.sequences={notes}"])))
+    monkeypatch.setattr(config, "load", lambda: LOAD(params))
+    with pytest.raises(SystemExit, match="a file the extract stage did not write"):
+        main(["extract"])
+    assert all(p.read_bytes() == b for p, b in kept.items())
+    # Its own outputs, recorded on the first run, it replaces.
+    assert run_stage(monkeypatch, tmp_path, "extract") is None

@@ -69,14 +69,47 @@ def test_an_input_rebuilt_after_its_consumer_is_named(recorded):
         lineage.check(cfg, "gate")
 
 
-def test_an_output_restored_since_its_record_is_not_judged(recorded):
-    where, _ = recorded
+def test_an_input_its_record_does_not_vouch_for_is_refused_and_a_touched_one_is_judged(recorded):
+    import json
+
+    where, cfg = recorded
     switched = compose(where, *TINY_WORLD, *SWITCHED)
     triples = Path(switched.paths.triples)
-    os.utime(triples, ns=(1, 1))  # as `dvc checkout` leaves it: the record no longer describes the file
-    with pytest.raises(ValueError, match=r"extract/sequences.parquet: built with data.name="):
-        lineage.check(switched, "gate")  # the gate reads sequences too, whose record still holds
-    lineage.check(switched, "count")
+    os.utime(triples, ns=(1, 1))  # as `dvc checkout` leaves the same bytes: the record still describes them
+    with pytest.raises(ValueError, match=r"extract/triples.parquet: built with data.name="):
+        lineage.check(switched, "count")
+    lineage.check(cfg, "count")
+    record = triples.with_name(".triples.parquet.lineage")
+    kept, rows = record.read_text(), triples.read_bytes()
+    # Edited (or another build's file copied in), a missing record, an unreadable or a foreign one:
+    # no dvc.lock lists these paths, so nothing vouches for the file.
+    for problem, change in (
+            ("changed since the extract stage wrote it", lambda: triples.write_bytes(triples.read_bytes() + b"x")),
+            ("no lineage record describes it .*", record.unlink),
+            ("its lineage record is unreadable", lambda: record.write_text("{not json")),
+            ("its lineage record is the 'count' stage's, not the extract stage's",
+             lambda: record.write_text(json.dumps({**json.loads(kept), "stage": "count"})))):
+        change()
+        with pytest.raises(ValueError, match=rf"extract/triples.parquet: {problem}; run dvc repro$"):
+            lineage.check(cfg, "count")
+        record.write_text(kept)
+        triples.write_bytes(rows)
+    # Deep in the chain too: the gate's verdict edited by hand stops bulk_infer.
+    lineage.check(cfg, "count")
+    gate = Path(cfg.paths.metrics) / "gate.json"
+    verdict = json.loads(gate.read_text())
+    gate.write_text(json.dumps({**verdict, "passed": not verdict["passed"]}, indent=2, sort_keys=True) + "\n")
+    with pytest.raises(ValueError, match=r"metrics/gate.json: changed since the gate stage wrote it; run dvc repro$"):
+        lineage.check(cfg, "bulk_infer")
+
+
+def test_a_long_setting_is_named_by_the_first_key_that_differs(recorded):
+    where, _ = recorded
+    other = compose(where, *TINY_WORLD, "finetune.trainer.max_steps=3")
+    with pytest.raises(ValueError) as refused:
+        lineage.check(other, "gate")
+    assert str(refused.value).endswith("built with finetune.trainer.max_steps=2, but params.yaml has 3; run dvc repro")
+    assert len(str(refused.value)) < 300
 
 
 def test_under_dvc_repro_an_output_outside_the_work_tree_is_refused_before_the_stage_runs(tmp_path, monkeypatch):

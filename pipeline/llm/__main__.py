@@ -50,6 +50,10 @@ def main(argv: list[str]) -> None:
         if args.command == "prepare":
             prepare(args.overrides)
             return
+        if args.root is not None and not args.root.is_dir():
+            # "0 parts checked" would read as a healthy cache.
+            what = "a file, not a folder" if args.root.exists() else "no such folder"
+            raise FileNotFoundError(f"--root {args.root}: {what}; give the answer cache's folder (paths.infer_cache)")
         root = args.root or config.ROOT / config.load().paths.infer_cache
         if check_cache(root, args.drop_corrupt):
             raise SystemExit(f"llm cache: parts failed their check; `{DROP}` deletes them")

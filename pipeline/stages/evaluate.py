@@ -58,8 +58,10 @@ HEADLINE = ("fixed", "fixed_counts", "rag_refreshed", "backoff", "hybrid")
 COMPARATORS = ("train_top1", "popular", "backoff")
 
 
-def load_tables(tables: Path, days: list[date]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(base table, all RAG tables stacked with their refresh_date)."""
+def load_tables(tables: Path, days: list[date], clusters: set[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(base table, all RAG tables stacked with their refresh_date); a table that is not what this
+    build wrote there (manifest.check_table) is refused in one line."""
+    manifest.check_table(tables / "base.parquet", "base", days[0], clusters)
     base = pd.read_parquet(tables / "base.parquet")
     rag = []
     for d in days:
@@ -67,6 +69,7 @@ def load_tables(tables: Path, days: list[date]) -> tuple[pd.DataFrame, pd.DataFr
         if not path.exists():
             raise ValueError(f"{path}: missing; the tables do not match refresh dates {[str(x) for x in days]} "
                              "(rerun bulk_infer: dvc repro)")
+        manifest.check_table(path, "rag", d, clusters)
         rag.append(pd.read_parquet(path).assign(refresh_date=d))
     return base, pd.concat(rag, ignore_index=True)
 
@@ -400,7 +403,7 @@ def run(cfg: DictConfig) -> None:
     e, w, days = cfg.eval, windows(cfg), refresh_dates(cfg)
     con = db.connect(cfg)
     events = month_events(cfg, con, w)
-    base, rag = load_tables(Path(cfg.paths.tables), days)
+    base, rag = load_tables(Path(cfg.paths.tables), days, set(contract.descriptions(cfg.data.path)))
     popular = retrieval.read_popular(cfg.paths.popular)
     found = pd.read_parquet(cfg.paths.retrieved)
     daily = cfg.paths.daily_counts
