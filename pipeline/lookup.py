@@ -23,6 +23,8 @@ from pipeline.revisions import Version
 LINEAGE = ("period", "strategy", "refresh_date", "decoding", "data_hash", "base_model_hash", "adapter_hash",
            "template_hash", "params_hash", "code_revision", "code_hash", "gate")
 COLUMNS = ("c1", "c2", "c_pred", "description", "valid", "served", "retrieved", "output")
+# The last cluster's evidence line (prompts.evidence=backoff): in tables written since it existed.
+OPTIONAL = ("last",)
 
 
 def _text(t: pa.DataType) -> bool:
@@ -42,7 +44,7 @@ def _ids(t: pa.DataType) -> bool:
 
 TYPES = {"c1": pa.types.is_integer, "c2": pa.types.is_integer, "c_pred": _or_null(pa.types.is_integer),
          "description": _or_null(_text), "valid": pa.types.is_boolean, "served": _text, "output": _text,
-         "retrieved": _ids}
+         "retrieved": _ids, "last": _ids}
 
 
 class LookupFailed(ValueError):
@@ -104,7 +106,7 @@ def read_table(name: str, read) -> tuple[pd.DataFrame, dict[str, str]]:
         what = f"manifest field {lacking[0]!r}" if lacking else f"column {sorted(set(COLUMNS) - set(schema.names))[0]!r}"
         raise LookupFailed(f"{name}: not a transition table written by the pipeline (no {what})")
     # A manifest can be forged onto any file: the fields and columns are read as bulk_infer writes them.
-    wrong = [c for c, ok in TYPES.items() if not ok(schema.field(c).type)]
+    wrong = [c for c, ok in TYPES.items() if c in schema.names and not ok(schema.field(c).type)]
     if wrong:
         raise LookupFailed(f"{name}: not a transition table written by the pipeline (column {wrong[0]!r} is "
                            f"{schema.field(wrong[0]).type})")
@@ -116,7 +118,7 @@ def read_table(name: str, read) -> tuple[pd.DataFrame, dict[str, str]]:
         raise LookupFailed(f"{name}: not a transition table written by the pipeline (manifest field 'gate' is "
                            f"{meta['gate'][:40]!r}, not the gate's record)")
     try:
-        frame = pd.read_parquet(blob, columns=list(COLUMNS))
+        frame = pd.read_parquet(blob, columns=[*COLUMNS, *(c for c in OPTIONAL if c in schema.names)])
     except (pa.ArrowException, OSError) as exc:
         raise LookupFailed(f"{name}: unreadable rows ({str(exc).splitlines()[0]})") from None
     if frame.empty:
@@ -155,7 +157,9 @@ def lookup(c1: int, c2: int, table: str | None = None, strategy: str = "rag", da
     row = frame[(frame.c1 == c1) & (frame.c2 == c2)].iloc[0]
     return {"c1": c1, "c2": c2, "c_pred": None if pd.isna(row.c_pred) else int(row.c_pred),
             "description": row.description, "valid": bool(row.valid), "served": row.served,
-            "retrieved": [int(r) for r in row.retrieved], "output": row.output, "table": table, "rev": rev,
+            "retrieved": [int(r) for r in row.retrieved],
+            "last": [int(r) for r in row["last"]] if "last" in frame.columns else [], "output": row.output,
+            "table": table, "rev": rev,
             "lineage": {k: json.loads(meta[k]) if k == "gate" else meta.get(k) for k in LINEAGE}}
 
 
@@ -167,7 +171,8 @@ def render(found: dict) -> str:
     lines = [
         f"({found['c1']}, {found['c2']}) -> {found['c_pred']}: {found['description']}",
         (f"  served {found['served']} ({'valid' if found['valid'] else 'invalid'} model answer "
-         f"{found['output']!r}); retrieved {found['retrieved']}"),
+         f"{found['output']!r}); retrieved {found['retrieved']}"
+         + (f", last cluster's {found['last']}" if found["last"] else "")),
         (f"  table {found['table']}{' @ ' + found['rev'] if found['rev'] else ''}: strategy {lin['strategy']}, "
          f"refresh date {lin['refresh_date']}, period {lin['period']}, decoding {lin['decoding']}"),
         (f"  gate {'passed' if gate.get('passed') else 'overridden: ' + str(gate.get('override_reason'))}, "

@@ -130,12 +130,12 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
     found = pd.read_parquet(cfg.paths.retrieved)
     for path in sorted(Path(cfg.paths.tables).glob("*.parquet")):
         table = pd.read_parquet(path)
-        columns = ["c1", "c2", "c_pred", "description", "valid", "served", "retrieved", "output", "logprob"]
+        columns = ["c1", "c2", "c_pred", "description", "valid", "served", "retrieved", "last", "output", "logprob"]
         assert list(table.columns) == columns + (["hybrid"] if path.name.startswith("rag") else [])
         assert len(table) == 20 and (table.c1 != table.c2).all()
         assert table[["c1", "c2"]].drop_duplicates().shape[0] == 20
         assert not ((table.c_pred == table.c1) | (table.c_pred == table.c2)).any()
-        assert set(table.served) <= {"llm", "retrieved", "popular"}
+        assert set(table.served) <= {"llm", "retrieved", "last", "popular"}
         llm_rows = table[table.served == "llm"]
         assert llm_rows.valid.all() and (table[table.served == "retrieved"].c_pred ==
                                          table[table.served == "retrieved"].retrieved.str[0]).all()
