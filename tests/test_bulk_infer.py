@@ -155,7 +155,8 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
             # hybrid, by support: the top successor where its window support reaches tau, else the
             # table's answer; else the answer where the rule trusts the model (model; confidence
             # where its log-probability reaches the threshold), else the count answer: the top
-            # successor where the pair has one, else a cluster that is neither c1 nor c2
+            # successor where it followed the pair at least prompts.min_support times (the prompts'
+            # evidence), else a cluster that is neither c1 nor c2
             day = found[found.refresh_date == pd.Timestamp(meta["refresh_date"])]
             top = {(a, b): (r[0], n[0]) for a, b, r, n in zip(day.c1, day.c2, day.retrieved, day.support) if len(r)}
             pairs = list(zip(table.c1, table.c2))
@@ -166,7 +167,8 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
                 if rule["rule"] == "model" or (rule["rule"] == "confidence" and lp >= rule["min_logprob"]):
                     assert h == c
                 elif rule["rule"] != "support":
-                    assert h == top[p][0] if p in top else pd.notna(h) and h not in p
+                    trusted = p in top and top[p][1] >= cfg.prompts.min_support
+                    assert h == top[p][0] if trusted else pd.notna(h) and h not in p
         else:
             assert table.retrieved.map(len).sum() == 0
     run, m = timing.take(), metrics(cfg)
