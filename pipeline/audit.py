@@ -117,7 +117,7 @@ def show(rev: str, pair: tuple[int, int] | None) -> dict:
         from pipeline.data import contract
 
         names = {int(c): contract.description(list(k)) for c, k in zip(clusters.cluster_id, clusters.keywords)}
-        found["prompt"] = prompts.for_pair(names, *pair, found["retrieved"], last=found["last"])
+        found["prompt"] = prompts.for_pair(names, *pair, found["retrieved"], last=found.get("last", []))
         found["prompt_template_matches"] = found["lineage"]["template_hash"] == prompts.TEMPLATE_HASH
         out["pair"] = found
     return out

@@ -172,7 +172,7 @@ def render(found: dict) -> str:
         f"({found['c1']}, {found['c2']}) -> {found['c_pred']}: {found['description']}",
         (f"  served {found['served']} ({'valid' if found['valid'] else 'invalid'} model answer "
          f"{found['output']!r}); retrieved {found['retrieved']}"
-         + (f", last cluster's {found['last']}" if found["last"] else "")),
+         + (f", last cluster's {found['last']}" if found.get("last") else "")),
         (f"  table {found['table']}{' @ ' + found['rev'] if found['rev'] else ''}: strategy {lin['strategy']}, "
          f"refresh date {lin['refresh_date']}, period {lin['period']}, decoding {lin['decoding']}"),
         (f"  gate {'passed' if gate.get('passed') else 'overridden: ' + str(gate.get('override_reason'))}, "
