@@ -19,8 +19,9 @@ D1, D3 = date(2024, 3, 1), date(2024, 3, 3)
 
 
 def table(rows: list[tuple]) -> pd.DataFrame:
-    """rows: (c1, c2, c_pred, retrieved)."""
-    return pd.DataFrame(rows, columns=["c1", "c2", "c_pred", "retrieved"]).assign(served="llm")
+    """rows: (c1, c2, c_pred, retrieved[, last]): `last`, the last cluster's line, empty when not given."""
+    rows = [(*r, []) if len(r) == 4 else r for r in rows]
+    return pd.DataFrame(rows, columns=["c1", "c2", "c_pred", "retrieved", "last"]).assign(served="llm")
 
 
 def test_each_strategy_serves_its_newest_table_dated_on_or_before_the_day():
@@ -102,6 +103,8 @@ def test_each_overlap_share_is_over_the_answers_it_concerns():
             refresh_date=D3, served=["llm", "llm", "llm", "llm"])])
     names = {c: f"topic {c}" for c in range(10)}
     got = evaluate.overlap(base, rag, (["topic 1", "topic 2"], ["topic 1", "x"]), names)
+    # evidence in 6 of the 8 RAG prompts, every one a pair line of its own
+    assert got["rag_prompts_with_evidence"] == got["rag_prompts_with_pair_line"] == 0.75
     # (2, 0) has no model answer in the base table: never compared. Lined: (0, 1) and (1, 0) on both
     # dates; one copies its line, two equal the no-RAG answer, one is neither.
     assert (got["lined_answers"], got["unlined_answers"], got["answers_compared"]) == (4, 2, 6)
@@ -110,6 +113,11 @@ def test_each_overlap_share_is_over_the_answers_it_concerns():
     assert got["all_identical_to_base"] == round(4 / 6, 6)
     assert got["rag_identical_to_base_by_date"] == {str(D1): 0.5, str(D3): 0.5}
     assert got["base_repeats_identical"] == 0.5 and got["base_repeats_valid"] == 0.75 and got["repeat_prompts"] == 2
+    # the last cluster's line is evidence too: (0, 2) on Mar 3 shown 7 copies it
+    rag.loc[(rag.c1 == 0) & (rag.c2 == 2) & (rag.refresh_date == D3), "last"] = pd.Series([[7]], index=[2]).values
+    got = evaluate.overlap(base, rag, (["topic 1"], ["topic 1"]), names)
+    assert (got["rag_prompts_with_evidence"], got["rag_prompts_with_pair_line"]) == (0.875, 0.75)
+    assert (got["lined_answers"], got["rag_copies_retrieved"]) == (5, 0.4)
 
 
 def test_paired_differences_come_from_the_same_resamples():
