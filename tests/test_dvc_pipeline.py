@@ -121,6 +121,25 @@ def fails(repo: Path, *args: str) -> str:
     return failed(repo, *args).stderr
 
 
+def test_repro_leaves_a_users_file_at_an_edited_output_path_alone(repo):
+    """DVC deletes a stage's outputs before the stage runs unless they persist (dvc.yaml): a path
+    edited into params.yaml that names a user's file is refused by the stage, and the file stays."""
+    py = sys.executable
+    notes = repo / "notes.txt"
+    notes.write_text("a user's notes\n")
+    params = repo / "params.yaml"
+    try:
+        params.write_text(params.read_text().replace("sequences: work/extract/sequences.parquet",
+                                                     "sequences: notes.txt", 1))
+        assert "notes.txt" in params.read_text()
+        err = fails(repo, py, "-m", "dvc", "repro", "extract")
+        assert "notes.txt: a file the extract stage did not write" in err and "Traceback" not in err
+        assert notes.read_text() == "a user's notes\n"
+    finally:
+        sh(repo, "git", "checkout", "--", "params.yaml")
+        notes.unlink()
+
+
 def test_release_then_audit_list_show_diff_and_verify(repo, tmp_path):
     import pandas as pd
 
