@@ -320,6 +320,14 @@ def test_doc_names_only_what_exists(doc):
     assert not found, f"{doc.relative_to(ROOT)}:\n  " + "\n  ".join(found)
 
 
+def test_benchmarks_page_covers_every_benchmark():
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    missing = [f"python -m benchmarks.{path.parent.name}.{path.stem}"
+               for path in sorted((ROOT / "benchmarks").glob("*/*.py"))
+               if path.stem in ("run", "session") and f"python -m benchmarks.{path.parent.name}.{path.stem}" not in page]
+    assert not missing, "docs/benchmarks.md: no section on " + ", ".join(missing)
+
+
 def test_conf_comments_cite_only_what_exists():
     readme = [h.lower() for h in headings(ROOT / "README.md")]
     found = []
