@@ -167,15 +167,15 @@ def fenced(text: str) -> tuple[str, str]:
     return "\n".join(code), "\n".join(prose)
 
 
-def sections(text: str):
-    """(heading, the groups its stage owns, its text) per section; a stage's README paragraph
-    (`**stage**`) counts as its section."""
+def sections(prose: str):
+    """(the config groups its stage owns, its text) per section; a stage's README paragraph
+    (`**stage** (`) counts as its section."""
     heading, body = "", []
-    for line in text.splitlines() + ["# "]:
+    for line in prose.splitlines() + ["# "]:
         para = re.match(r"\*\*(\w+)\*\* \(", line)
         if line.startswith("#") or para:
-            yield heading, SECTION_GROUPS.get(heading.lower(), []), "\n".join(body)
-            heading, body = (line.lstrip("#").strip() if not para else para.group(1)), []
+            yield SECTION_GROUPS.get(heading.lower(), []), flat("\n".join(body))
+            heading, body = (para.group(1) if para else line.lstrip("#").strip()), []
         body.append(line)
 
 
@@ -187,9 +187,13 @@ def problems(doc: Path) -> list[str]:
     text = doc.read_text()
     code, prose = fenced(text)
     spans = TICKS.findall(flat(prose))
-    out: list[str] = []
+    return (file_problems(text) + link_problems(doc, text) + setting_problems(spans, code)
+            + default_problems(prose) + command_problems(text, spans, code) + figure_problems(text))
 
-    # Files: the repository's own, the stages' outputs, bare SQL and Python file names.
+
+def file_problems(text: str) -> list[str]:
+    """The repository's own files, the stages' outputs, bare SQL and Python file names."""
+    out = []
     for raw in PATH.findall(text) + ROOT_FILE.findall(text):
         for path in expand(raw.rstrip(".,:;)")):
             # Run records (metrics/timing/) and benchmark caches are written on use, never committed.
@@ -209,8 +213,12 @@ def problems(doc: Path) -> list[str]:
         if not any((ROOT / d).rglob(re.sub(r"<[^>]*>", "*", name)) for d in ("pipeline", "benchmarks", "tests",
                                                                              "hydra_plugins")):
             out.append(f"{name}: no such Python file")
+    return out
 
-    # Links and their sections.
+
+def link_problems(doc: Path, text: str) -> list[str]:
+    """Links to files of the repository and their sections; README "Section" citations."""
+    out = []
     for target in LINK.findall(text):
         if re.match(r"\w+://|mailto:", target):
             continue
@@ -224,9 +232,13 @@ def problems(doc: Path) -> list[str]:
     for section in README_SECTION.findall(flat(text)):
         if not any(h.startswith(section.lower()) for h in readme):
             out.append(f'README "{section}": no such section')
+    return out
 
-    # Settings: every `group.key` names one (or a name in the module of that name), every
-    # group=option an option file, every quoted default params.yaml's value.
+
+def setting_problems(spans: list[str], code: str) -> list[str]:
+    """Every `group.key` (or override group.key=... in code) names a setting, or a name defined
+    in the pipeline module of that name; every group=option an option file of the group."""
+    out = []
     groups = {p.name for p in (ROOT / "conf").iterdir() if p.is_dir()}
     for span in spans + re.findall(r"(?<![\w.-])([\w.{},*]+=\S*)", code):
         match = re.fullmatch(r"\+?([a-z_][\w.{},*]*)(?:(=|: )(.*))?", span.strip())
@@ -246,26 +258,34 @@ def problems(doc: Path) -> list[str]:
         for one in expand(key):
             if not is_setting(one) and not python_name(one):
                 out.append(f"`{one}`: not a setting (params.yaml) nor a name in pipeline/**/{top}.py")
-    by_leaf: dict[str, list[str]] = {}
-    for key in dict(leaves(params())):
-        by_leaf.setdefault(key.rsplit(".", 1)[-1], []).append(key)
+    return out
+
+
+def default_problems(prose: str) -> list[str]:
+    """Every quoted default ("`key` (value)", "`key: value`") is params.yaml's value; a bare key
+    is read as a setting of the groups its section's stage owns."""
+    out = []
     every = dict(leaves(params()))
-    for _heading, owned, body in sections(fenced(text)[1]):
-        body = flat(body)
+    by_leaf: dict[str, list[str]] = {}
+    for key in every:
+        by_leaf.setdefault(key.rsplit(".", 1)[-1], []).append(key)
+    for owned, body in sections(prose):
         quotes = [(k, v.strip("`")) for k, v in DEFAULT_PAREN.findall(body)]
         quotes += [m.groups() for s in TICKS.findall(body) if (m := re.fullmatch(r"([\w.]+): ([^|]+)", s))]
         for key, value in quotes:
             if "." in key:
                 keys = [key] if key in every else []
             else:
-                keys = by_leaf.get(key, [])
-                keys = [k for k in keys if k.split(".")[0] in owned]
-            values = [every[k] for k in keys]
-            if keys and not any(same(yaml_value(value), v) for v in values):
+                keys = [k for k in by_leaf.get(key, []) if k.split(".")[0] in owned]
+            if keys and not any(same(yaml_value(value), every[k]) for k in keys):
                 out.append(f"`{key}` quoted as {value}: params.yaml has "
                            + ", ".join(f"{k}: {every[k]!r}" for k in keys))
+    return out
 
-    # Commands: the module, its subcommand and its flags.
+
+def command_problems(text: str, spans: list[str], code: str) -> list[str]:
+    """`python -m` commands: the module, its subcommand and its flags; `dvc repro STAGE`."""
+    out = []
     stages = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
     for module, rest in COMMAND.findall(text):
         base = ROOT / module.replace(".", "/")
@@ -286,8 +306,12 @@ def problems(doc: Path) -> list[str]:
     for stage in (s for item in spans + code.splitlines() for s in re.findall(r"(?:^|&&|;)\s*dvc repro ([a-z_]+)(?![\w-])", item.strip())):
         if stage not in stages:
             out.append(f"dvc repro {stage}: no such stage")
+    return out
 
-    # Figures from the committed run.
+
+def figure_problems(text: str) -> list[str]:
+    """Figures quoted from the committed run's metrics, as "N (`key` in `metrics/F.json`)"."""
+    out = []
     for key, name in METRIC_KEY.findall(flat(text)):
         if metric(name, key) is None:
             out.append(f"`{key}` in metrics/{name}: no such figure")
