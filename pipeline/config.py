@@ -34,10 +34,30 @@ def dump(overrides: list[str] | None = None, output: Path = PARAMS) -> None:
     Path(output).write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
 
 
+# Names that moved: each config group is named for the stage that owns it, and the documented
+# experiments are presets in conf/experiment/. An old name is one line naming the new one.
+RENAMED = {"retrieval": "retrieve", "infer": "bulk_infer", "eval": "evaluate"}
+MOVED = {"finetune=accurate": "experiment=accurate"}
+
+
+def refuse_old_names(overrides: list[str], source: str = "overrides") -> None:
+    for override in overrides:
+        key = override.lstrip("+~").partition("=")[0]
+        group = key.split(".")[0].split("@")[0]
+        if group in RENAMED:
+            fix = (f"write {override.replace(group, RENAMED[group], 1)}" if "=" in override else
+                   "recompose it with `python -m pipeline.config`")
+            raise ValueError(f"{source}: {override}: the config group {group} is now {RENAMED[group]} "
+                             f"(conf/{RENAMED[group]}/); {fix}")
+        if override in MOVED:
+            raise ValueError(f"{source}: {override}: now a preset, {MOVED[override]} (conf/experiment/)")
+
+
 def compose(overrides: list[str] | None = None) -> DictConfig:
     """The composed, resolved and checked config in memory."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
+    refuse_old_names(list(overrides or []))
     try:
         with initialize_config_dir(str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
@@ -58,6 +78,7 @@ def load(path: Path | str = PARAMS) -> DictConfig:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no params file; run `python -m pipeline.config` to compose it")
     found = read_yaml(path.read_text(encoding="utf-8"), str(path))
+    refuse_old_names([k for k in found if k in RENAMED], str(path))
     refuse_resolvers(found, str(path))
     cfg = schema.load(found, str(path))
     OmegaConf.set_readonly(cfg, True)

@@ -14,7 +14,7 @@ adapter record fails until one is added.
 Writing a record is deliberate: for a new device class, or after a change that is meant to change
 the bits (new training or decoding code, new pinned versions), never to make a failing machine pass.
 A change of the adapter's bits makes every other class's record stale, and they can only be written
-on such a machine: keep the golden build's settings in PINS instead where a default moves.
+on such a machine: keep the golden build's settings in conf/experiment/golden.yaml where a default moves.
 
     .venv/bin/python -m tests.golden --write    # then commit tests/golden.json, saying why
 """
@@ -32,11 +32,10 @@ from benchmarks import cpu
 from tests.conftest import build, make_world  # pins the portable kernels before torch is imported
 
 RECORD = Path(__file__).with_name("golden.json")
-# The settings the record was built with, where the project's defaults have moved since: the record
-# keeps testing the same code paths bit for bit, and a record of one vendor cannot be rewritten on
-# another vendor's machine (a new default that changes training or decoding gets its old value here).
-PINS: tuple[str, ...] = ("finetune.labels=drawn", "finetune.line_every_days=0", "finetune.rag_share=0.5",
-                         "finetune=accurate")
+# The settings the record was built with, where the project's defaults have moved since: the preset
+# conf/experiment/golden.yaml (a record of one vendor cannot be rewritten on another vendor's
+# machine, so a new default that changes training or decoding keeps its old value there).
+PINS: tuple[str, ...] = ("experiment=golden",)
 # Table columns holding floats computed from the weights: equal within a device class only.
 VENDOR_BITS = ("logprob",)
 

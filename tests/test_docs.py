@@ -48,7 +48,7 @@ DEFAULT_PAREN = re.compile(r"`([\w.]+)`,?\s+\((?:default\s+)?(-?\d[\d,]*(?:\.\d+
 NOT_A_KEY = re.compile(r".*\.(dvc|json|yaml|md|py|sql|parquet|txt|csv|lock)$")
 # The stage a section of a doc describes, and the config groups its bare keys belong to.
 SECTION_GROUPS = {"extract": ["extract"], "count": ["count"], "finetune": ["finetune"], "gate": ["gate"],
-                  "retrieve": ["retrieval", "refresh"], "bulk_infer": ["infer"], "evaluate": ["eval"],
+                  "retrieve": ["retrieve", "refresh"], "bulk_infer": ["bulk_infer"], "evaluate": ["evaluate"],
                   "prompts": ["prompts"], "the base model": ["model"]}
 
 
@@ -377,6 +377,8 @@ def conf_sources() -> dict[str, tuple[Path, list[str]]]:
     for entry in top["defaults"]:
         if isinstance(entry, dict):
             (group, option), = entry.items()
+            if option is None:  # experiment: presets over several groups, listed in their own table
+                continue
             others = sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml") if p.stem != option)
             out[group] = (ROOT / "conf" / group / f"{option}.yaml", others)
     return out
