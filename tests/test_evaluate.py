@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline import counting, db, hits, report, timing
+from pipeline.buckets import month_pairs, of_events
 from pipeline.__main__ import STAGES
 from pipeline.stages import evaluate
 from tests.conftest import TINY_WORLD, build, compose
@@ -77,14 +78,30 @@ def test_the_training_lookup_reads_only_the_fine_tunes_sample_days(tmp_path):
     assert got.c_pred.tolist() == [2, 2, 1, 0]
 
 
-def test_events_fall_in_the_bucket_of_their_pairs_support_at_the_active_refresh_date():
-    found = pd.DataFrame({"refresh_date": pd.to_datetime([D1, D3, D3]), "c1": [0, 0, 1], "c2": [1, 1, 0],
-                          "pair_support": [4, 30, 5]})
+def test_events_fall_in_the_bucket_of_their_pairs_support_at_the_active_refresh_date(tmp_path):
+    """buckets.month_pairs, count's definition: support in the 7-day window before the event's
+    active refresh date (every 2 days from 03-01), successors other than c1 and c2; seen when the
+    pair has a triple in the sample days [02-02, 02-23)."""
+    from tests.test_finetune import daily_frame
+
+    cfg = compose(tmp_path, "period.month=2024-03", "finetune.train_days=28", "finetune.test_days=7")
+    Path(cfg.paths.daily_counts).parent.mkdir(parents=True)
+    daily_frame([("2024-02-10", 0, 1, 3, 1),  # the sample days: (0, 1) is seen in training
+                 ("2024-02-25", 0, 1, 2, 4), ("2024-02-26", 0, 1, 0, 9),  # D1's window: 4 (c_next = c1 not counted)
+                 ("2024-03-01", 0, 1, 2, 20), ("2024-03-02", 0, 1, 3, 6),  # D3's window: 4 + 20 + 6
+                 ("2024-03-03", 0, 1, 2, 1),
+                 ("2024-03-01", 1, 0, 2, 5), ("2024-03-04", 1, 0, 2, 1)]).to_parquet(cfg.paths.daily_counts)
     events = pd.DataFrame({"day": [D1, date(2024, 3, 2), D3, D1, date(2024, 3, 4)], "c1": [0, 0, 0, 1, 1],
-                           "c2": [1, 1, 1, 0, 0]})
+                           "c2": [1, 1, 1, 0, 0]}, index=[5, 6, 7, 8, 9])
     bounds = {"cold": 0, "tail": 1, "torso": 5, "head": 30}
-    got = evaluate.support_buckets(events, found, [D1, D3], bounds)
+    placed = of_events(events, month_pairs(db.connect(cfg), cfg))
+    assert placed.support.tolist() == [4, 4, 30, 0, 5] and placed.index.tolist() == [5, 6, 7, 8, 9]
+    assert placed.seen_in_training.tolist() == [True, True, True, False, False]
+    got = evaluate.support_buckets(placed, bounds)
     assert got.tolist() == ["tail", "tail", "head", "cold", "torso"]
+    with pytest.raises(ValueError, match=r"no count of pair \(2, 0\) on 2024-03-04"):
+        of_events(events.assign(c1=[0, 0, 0, 1, 2]), month_pairs(db.connect(cfg), cfg))
+    got = got.reset_index(drop=True)
     hit = pd.DataFrame({"fixed": [True, False, True, False, True], "backoff": [True, True, False, False, True]})
     out = evaluate.by_support(hit, pd.Series([1, 1, 2, 3, 3]), got, bounds, 50, seed=1)
     assert out["tail"]["events"] == 2 and out["tail"]["share"] == 0.4 and out["cold"]["share"] == 0.2

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline import counting, db, evidence, hits, kernels, manifest, report, retrieval, timing
-from pipeline.buckets import bucket_of
+from pipeline.buckets import bucket_of, month_pairs, of_events
 from pipeline.data import contract
 from pipeline.files import atomic_path, write_metrics
 from pipeline.llm import bulk, pool, prompts
@@ -138,14 +138,10 @@ def distinct_answers(served: pd.DataFrame, tables: dict[str, pd.Series]) -> dict
             "tables": {name: int(c.dropna().nunique()) for name, c in tables.items()}}
 
 
-def support_buckets(events: pd.DataFrame, found: pd.DataFrame, days: list[date], bounds: dict[str, int]) -> pd.Series:
-    """Each event's bucket (a key of `bounds`, lower bounds of the pair's window support) by the
-    pair's pair_support at its active refresh date; a pair absent from `found` has support 0."""
-    keyed = events[["c1", "c2"]].assign(refresh_date=pd.to_datetime(pd.Series(active_dates(events, days),
-                                                                               index=events.index)))
-    at = found[["refresh_date", "c1", "c2", "pair_support"]].assign(refresh_date=pd.to_datetime(found.refresh_date))
-    support = keyed.merge(at, on=["refresh_date", "c1", "c2"], how="left").pair_support.fillna(0).to_numpy()
-    return pd.Series(bucket_of(support, bounds), index=events.index)
+def support_buckets(placed: pd.DataFrame, bounds: dict[str, int]) -> pd.Series:
+    """Each event's bucket (a key of `bounds`, lower bounds of the pair's window support at its
+    active refresh date), from its buckets.of_events row."""
+    return pd.Series(bucket_of(placed.support, bounds), index=placed.index)
 
 
 def by_support(hit: pd.DataFrame, users: pd.Series, bucket: pd.Series, bounds: dict[str, int], reps: int,
@@ -158,14 +154,6 @@ def by_support(hit: pd.DataFrame, users: pd.Series, bucket: pd.Series, bounds: d
         out[name] = {"min_support": int(low), "events": int(inside.sum()), "share": share(inside),
                      "strategies": bootstrap(hit[inside], users[inside], reps, seed, paired) if inside.any() else None}
     return out
-
-
-def unseen_in_training(con, daily: str, events: pd.DataFrame, w) -> float | None:
-    """The share of events whose pair has no triple in the fine-tune's sample days [train_start, test_start)."""
-    rows = con.execute(db.sql("finetune_rows"), {"daily": daily, "train_start": w.train_start,
-                                                  "test_start": w.test_start, "min_support": 1}).df()
-    seen = rows[["c1", "c2"]].drop_duplicates().assign(seen=True)
-    return share(events[["c1", "c2"]].merge(seen, on=["c1", "c2"], how="left").seen.isna())
 
 
 def bootstrap(hit: pd.DataFrame, users: pd.Series, reps: int, seed: int,
@@ -321,9 +309,7 @@ def fitted(table: Path) -> dict:
 def count_twin(con, daily: str, w, pairs: pd.DataFrame, prior: float) -> pd.DataFrame:
     """The fixed table's twin: counting.count_table over the fine-tune's sample days
     [train_start, test_start) for every pair of `pairs`, smoothed by `prior` (fitted by the gate)."""
-    rows = con.execute(db.sql("finetune_rows"), {"daily": daily, "train_start": w.train_start,
-                                                  "test_start": w.test_start, "min_support": 1}).df()
-    return counting.count_table(rows, pairs, prior)
+    return counting.count_table(counting.training_rows(con, daily, w), pairs, prior)
 
 
 def hybrid_rule(table: Path) -> dict:
@@ -416,8 +402,8 @@ def run(cfg: DictConfig) -> None:
     by_day = hit.groupby(events.day.astype(str)).mean().round(6).rename_axis("day").reset_index()
     strategies = bootstrap(hit, events.user_id, e.bootstrap, e.seed, PAIRED)
     bounds = {str(k): int(v) for k, v in e.support_buckets.items()}
-    buckets = by_support(hit, events.user_id, support_buckets(events, found, days, bounds), bounds,
-                         e.bootstrap, e.seed, PAIRED)
+    placed = of_events(events, month_pairs(con, cfg))
+    buckets = by_support(hit, events.user_id, support_buckets(placed, bounds), bounds, e.bootstrap, e.seed, PAIRED)
 
     names = contract.descriptions(cfg.data.path)
     base_prompts = [prompts.for_pair(names, a, b) for a, b in zip(base.c1, base.c2)]
@@ -431,7 +417,7 @@ def run(cfg: DictConfig) -> None:
                "distinct_clusters": distinct_answers(served, {"fixed": base.c_pred, "fixed_counts": counts.c_pred,
                                                               "train_top1": lookup.c_pred}),
                "fitted": settings, "twins": twins(strategies, buckets),
-               "unseen_in_training": unseen_in_training(con, daily, events, w),
+               "unseen_in_training": share(~placed.seen_in_training),
                "hybrid": hybrid_rule(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet"),
                "rag_departs_from_retrieved": departures(served, hit), "overlap": study,
                "drift_last_date": {c: topk[c].iloc[-1] for c in topk.columns if c != "refresh_date"}, "cost": spend}
