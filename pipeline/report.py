@@ -320,7 +320,8 @@ def cost_and_agility(c: dict) -> list[str]:
     return ["## Cost and agility", "",
             "| | last fine-tune | one RAG refresh |", "| --- | ---: | ---: |",
             f"| how often | every {ft['every']} | every {rf['every']} |",
-            f"| work | {ft['samples']:,} samples seen ({ft['steps']} steps) | {rf['prompts']:,} new prompts of "
+            f"| work | {ft['samples_seen']:,} samples seen ({ft['steps']} steps over {ft['samples']:,} samples) | "
+            f"{rf['prompts']:,} new prompts of "
             f"{rf['prompts_total']:,} (the rest are earlier tables' prompts, answered from the cache) |",
             f"| tokens | {ft['tokens']:,} (forward and backward) | {rf['tokens_est']:,} prompt tokens (forward only) |"]
 

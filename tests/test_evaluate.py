@@ -168,6 +168,24 @@ def test_a_table_without_its_hybrid_rule_is_one_line(tmp_path):
     assert evaluate.hybrid_rule(path) == {"rule": "support", "tau": 3, "min_logprob": None}
 
 
+def test_the_cost_counts_samples_as_the_fine_tune_does_and_tokens_over_the_samples_seen(tmp_path):
+    cfg = compose(tmp_path)
+    (tmp_path / "bulk_infer").mkdir()
+    (tmp_path / "bulk_infer.json").write_text(json.dumps({"tokens_per_prompt": 40.0}))
+    (tmp_path / "bulk_infer" / "detail.json").write_text(json.dumps(
+        {"per_table": {"rag-2024-03-03": {"new_prompts": 7, "prompts": 20}}}))
+    ft = {"samples": 1790, "samples_seen": 4000, "steps": 250, "tokens_per_sample": 48.5}
+    (tmp_path / "finetune.json").write_text(json.dumps(ft))
+    got = evaluate.cost(tmp_path, cfg, "rag-2024-03-03")
+    assert got["finetune"] == {"samples": 1790, "samples_seen": 4000, "steps": 250, "tokens": 194000, "every": "month"}
+    assert got["refresh"]["tokens_est"] == 280 and got["refresh"]["prompts"] == 7
+    assert "| work | 4,000 samples seen (250 steps over 1,790 samples) | 7 new prompts of 20 " in "\n".join(
+        report.cost_and_agility(got))
+    (tmp_path / "finetune.json").write_text(json.dumps({k: v for k, v in ft.items() if k != "samples_seen"}))
+    with pytest.raises(ValueError, match="finetune.json: key 'samples_seen' is missing"):
+        evaluate.cost(tmp_path, cfg, "rag-2024-03-03")
+
+
 def test_the_repeat_sample_is_seeded_and_keeps_the_prompt_order():
     texts = [f"prompt {i:03d}" for i in range(50)]
     sample = evaluate.repeat_sample(texts, 10, seed=7)
@@ -274,6 +292,9 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
     assert by_support.min_support.tolist() == [0, 1, 5, 30]
     assert (Path(cfg.paths.plots) / "hit_rate_by_support.png").stat().st_size > 1000
     assert 0 <= m["overlap"]["base_repeats_identical"] <= 1 and m["overlap"]["repeat_prompts"] == 20
+    trained = json.loads((Path(cfg.paths.metrics) / "finetune.json").read_text())
+    assert {k: m["cost"]["finetune"][k] for k in ("samples", "samples_seen")} == {
+        "samples": trained["samples"], "samples_seen": trained["steps"] * cfg.finetune.batch_size}
     by_day = pd.read_csv(Path(cfg.paths.plots) / "hit_rate_by_day.csv")
     assert list(by_day.columns) == ["day", *evaluate.STRATEGIES] and len(by_day) == m["days"]
     topk = pd.read_csv(Path(cfg.paths.plots) / "topk_overlap.csv")

@@ -277,13 +277,16 @@ def repeat_answers(cfg: DictConfig, names: dict[int, str], texts: list[str]) -> 
 
 
 def cost(metrics: Path, cfg: DictConfig, newest: str) -> dict:
-    """The last fine-tune against one RAG refresh, from the stages' own metrics."""
+    """The last fine-tune against one RAG refresh, from the stages' own metrics: the fine-tune's
+    samples and samples seen as metrics/finetune.json defines them, its tokens over the samples seen."""
     ft = json.loads((metrics / "finetune.json").read_text())
+    if "samples_seen" not in ft:
+        raise ValueError(f"{metrics / 'finetune.json'}: key 'samples_seen' is missing (written by an older "
+                         "finetune); rerun the finetune stage (dvc repro)")
     bi = json.loads((metrics / "bulk_infer.json").read_text())
     refresh = json.loads((metrics / "bulk_infer" / "detail.json").read_text())["per_table"][newest]
-    samples = ft["steps"] * cfg.finetune.batch_size
-    return {"finetune": {"samples": samples, "steps": ft["steps"],
-                         "tokens": round(samples * ft["tokens_per_sample"]), "every": "month"},
+    return {"finetune": {"samples": ft["samples"], "samples_seen": ft["samples_seen"], "steps": ft["steps"],
+                         "tokens": round(ft["samples_seen"] * ft["tokens_per_sample"]), "every": "month"},
             "refresh": {"table": newest, "prompts": refresh["new_prompts"], "prompts_total": refresh["prompts"],
                         "tokens_est": round(refresh["new_prompts"] * bi["tokens_per_prompt"]),
                         "every": f"{cfg.refresh.every_days} days"}}

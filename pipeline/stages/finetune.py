@@ -139,11 +139,12 @@ def run(cfg: DictConfig) -> None:
         adapter_sha = sha256(tmp / "adapter_model.safetensors")
     write_parquet(samples, cfg.paths.samples)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
+    # Samples seen: the samples drawn over the steps, repeats counted (`samples` is the set they come from).
     seen = stats["steps"] * ft.batch_size
     # Whether a checkpoint was picked up depends on what an earlier run left: a run record, not a metric.
     timing.note(train_s=round(wall, 1), samples_per_s=round(seen / wall, 2), resumed=stats.pop("resumed"))
     write_metrics(cfg.paths.metrics, "finetune", {
-        **stats, "pairs": int(samples.groupby(["c1", "c2"]).ngroups), "rag_samples": int((samples.retrieved.map(bool) | samples["last"].map(bool)).sum())},
+        **stats, "samples_seen": seen, "pairs": int(samples.groupby(["c1", "c2"]).ngroups), "rag_samples": int((samples.retrieved.map(bool) | samples["last"].map(bool)).sum())},
         {"train_window": [str(w.train_start), str(w.test_start)], "lined_samples": len(anchored),
          # how informative the lined samples' lines are: the share whose label is the line's first cluster
          "lined_label_is_line": round(float(np.mean([(r or b)[0] == c for r, b, c in zip(
