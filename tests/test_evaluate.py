@@ -163,9 +163,12 @@ def test_a_table_without_its_hybrid_rule_is_one_line(tmp_path):
     path = tmp_path / "rag-2024-03-01.parquet"
     manifest.write_table(table([(0, 1, 5, [])]), path, {"hybrid_tau": 3})
     with pytest.raises(ValueError, match="rag-2024-03-01.parquet: its manifest records no hybrid rule"):
-        evaluate.hybrid_rule(path)
+        evaluate.table_hybrid_rule(path)
     manifest.write_table(table([(0, 1, 5, [])]), path, {"hybrid": {"rule": "support", "tau": 3, "min_logprob": None}})
-    assert evaluate.hybrid_rule(path) == {"rule": "support", "tau": 3, "min_logprob": None}
+    assert evaluate.table_hybrid_rule(path) == {"rule": "support", "tau": 3, "min_logprob": None}
+    manifest.write_table(table([(0, 1, 5, [])]), path, {"hybrid": {"rule": "support"}})  # checked as the gate's
+    with pytest.raises(ValueError, match=r"rag-2024-03-01.parquet manifest: key 'hybrid.tau' is missing"):
+        evaluate.table_hybrid_rule(path)
 
 
 def test_the_cost_counts_samples_as_the_fine_tune_does_and_tokens_over_the_samples_seen(tmp_path):
@@ -232,7 +235,7 @@ def test_eval_events_list_the_next_distinct_novel_clusters_from_c_next_on(tmp_pa
     assert list(cut.future[0]) == [2, 3]
 
 
-def test_drift_is_one_at_the_first_date_and_falls_when_successors_change(tmp_path):
+def test_topk_overlap_is_one_at_the_first_date_and_falls_when_successors_change(tmp_path):
     cfg = compose(tmp_path)
     rows = [("2024-02-28", 0, 1, 2, 9), ("2024-02-28", 0, 1, 3, 1), ("2024-03-02", 0, 1, 3, 30),
             ("2024-02-28", 1, 0, 2, 5), ("2024-03-02", 1, 0, 2, 5)]
@@ -240,7 +243,7 @@ def test_drift_is_one_at_the_first_date_and_falls_when_successors_change(tmp_pat
     daily["day"] = pd.to_datetime(daily.day).dt.date
     daily["n"] = daily.n.astype("int64")
     daily.to_parquet(tmp_path / "daily.parquet")
-    out = evaluate.drift(db.connect(cfg), str(tmp_path / "daily.parquet"), [D1, D3], 7, [1, 2])
+    out = evaluate.topk_overlap(db.connect(cfg), str(tmp_path / "daily.parquet"), [D1, D3], 7, [1, 2])
     assert out.top1.tolist() == [1.0, 0.5] and out.top2.tolist() == [1.0, 1.0]
 
 

@@ -232,8 +232,9 @@ def overlap(base: pd.DataFrame, rag: pd.DataFrame, repeats: tuple[list[str], lis
             "repeat_prompts": len(first)}
 
 
-def drift(con, daily: str, days: list[date], window_days: int, ks: list[int]) -> pd.DataFrame:
-    """Per refresh date and k: share of pairs whose top-k successor set equals the first date's."""
+def topk_overlap(con, daily: str, days: list[date], window_days: int, ks: list[int]) -> pd.DataFrame:
+    """Per refresh date and k: share of pairs whose top-k successor set equals the first date's
+    (successor drift within the month, the plot topk_overlap.csv; count's drift metric is month over month)."""
     out = pd.DataFrame({"refresh_date": [str(d) for d in days]})
     for k in ks:
         found = retrieval.successors(con, daily, days, window_days, int(k), "frequency")
@@ -315,14 +316,15 @@ def count_twin(con, daily: str, w, pairs: pd.DataFrame, prior: float) -> pd.Data
     return counting.count_table(counting.training_rows(con, daily, w), pairs, prior)
 
 
-def hybrid_rule(table: Path) -> dict:
-    """The hybrid rule a RAG table was built under, from its manifest; a table from before the rule
-    was recorded is one line saying to rebuild it."""
+def table_hybrid_rule(table: Path) -> dict:
+    """The hybrid rule a RAG table was built under, from its manifest, checked as
+    retrieval.hybrid_rule checks the gate's; a table from before the rule was recorded is one line
+    saying to rebuild it."""
     recorded = manifest.read(table).get("hybrid")
     if recorded is None:
         raise ValueError(f"{table}: its manifest records no hybrid rule (built by an older bulk_infer); "
                          "rerun the bulk_infer stage (dvc repro)")
-    return json.loads(recorded)
+    return retrieval.hybrid_rule(json.loads(recorded), f"{table} manifest")
 
 
 def headline(m: dict) -> dict:
@@ -412,7 +414,7 @@ def run(cfg: DictConfig) -> None:
     base_prompts = [prompts.for_pair(names, a, b) for a, b in zip(base.c1, base.c2)]
     repeated = repeat_sample(base_prompts, e.repeat_pairs, e.seed)
     study = overlap(base, rag, repeat_answers(cfg, names, repeated), names)
-    topk = drift(con, daily, days, cfg.retrieval.window_days, list(e.drift_k))
+    topk = topk_overlap(con, daily, days, cfg.retrieval.window_days, list(e.drift_k))
     spend = cost(Path(cfg.paths.metrics), cfg, f"rag-{days[-1]}")
 
     metrics = {"horizon": e.horizon, "events": len(events), "users": int(events.user_id.nunique()),
@@ -421,7 +423,7 @@ def run(cfg: DictConfig) -> None:
                                                               "train_top1": lookup.c_pred}),
                "fitted": settings, "twins": twins(strategies, buckets),
                "unseen_in_training": share(~placed.seen_in_training),
-               "hybrid": hybrid_rule(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet"),
+               "hybrid": table_hybrid_rule(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet"),
                "rag_departs_from_retrieved": departures(served, hit), "overlap": study,
                "drift_last_date": {c: topk[c].iloc[-1] for c in topk.columns if c != "refresh_date"}, "cost": spend}
     write_outputs(cfg, metrics, by_day, topk, rates_by_support(buckets))

@@ -224,7 +224,7 @@ def run(cfg: DictConfig) -> None:
     # The verdict and the figures it rests on; bulk_infer reads the verdict and tau from gate.json.
     write_metrics(cfg.paths.metrics, "gate", {
         **{k: metrics[k] for k in ("passed", "exact_match", "test_recall", "failed_checks", "override_reason")},
-        "hybrid": {k: metrics["hybrid"][k] for k in ("rule", "tau", "min_logprob")},
+        "hybrid": {k: metrics["hybrid"][k] for k in ("rule", *retrieval.PARAMETERS)},
         "rag": {"test_recall": metrics["rag"]["test_recall"]}, "fitted": fitted_settings(fitted)}, metrics)
     timing.note(decode_s=round(wall, 1), prompts_per_s=round(len(pairs) / wall, 2))
     print(f"gate: exact match {metrics['exact_match']:.3f} (>= {g.min_exact_match}), test recall "
