@@ -1,5 +1,5 @@
 """Where the evaluated month's pairs sit, defined once for count's realism figures and evaluate's
-by-support table: their support bucket (eval.support_buckets: a pair's support in the retrieval
+by-support table: their support bucket (evaluate.support_buckets: a pair's support in the retrieval
 window sorts it into cold, tail, torso or head) and whether they are unseen in training (no triple
 in the fine-tune's sample days). Both come from month_pair_support.sql; count weighs them by the
 month's triples, evaluate by its events."""
@@ -19,7 +19,7 @@ def month_pairs(con, cfg: DictConfig) -> pd.DataFrame:
     w = windows(cfg)
     rows = db.over_dates(con, "month_pair_support", refresh_dates(cfg), {
         "daily": str(cfg.paths.daily_counts), "month_start": w.month_start, "month_end": w.month_end,
-        "window_days": cfg.retrieval.window_days, "train_start": w.train_start, "test_start": w.test_start})
+        "window_days": cfg.retrieve.window_days, "train_start": w.train_start, "test_start": w.test_start})
     rows["day"] = pd.to_datetime(rows.day).dt.date
     return rows
 

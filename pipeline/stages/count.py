@@ -57,7 +57,7 @@ def run(cfg: DictConfig) -> None:
         metrics, months = drift(engine, Path(cfg.paths.daily_counts), cfg.count.top_k, cfg.count.min_support)
     # A small read of the written counts, on DuckDB whatever the engine (as retrieve reads them).
     metrics["month"] = {"period": cfg.period.month,
-                        **support_profile(month_pairs(con, cfg), dict(cfg.eval.support_buckets))}
+                        **support_profile(month_pairs(con, cfg), dict(cfg.evaluate.support_buckets))}
     write_metrics(cfg.paths.metrics, "count", headline(metrics), metrics)
     # Per-month detail is a plot, not a metric: `dvc metrics show` stays one readable row.
     with atomic_path(Path(cfg.paths.metrics) / "drift_by_month.csv") as tmp, open(tmp, "w", newline="") as fh:
