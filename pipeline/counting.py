@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import pandas as pd
 
+from pipeline import db
+
+
+def training_rows(con, daily, w, min_support: int = 1) -> pd.DataFrame:
+    """(day, c1, c2, c_next, n) of the fine-tune's sample days [w.train_start, w.test_start) for
+    pairs with at least min_support triples there, sorted (training_rows.sql): what the fine-tune
+    curates from, and with min_support 1 every count the count twin counts."""
+    return con.execute(db.sql("training_rows"), {"daily": str(daily), "train_start": w.train_start,
+                                                  "test_start": w.test_start, "min_support": min_support}).df()
+
 
 def shares(totals: pd.DataFrame) -> pd.Series:
     """Each successor's share of all triples (c_next -> share): how popular it was."""

@@ -83,7 +83,7 @@ def _pts(x: float) -> str:
     return f"{100 * x:+.2f}"
 
 
-def hybrid_rule(rule: dict) -> str:
+def hybrid_rule_in_words(rule: dict) -> str:
     """The hybrid rule the gate chose, in words."""
     if rule["rule"] == "counts":
         return ("back-off's count answer everywhere (no rule that uses the model gained clear of noise on the "
@@ -123,7 +123,7 @@ def findings(s: dict, apart: dict, study: dict, topk: pd.DataFrame, every: int, 
            f"cluster that is neither the retrieved one nor its no-RAG answer in {_pct(study['rag_differs_from_both'])}."]
     backoff, hyb = s["backoff"], s["hybrid"]
     out.append(f"The back-off frequency baseline (no LLM) scores {_pct(backoff['hit_rate'])}; the hybrid "
-               f"({hybrid_rule(rule)}) {_pct(hyb['hit_rate'])}: {_pts(hyb['diff_vs_backoff'])} points against "
+               f"({hybrid_rule_in_words(rule)}) {_pct(hyb['hit_rate'])}: {_pts(hyb['diff_vs_backoff'])} points against "
                f"back-off (95 % CI {_pts(hyb['diff_vs_backoff_ci'][0])} to {_pts(hyb['diff_vs_backoff_ci'][1])}).")
     for name, b in by_support.items():
         if b["strategies"]:
@@ -191,7 +191,7 @@ def against_twins(m: dict, labels: list[str], strategies: dict[str, str]) -> lis
         + "." for t in twins)]
     best = max((t["twin"] for t in twins), key=lambda n: s[n]["hit_rate"])
     hyb = s["hybrid"]
-    lines.append(f"- The hybrid serves {hybrid_rule(m['hybrid'])}: {_pct(hyb['hit_rate'])} against the best twin, "
+    lines.append(f"- The hybrid serves {hybrid_rule_in_words(m['hybrid'])}: {_pct(hyb['hit_rate'])} against the best twin, "
                  f"`{best}`, at {_pct(s[best]['hit_rate'])}: {_pts(hyb[f'diff_vs_{best}'])} points (95 % CI "
                  f"{_pts(hyb[f'diff_vs_{best}_ci'][0])} to {_pts(hyb[f'diff_vs_{best}_ci'][1])}).")
     return lines
@@ -252,7 +252,7 @@ def by_pair_support(cfg: DictConfig, m: dict, strategies: dict[str, str], labels
     lines = ["## Hit rate by pair support", "",
              f"Each event's pair (c1, c2) by its support: the triples of (c1, c2) to any successor in the "
              f"{cfg.retrieve.window_days} days before the event's refresh date. The hybrid serves "
-             f"{hybrid_rule(m['hybrid'])} (the rule chosen on the gate's held-out days, before the month). "
+             f"{hybrid_rule_in_words(m['hybrid'])} (the rule chosen on the gate's held-out days, before the month). "
              f"{_pct(m['unseen_in_training'])} of events have a pair that never occurs in the fine-tune's sample "
              "days. Hit rate (95 % CI over the bucket's users):", "",
              "| strategy | " + " | ".join(labels) + " |", "| --- | " + " | ".join("---:" for _ in labels) + " |",
@@ -320,7 +320,8 @@ def cost_and_agility(c: dict) -> list[str]:
     return ["## Cost and agility", "",
             "| | last fine-tune | one RAG refresh |", "| --- | ---: | ---: |",
             f"| how often | every {ft['every']} | every {rf['every']} |",
-            f"| work | {ft['samples']:,} samples seen ({ft['steps']} steps) | {rf['prompts']:,} new prompts of "
+            f"| work | {ft['samples_seen']:,} samples seen ({ft['steps']} steps over {ft['samples']:,} samples) | "
+            f"{rf['prompts']:,} new prompts of "
             f"{rf['prompts_total']:,} (the rest are earlier tables' prompts, answered from the cache) |",
             f"| tokens | {ft['tokens']:,} (forward and backward) | {rf['tokens_est']:,} prompt tokens (forward only) |"]
 

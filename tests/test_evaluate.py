@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline import counting, db, hits, report, timing
+from pipeline.buckets import month_pairs, of_events
 from pipeline.__main__ import STAGES
 from pipeline.stages import evaluate
 from tests.conftest import TINY_WORLD, build, compose
@@ -77,14 +78,30 @@ def test_the_training_lookup_reads_only_the_fine_tunes_sample_days(tmp_path):
     assert got.c_pred.tolist() == [2, 2, 1, 0]
 
 
-def test_events_fall_in_the_bucket_of_their_pairs_support_at_the_active_refresh_date():
-    found = pd.DataFrame({"refresh_date": pd.to_datetime([D1, D3, D3]), "c1": [0, 0, 1], "c2": [1, 1, 0],
-                          "pair_support": [4, 30, 5]})
+def test_events_fall_in_the_bucket_of_their_pairs_support_at_the_active_refresh_date(tmp_path):
+    """buckets.month_pairs, count's definition: support in the 7-day window before the event's
+    active refresh date (every 2 days from 03-01), successors other than c1 and c2; seen when the
+    pair has a triple in the sample days [02-02, 02-23)."""
+    from tests.test_finetune import daily_frame
+
+    cfg = compose(tmp_path, "period.month=2024-03", "finetune.train_days=28", "finetune.test_days=7")
+    Path(cfg.paths.daily_counts).parent.mkdir(parents=True)
+    daily_frame([("2024-02-10", 0, 1, 3, 1),  # the sample days: (0, 1) is seen in training
+                 ("2024-02-25", 0, 1, 2, 4), ("2024-02-26", 0, 1, 0, 9),  # D1's window: 4 (c_next = c1 not counted)
+                 ("2024-03-01", 0, 1, 2, 20), ("2024-03-02", 0, 1, 3, 6),  # D3's window: 4 + 20 + 6
+                 ("2024-03-03", 0, 1, 2, 1),
+                 ("2024-03-01", 1, 0, 2, 5), ("2024-03-04", 1, 0, 2, 1)]).to_parquet(cfg.paths.daily_counts)
     events = pd.DataFrame({"day": [D1, date(2024, 3, 2), D3, D1, date(2024, 3, 4)], "c1": [0, 0, 0, 1, 1],
-                           "c2": [1, 1, 1, 0, 0]})
+                           "c2": [1, 1, 1, 0, 0]}, index=[5, 6, 7, 8, 9])
     bounds = {"cold": 0, "tail": 1, "torso": 5, "head": 30}
-    got = evaluate.support_buckets(events, found, [D1, D3], bounds)
+    placed = of_events(events, month_pairs(db.connect(cfg), cfg))
+    assert placed.support.tolist() == [4, 4, 30, 0, 5] and placed.index.tolist() == [5, 6, 7, 8, 9]
+    assert placed.seen_in_training.tolist() == [True, True, True, False, False]
+    got = evaluate.support_buckets(placed, bounds)
     assert got.tolist() == ["tail", "tail", "head", "cold", "torso"]
+    with pytest.raises(ValueError, match=r"no count of pair \(2, 0\) on 2024-03-04"):
+        of_events(events.assign(c1=[0, 0, 0, 1, 2]), month_pairs(db.connect(cfg), cfg))
+    got = got.reset_index(drop=True)
     hit = pd.DataFrame({"fixed": [True, False, True, False, True], "backoff": [True, True, False, False, True]})
     out = evaluate.by_support(hit, pd.Series([1, 1, 2, 3, 3]), got, bounds, 50, seed=1)
     assert out["tail"]["events"] == 2 and out["tail"]["share"] == 0.4 and out["cold"]["share"] == 0.2
@@ -146,9 +163,30 @@ def test_a_table_without_its_hybrid_rule_is_one_line(tmp_path):
     path = tmp_path / "rag-2024-03-01.parquet"
     manifest.write_table(table([(0, 1, 5, [])]), path, {"hybrid_tau": 3})
     with pytest.raises(ValueError, match="rag-2024-03-01.parquet: its manifest records no hybrid rule"):
-        evaluate.hybrid_rule(path)
+        evaluate.table_hybrid_rule(path)
     manifest.write_table(table([(0, 1, 5, [])]), path, {"hybrid": {"rule": "support", "tau": 3, "min_logprob": None}})
-    assert evaluate.hybrid_rule(path) == {"rule": "support", "tau": 3, "min_logprob": None}
+    assert evaluate.table_hybrid_rule(path) == {"rule": "support", "tau": 3, "min_logprob": None}
+    manifest.write_table(table([(0, 1, 5, [])]), path, {"hybrid": {"rule": "support"}})  # checked as the gate's
+    with pytest.raises(ValueError, match=r"rag-2024-03-01.parquet manifest: key 'hybrid.tau' is missing"):
+        evaluate.table_hybrid_rule(path)
+
+
+def test_the_cost_counts_samples_as_the_fine_tune_does_and_tokens_over_the_samples_seen(tmp_path):
+    cfg = compose(tmp_path)
+    (tmp_path / "bulk_infer").mkdir()
+    (tmp_path / "bulk_infer.json").write_text(json.dumps({"tokens_per_prompt": 40.0}))
+    (tmp_path / "bulk_infer" / "detail.json").write_text(json.dumps(
+        {"per_table": {"rag-2024-03-03": {"new_prompts": 7, "prompts": 20}}}))
+    ft = {"samples": 1790, "samples_seen": 4000, "steps": 250, "tokens_per_sample": 48.5}
+    (tmp_path / "finetune.json").write_text(json.dumps(ft))
+    got = evaluate.cost(tmp_path, cfg, "rag-2024-03-03")
+    assert got["finetune"] == {"samples": 1790, "samples_seen": 4000, "steps": 250, "tokens": 194000, "every": "month"}
+    assert got["refresh"]["tokens_est"] == 280 and got["refresh"]["prompts"] == 7
+    assert "| work | 4,000 samples seen (250 steps over 1,790 samples) | 7 new prompts of 20 " in "\n".join(
+        report.cost_and_agility(got))
+    (tmp_path / "finetune.json").write_text(json.dumps({k: v for k, v in ft.items() if k != "samples_seen"}))
+    with pytest.raises(ValueError, match="finetune.json: key 'samples_seen' is missing"):
+        evaluate.cost(tmp_path, cfg, "rag-2024-03-03")
 
 
 def test_the_repeat_sample_is_seeded_and_keeps_the_prompt_order():
@@ -197,7 +235,7 @@ def test_eval_events_list_the_next_distinct_novel_clusters_from_c_next_on(tmp_pa
     assert list(cut.future[0]) == [2, 3]
 
 
-def test_drift_is_one_at_the_first_date_and_falls_when_successors_change(tmp_path):
+def test_topk_overlap_is_one_at_the_first_date_and_falls_when_successors_change(tmp_path):
     cfg = compose(tmp_path)
     rows = [("2024-02-28", 0, 1, 2, 9), ("2024-02-28", 0, 1, 3, 1), ("2024-03-02", 0, 1, 3, 30),
             ("2024-02-28", 1, 0, 2, 5), ("2024-03-02", 1, 0, 2, 5)]
@@ -205,7 +243,7 @@ def test_drift_is_one_at_the_first_date_and_falls_when_successors_change(tmp_pat
     daily["day"] = pd.to_datetime(daily.day).dt.date
     daily["n"] = daily.n.astype("int64")
     daily.to_parquet(tmp_path / "daily.parquet")
-    out = evaluate.drift(db.connect(cfg), str(tmp_path / "daily.parquet"), [D1, D3], 7, [1, 2])
+    out = evaluate.topk_overlap(db.connect(cfg), str(tmp_path / "daily.parquet"), [D1, D3], 7, [1, 2])
     assert out.top1.tolist() == [1.0, 0.5] and out.top2.tolist() == [1.0, 1.0]
 
 
@@ -257,6 +295,9 @@ def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world,
     assert by_support.min_support.tolist() == [0, 1, 5, 30]
     assert (Path(cfg.paths.plots) / "hit_rate_by_support.png").stat().st_size > 1000
     assert 0 <= m["overlap"]["base_repeats_identical"] <= 1 and m["overlap"]["repeat_prompts"] == 20
+    trained = json.loads((Path(cfg.paths.metrics) / "finetune.json").read_text())
+    assert {k: m["cost"]["finetune"][k] for k in ("samples", "samples_seen")} == {
+        "samples": trained["samples"], "samples_seen": trained["steps"] * cfg.finetune.batch_size}
     by_day = pd.read_csv(Path(cfg.paths.plots) / "hit_rate_by_day.csv")
     assert list(by_day.columns) == ["day", *evaluate.STRATEGIES] and len(by_day) == m["days"]
     topk = pd.read_csv(Path(cfg.paths.plots) / "topk_overlap.csv")

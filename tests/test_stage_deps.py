@@ -100,3 +100,36 @@ def test_the_check_names_a_removed_dep_and_a_foreign_one():
     declared, _ = manifest.stage_deps("extract")
     assert mismatch("extract", [d for d in declared if "dedupe_first" not in d]) == [
         "extract: dvc.yaml lacks a dep matching pipeline/sql/extract_dedupe_.+\\.sql"]
+
+
+def sql_owners() -> dict[str, set[str]]:
+    """Each SQL file's stem -> the stages whose code reads it (by name or by template)."""
+    owners = {stem: set() for stem in SQL}
+    for stage in STAGES:
+        files, templates = closure(stage)
+        for stem in SQL:
+            path = f"pipeline/sql/{stem}.sql"
+            if path in files or any(re.fullmatch(t, path) for t in templates):
+                owners[stem].add(stage)
+    return owners
+
+
+def misnamed(owners: dict[str, set[str]]) -> list[str]:
+    """SQL names against the rule: a file one stage reads is prefixed with that stage; a file
+    several read (or none) is named for what it computes, with no stage's prefix."""
+    out = []
+    for stem, stages in sorted(owners.items()):
+        prefix = next((s for s in STAGES if stem.startswith(f"{s}_")), None)
+        if len(stages) == 1 and prefix not in stages:
+            out.append(f"{stem}.sql: read by {min(stages)} only, so named {min(stages)}_*")
+        elif len(stages) != 1 and prefix:
+            out.append(f"{stem}.sql: read by {sorted(stages)}, so named for what it computes, not {prefix}_*")
+    return out
+
+
+def test_sql_files_are_named_for_the_one_stage_that_reads_them_or_for_what_they_compute():
+    owners = sql_owners()
+    assert misnamed(owners) == []
+    assert misnamed({**owners, "finetune_rows": {"finetune", "evaluate"}, "support": {"count"}}) == [
+        "finetune_rows.sql: read by ['evaluate', 'finetune'], so named for what it computes, not finetune_*",
+        "support.sql: read by count only, so named count_*"]

@@ -53,12 +53,14 @@ def table_rows(names: dict[int, str], found: pd.DataFrame, days: list, min_suppo
     return rows
 
 
-def serve(rows: pd.DataFrame, answers: list[tuple[str, float]], names: dict[int, str], popular: dict) -> pd.DataFrame:
-    """What each pair serves: the model's answer when it names a novel cluster, else the evidence
-    its prompt showed (the retrieved successor, else the last cluster's), else the first popular
-    cluster of that date that is neither c1 nor c2. `answers`: each row's (model output, its
-    log-probability), kept as `output` and `logprob`; `last` is kept beside `retrieved` so that
-    each row's prompt can be rebuilt from its table."""
+def answer_table(rows: pd.DataFrame, answers: list[tuple[str, float]], names: dict[int, str],
+                 popular: dict) -> pd.DataFrame:
+    """A table's rows from the model's answers: each pair's c_pred is the model's answer when it
+    names a novel cluster, else the evidence its prompt showed (the retrieved successor, else the
+    last cluster's), else the first popular cluster of that date that is neither c1 nor c2; the
+    column `served` says which of these it came from (llm, retrieved, last, popular, none).
+    `answers`: each row's (model output, its log-probability), kept as `output` and `logprob`;
+    `last` is kept beside `retrieved` so that each row's prompt can be rebuilt from its table."""
     outputs = [a for a, _ in answers]
     parsed = prompts.parse(outputs, names)
     c_pred, served, valid = [], [], []
@@ -167,7 +169,7 @@ def write_tables(cfg: DictConfig, rows: pd.DataFrame, answers: dict, names: dict
     with atomic_path(cfg.paths.tables, owns=TABLE_FILES) as out:
         out.mkdir(parents=True)
         for name, part in rows.groupby("table", sort=False):
-            table = serve(part, [answers[p] for p in part.prompt], names, popular)
+            table = answer_table(part, [answers[p] for p in part.prompt], names, popular)
             day = part.refresh_date.iloc[0]
             if name != "base":
                 at = part.assign(day=day)

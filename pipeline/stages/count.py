@@ -9,9 +9,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from pipeline import db, engines
-from pipeline.buckets import bucket_of
+from pipeline.buckets import bucket_of, month_pairs
 from pipeline.files import atomic_path, write_metrics
-from pipeline.period import refresh_dates, windows
 
 
 def drift(engine, daily: Path, top_k: int, min_support: int) -> tuple[dict, list[dict]]:
@@ -33,7 +32,7 @@ def drift(engine, daily: Path, top_k: int, min_support: int) -> tuple[dict, list
 
 def support_profile(rows: pd.DataFrame, bounds: dict[str, int]) -> dict:
     """Shares of the month's triples by support bucket (keyed by its name) and unseen in training, from
-    count_support_profile.sql's (support, seen_in_training, triples) rows; shares are null without triples."""
+    buckets.month_pairs' (support, seen_in_training, triples) rows; shares are null without triples."""
     total = int(rows.triples.sum())
     bucket = bucket_of(rows.support, bounds)
 
@@ -57,11 +56,8 @@ def run(cfg: DictConfig) -> None:
             rows = engine.copy("count_daily_counts", daily, {"triples": cfg.paths.triples})
         metrics, months = drift(engine, Path(cfg.paths.daily_counts), cfg.count.top_k, cfg.count.min_support)
     # A small read of the written counts, on DuckDB whatever the engine (as retrieve reads them).
-    w = windows(cfg)
-    profile = db.over_dates(con, "count_support_profile", refresh_dates(cfg), {
-        "daily": cfg.paths.daily_counts, "month_start": w.month_start, "month_end": w.month_end,
-        "window_days": cfg.retrieve.window_days, "train_start": w.train_start, "test_start": w.test_start})
-    metrics["month"] = {"period": cfg.period.month, **support_profile(profile, dict(cfg.evaluate.support_buckets))}
+    metrics["month"] = {"period": cfg.period.month,
+                        **support_profile(month_pairs(con, cfg), dict(cfg.evaluate.support_buckets))}
     write_metrics(cfg.paths.metrics, "count", headline(metrics), metrics)
     # Per-month detail is a plot, not a metric: `dvc metrics show` stays one readable row.
     with atomic_path(Path(cfg.paths.metrics) / "drift_by_month.csv") as tmp, open(tmp, "w", newline="") as fh:

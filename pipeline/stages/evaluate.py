@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline import counting, db, evidence, hits, kernels, manifest, report, retrieval, timing
-from pipeline.buckets import bucket_of
+from pipeline.buckets import bucket_of, month_pairs, of_events
 from pipeline.data import contract
 from pipeline.files import atomic_path, write_metrics
 from pipeline.llm import bulk, pool, prompts
@@ -138,14 +138,10 @@ def distinct_answers(served: pd.DataFrame, tables: dict[str, pd.Series]) -> dict
             "tables": {name: int(c.dropna().nunique()) for name, c in tables.items()}}
 
 
-def support_buckets(events: pd.DataFrame, found: pd.DataFrame, days: list[date], bounds: dict[str, int]) -> pd.Series:
-    """Each event's bucket (a key of `bounds`, lower bounds of the pair's window support) by the
-    pair's pair_support at its active refresh date; a pair absent from `found` has support 0."""
-    keyed = events[["c1", "c2"]].assign(refresh_date=pd.to_datetime(pd.Series(active_dates(events, days),
-                                                                               index=events.index)))
-    at = found[["refresh_date", "c1", "c2", "pair_support"]].assign(refresh_date=pd.to_datetime(found.refresh_date))
-    support = keyed.merge(at, on=["refresh_date", "c1", "c2"], how="left").pair_support.fillna(0).to_numpy()
-    return pd.Series(bucket_of(support, bounds), index=events.index)
+def support_buckets(placed: pd.DataFrame, bounds: dict[str, int]) -> pd.Series:
+    """Each event's bucket (a key of `bounds`, lower bounds of the pair's window support at its
+    active refresh date), from its buckets.of_events row."""
+    return pd.Series(bucket_of(placed.support, bounds), index=placed.index)
 
 
 def by_support(hit: pd.DataFrame, users: pd.Series, bucket: pd.Series, bounds: dict[str, int], reps: int,
@@ -158,14 +154,6 @@ def by_support(hit: pd.DataFrame, users: pd.Series, bucket: pd.Series, bounds: d
         out[name] = {"min_support": int(low), "events": int(inside.sum()), "share": share(inside),
                      "strategies": bootstrap(hit[inside], users[inside], reps, seed, paired) if inside.any() else None}
     return out
-
-
-def unseen_in_training(con, daily: str, events: pd.DataFrame, w) -> float | None:
-    """The share of events whose pair has no triple in the fine-tune's sample days [train_start, test_start)."""
-    rows = con.execute(db.sql("finetune_rows"), {"daily": daily, "train_start": w.train_start,
-                                                  "test_start": w.test_start, "min_support": 1}).df()
-    seen = rows[["c1", "c2"]].drop_duplicates().assign(seen=True)
-    return share(events[["c1", "c2"]].merge(seen, on=["c1", "c2"], how="left").seen.isna())
 
 
 def bootstrap(hit: pd.DataFrame, users: pd.Series, reps: int, seed: int,
@@ -244,8 +232,9 @@ def overlap(base: pd.DataFrame, rag: pd.DataFrame, repeats: tuple[list[str], lis
             "repeat_prompts": len(first)}
 
 
-def drift(con, daily: str, days: list[date], window_days: int, ks: list[int]) -> pd.DataFrame:
-    """Per refresh date and k: share of pairs whose top-k successor set equals the first date's."""
+def topk_overlap(con, daily: str, days: list[date], window_days: int, ks: list[int]) -> pd.DataFrame:
+    """Per refresh date and k: share of pairs whose top-k successor set equals the first date's
+    (successor drift within the month, the plot topk_overlap.csv; count's drift metric is month over month)."""
     out = pd.DataFrame({"refresh_date": [str(d) for d in days]})
     for k in ks:
         found = retrieval.successors(con, daily, days, window_days, int(k), "frequency")
@@ -289,13 +278,16 @@ def repeat_answers(cfg: DictConfig, names: dict[int, str], texts: list[str]) -> 
 
 
 def cost(metrics: Path, cfg: DictConfig, newest: str) -> dict:
-    """The last fine-tune against one RAG refresh, from the stages' own metrics."""
+    """The last fine-tune against one RAG refresh, from the stages' own metrics: the fine-tune's
+    samples and samples seen as metrics/finetune.json defines them, its tokens over the samples seen."""
     ft = json.loads((metrics / "finetune.json").read_text())
+    if "samples_seen" not in ft:
+        raise ValueError(f"{metrics / 'finetune.json'}: key 'samples_seen' is missing (written by an older "
+                         "finetune); rerun the finetune stage (dvc repro)")
     bi = json.loads((metrics / "bulk_infer.json").read_text())
     refresh = json.loads((metrics / "bulk_infer" / "detail.json").read_text())["per_table"][newest]
-    samples = ft["steps"] * cfg.finetune.batch_size
-    return {"finetune": {"samples": samples, "steps": ft["steps"],
-                         "tokens": round(samples * ft["tokens_per_sample"]), "every": "month"},
+    return {"finetune": {"samples": ft["samples"], "samples_seen": ft["samples_seen"], "steps": ft["steps"],
+                         "tokens": round(ft["samples_seen"] * ft["tokens_per_sample"]), "every": "month"},
             "refresh": {"table": newest, "prompts": refresh["new_prompts"], "prompts_total": refresh["prompts"],
                         "tokens_est": round(refresh["new_prompts"] * bi["tokens_per_prompt"]),
                         "every": f"{cfg.refresh.every_days} days"}}
@@ -321,19 +313,18 @@ def fitted(table: Path) -> dict:
 def count_twin(con, daily: str, w, pairs: pd.DataFrame, prior: float) -> pd.DataFrame:
     """The fixed table's twin: counting.count_table over the fine-tune's sample days
     [train_start, test_start) for every pair of `pairs`, smoothed by `prior` (fitted by the gate)."""
-    rows = con.execute(db.sql("finetune_rows"), {"daily": daily, "train_start": w.train_start,
-                                                  "test_start": w.test_start, "min_support": 1}).df()
-    return counting.count_table(rows, pairs, prior)
+    return counting.count_table(counting.training_rows(con, daily, w), pairs, prior)
 
 
-def hybrid_rule(table: Path) -> dict:
-    """The hybrid rule a RAG table was built under, from its manifest; a table from before the rule
-    was recorded is one line saying to rebuild it."""
+def table_hybrid_rule(table: Path) -> dict:
+    """The hybrid rule a RAG table was built under, from its manifest, checked as
+    retrieval.hybrid_rule checks the gate's; a table from before the rule was recorded is one line
+    saying to rebuild it."""
     recorded = manifest.read(table).get("hybrid")
     if recorded is None:
         raise ValueError(f"{table}: its manifest records no hybrid rule (built by an older bulk_infer); "
                          "rerun the bulk_infer stage (dvc repro)")
-    return json.loads(recorded)
+    return retrieval.hybrid_rule(json.loads(recorded), f"{table} manifest")
 
 
 def headline(m: dict) -> dict:
@@ -416,14 +407,14 @@ def run(cfg: DictConfig) -> None:
     by_day = hit.groupby(events.day.astype(str)).mean().round(6).rename_axis("day").reset_index()
     strategies = bootstrap(hit, events.user_id, e.bootstrap, e.seed, PAIRED)
     bounds = {str(k): int(v) for k, v in e.support_buckets.items()}
-    buckets = by_support(hit, events.user_id, support_buckets(events, found, days, bounds), bounds,
-                         e.bootstrap, e.seed, PAIRED)
+    placed = of_events(events, month_pairs(con, cfg))
+    buckets = by_support(hit, events.user_id, support_buckets(placed, bounds), bounds, e.bootstrap, e.seed, PAIRED)
 
     names = contract.descriptions(cfg.data.path)
     base_prompts = [prompts.for_pair(names, a, b) for a, b in zip(base.c1, base.c2)]
     repeated = repeat_sample(base_prompts, e.repeat_pairs, e.seed)
     study = overlap(base, rag, repeat_answers(cfg, names, repeated), names)
-    topk = drift(con, daily, days, cfg.retrieve.window_days, list(e.drift_k))
+    topk = topk_overlap(con, daily, days, cfg.retrieve.window_days, list(e.drift_k))
     spend = cost(Path(cfg.paths.metrics), cfg, f"rag-{days[-1]}")
 
     metrics = {"horizon": e.horizon, "events": len(events), "users": int(events.user_id.nunique()),
@@ -431,8 +422,8 @@ def run(cfg: DictConfig) -> None:
                "distinct_clusters": distinct_answers(served, {"fixed": base.c_pred, "fixed_counts": counts.c_pred,
                                                               "train_top1": lookup.c_pred}),
                "fitted": settings, "twins": twins(strategies, buckets),
-               "unseen_in_training": unseen_in_training(con, daily, events, w),
-               "hybrid": hybrid_rule(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet"),
+               "unseen_in_training": share(~placed.seen_in_training),
+               "hybrid": table_hybrid_rule(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet"),
                "rag_departs_from_retrieved": departures(served, hit), "overlap": study,
                "drift_last_date": {c: topk[c].iloc[-1] for c in topk.columns if c != "refresh_date"}, "cost": spend}
     write_outputs(cfg, metrics, by_day, topk, rates_by_support(buckets))

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import db, evidence, kernels, retrieval, timing
-from pipeline.counting import top_labels
+from pipeline.counting import top_labels, training_rows
 from pipeline.data import contract
 from pipeline.files import atomic_path, refuse_foreign, sha256, write_metrics, write_parquet
 from pipeline.llm import lora, model, prompts
@@ -23,13 +23,6 @@ from pipeline.period import windows
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
 
-def training_rows(con, daily: Path | str, w, min_support: int) -> pd.DataFrame:
-    """(day, c1, c2, c_next, n) of the training days [w.train_start, w.test_start) for pairs with at
-    least min_support triples there, sorted (finetune_rows.sql): what curate and top_labels read."""
-    return con.execute(db.sql("finetune_rows"), {"daily": str(daily), "train_start": w.train_start,
-                                                  "test_start": w.test_start, "min_support": min_support}).df()
-
-
 def curate(rows: pd.DataFrame, ft: DictConfig, day) -> pd.DataFrame:
     """The line-free samples: samples_per_pair per pair, labelled by ft.labels.
 
@@ -37,7 +30,7 @@ def curate(rows: pd.DataFrame, ft: DictConfig, day) -> pd.DataFrame:
     `day` (the training days' end: the table it teaches serves the days after them); drawn:
     (day, c_next) draws with probability proportional to the count (seeded). Every eligible pair
     gives the same number of samples, so a few head pairs cannot dominate; `rows` must come sorted
-    (finetune_rows.sql) for the draws to be reproducible."""
+    (training_rows.sql) for the draws to be reproducible."""
     if ft.labels == "top":
         top = top_labels(rows, ft.label_prior)
         top = top.loc[top.index.repeat(ft.samples_per_pair)].reset_index(drop=True)
@@ -146,11 +139,12 @@ def run(cfg: DictConfig) -> None:
         adapter_sha = sha256(tmp / "adapter_model.safetensors")
     write_parquet(samples, cfg.paths.samples)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
+    # Samples seen: the samples drawn over the steps, repeats counted (`samples` is the set they come from).
     seen = stats["steps"] * ft.batch_size
     # Whether a checkpoint was picked up depends on what an earlier run left: a run record, not a metric.
     timing.note(train_s=round(wall, 1), samples_per_s=round(seen / wall, 2), resumed=stats.pop("resumed"))
     write_metrics(cfg.paths.metrics, "finetune", {
-        **stats, "pairs": int(samples.groupby(["c1", "c2"]).ngroups), "rag_samples": int((samples.retrieved.map(bool) | samples["last"].map(bool)).sum())},
+        **stats, "samples_seen": seen, "pairs": int(samples.groupby(["c1", "c2"]).ngroups), "rag_samples": int((samples.retrieved.map(bool) | samples["last"].map(bool)).sum())},
         {"train_window": [str(w.train_start), str(w.test_start)], "lined_samples": len(anchored),
          # how informative the lined samples' lines are: the share whose label is the line's first cluster
          "lined_label_is_line": round(float(np.mean([(r or b)[0] == c for r, b, c in zip(

@@ -57,7 +57,7 @@ def count_prior(con, cfg: DictConfig, w, events: pd.DataFrame) -> dict:
     finetune.label_prior (the fine-tune's own labels as a table) unless a candidate of
     gate.count_priors gains on it clear of noise. {"prior", "default", "candidates"}."""
     g = cfg.gate
-    rows = training_days(con, cfg, w)
+    rows = counting.training_rows(con, cfg.paths.daily_counts, w)
     pairs = events[["c1", "c2"]].drop_duplicates()
     default = float(cfg.finetune.label_prior)
     candidates = [{"name": p, "prior": p} for p in dict.fromkeys([default, *map(float, g.count_priors)])]
@@ -67,12 +67,6 @@ def count_prior(con, cfg: DictConfig, w, events: pd.DataFrame) -> dict:
     for c in candidates:
         del c["name"]
     return {"prior": pick["prior"], "default": default, "candidates": candidates}
-
-
-def training_days(con, cfg: DictConfig, w) -> pd.DataFrame:
-    """(day, c1, c2, c_next, n): every count of the fine-tune's sample days [train_start, test_start)."""
-    return con.execute(db.sql("finetune_rows"), {"daily": cfg.paths.daily_counts, "train_start": w.train_start,
-                                                  "test_start": w.test_start, "min_support": 1}).df()
 
 
 class Scorer:
@@ -230,7 +224,7 @@ def run(cfg: DictConfig) -> None:
     # The verdict and the figures it rests on; bulk_infer reads the verdict and tau from gate.json.
     write_metrics(cfg.paths.metrics, "gate", {
         **{k: metrics[k] for k in ("passed", "exact_match", "test_recall", "failed_checks", "override_reason")},
-        "hybrid": {k: metrics["hybrid"][k] for k in ("rule", "tau", "min_logprob")},
+        "hybrid": {k: metrics["hybrid"][k] for k in ("rule", *retrieval.PARAMETERS)},
         "rag": {"test_recall": metrics["rag"]["test_recall"]}, "fitted": fitted_settings(fitted)}, metrics)
     timing.note(decode_s=round(wall, 1), prompts_per_s=round(len(pairs) / wall, 2))
     print(f"gate: exact match {metrics['exact_match']:.3f} (>= {g.min_exact_match}), test recall "
