@@ -160,4 +160,5 @@ def test_each_silenced_deprecation_is_still_raised_and_only_it_is_silenced(meet,
             warnings.warn("another deprecation", FutureWarning)
     found = [str(w.message) for w in caught]
     assert len(found) == 2 and re.match(message, found[0]) and found[1] == "another deprecation", (
-        f"{VERSIONS}: {found}; a deprecation silenced in {FIX.split()[-1]} changed or is gone: update or drop its filter")
+        f"{VERSIONS}: {found}; a deprecation silenced in {FIX.split()[-1]} changed or is gone: update or drop "
+        "its filter")

@@ -336,7 +336,8 @@ def _answer(batch: _Batch, logits: torch.Tensor, trie: Trie, s: Settings, exclud
 
 
 def _picker(logits: torch.Tensor, lengths: list[int], trie: Trie, s: Settings, generated: list[tuple[int, ...]],
-            exclude: list[tuple[int, ...]], rng: list[torch.Generator] | None) -> Callable[[int, int], tuple[int, float]]:
+            exclude: list[tuple[int, ...]],
+            rng: list[torch.Generator] | None) -> Callable[[int, int], tuple[int, float]]:
     """One read-back per step: (slot, position) -> the token chosen there and its log-probability.
     Free decoding takes every position's argmax, constrained its choice among the tokens the trie
     allows (one position per row); sampling reads the logits back to the host, where each prompt's

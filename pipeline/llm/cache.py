@@ -48,7 +48,8 @@ def namespace(m, adapter: Path | str | None, names: dict[int, str], dtype: str, 
     return {"base_model_hash": model.identity(m), "adapter_hash": tree_sha256(adapter) if adapter else None,
             "template_hash": prompts.TEMPLATE_HASH, "descriptions": {str(k): v for k, v in sorted(names.items())},
             "dtype": str(kernels.dtype(dtype)), "device_class": kernels.device_class(device),
-            "decoder": [tree_sha256(bulk.__file__), tree_sha256(transformers_internals.__file__)], "format": FORMAT, **decoding}
+            "decoder": [tree_sha256(bulk.__file__), tree_sha256(transformers_internals.__file__)], "format": FORMAT,
+            **decoding}
 
 
 def key(prompt: str) -> str:
