@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import sys
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,14 +30,8 @@ def parser(prog: str, doc: str, **kwargs) -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
-# Third-party lines that tell the user nothing about this run: each is dropped by its exact
-# message, so every other warning (ours, or a library's new one) still shows.
-NOISE_WARNINGS = (
-    # transformers' deprecated alias, which peft reads when it wraps the model.
-    (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
-    # torch's deprecation of LeafSpec, met inside Lightning's own _pytree helper.
-    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", Warning),
-)
+# The libraries' own deprecation warnings are silenced around the calls that meet them
+# (pipeline/llm/transformers_internals.py), in a stage and in a test alike.
 LIGHTNING_LOG = "lightning.pytorch.utilities.rank_zero"  # where Lightning's rank-zero info lines are logged
 
 
@@ -52,8 +45,6 @@ class _NoAdvert(logging.Filter):
 
 def quiet_third_party() -> None:
     """Set once in an entry point that trains or decodes, before the libraries are used."""
-    for message, category in NOISE_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
     log = logging.getLogger(LIGHTNING_LOG)
     if not any(isinstance(f, _NoAdvert) for f in log.filters):
         log.addFilter(_NoAdvert())

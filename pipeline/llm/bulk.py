@@ -28,9 +28,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
-
 from pipeline.llm import prompts
+from pipeline.llm.transformers_internals import cached_states, reserved_cache
 
 
 @dataclass(frozen=True)
@@ -124,35 +123,6 @@ class _Tree:
         return out[::-1]
 
 
-class _Reserved(DynamicLayer):
-    """A cache layer over a buffer with room ahead: appending writes in place, where DynamicLayer
-    would copy the whole cache on every forward pass."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, used: int):
-        super().__init__()
-        self.lazy_initialization(keys, values)
-        self.k_buf, self.v_buf, self.used = keys, values, used
-        self._view()
-
-    def _view(self) -> None:
-        self.keys, self.values = self.k_buf[:, :, :self.used], self.v_buf[:, :, :self.used]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        end = self.used + key_states.shape[-2]
-        if end > self.k_buf.shape[-2]:  # out of room (long free-text answers): grow
-            extra = (0, 0, 0, end - self.k_buf.shape[-2])
-            self.k_buf = torch.nn.functional.pad(self.k_buf, extra)
-            self.v_buf = torch.nn.functional.pad(self.v_buf, extra)
-        self.k_buf[:, :, self.used:end], self.v_buf[:, :, self.used:end] = key_states, value_states
-        self.used = end
-        self._view()
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.k_buf, self.v_buf = self.k_buf[indices], self.v_buf[indices]
-        self._view()
-
-
 class _Batch:
     """Rows decoded together: one KV cache, a mask over its (right-padded) positions, and each row's
     next position id."""
@@ -171,7 +141,7 @@ class _Batch:
         for row, (past, n) in enumerate(zip(pasts, lengths)):
             if past:
                 kv[:, :, row, :, :n] = torch.cat(past, dim=3)
-        self.cache = Cache(layers=[_Reserved(kv[layer, 0], kv[layer, 1], width) for layer in range(len(kv))])
+        self.cache = reserved_cache(kv, width)
 
     def feed(self, rows: list[list[int]]) -> tuple[torch.Tensor, int]:
         """Run each row's new tokens; returns hidden states (rows, width, d) and the width fed."""
@@ -188,8 +158,7 @@ class _Batch:
 
     def kv_of_last(self, width: int, lengths: list[int]) -> list[torch.Tensor]:
         """Per row, the KV of its last-fed real tokens, shaped (layers, 2, heads, n, head_dim)."""
-        keys = torch.stack([layer.keys for layer in self.cache.layers])  # (layers, rows, heads, positions, d)
-        values = torch.stack([layer.values for layer in self.cache.layers])
+        keys, values = cached_states(self.cache)  # (layers, rows, heads, positions, d)
         start = keys.shape[3] - width
         return [torch.stack([keys[:, row, :, start:start + n], values[:, row, :, start:start + n]], dim=1)
                 for row, n in enumerate(lengths)]
@@ -333,7 +302,9 @@ def _run_nodes(model, tree: _Tree, kv: dict[int, torch.Tensor], batch_size: int,
 def _answer(batch: _Batch, logits: torch.Tensor, trie: Trie, s: Settings, exclude: list[tuple[int, ...]],
             rng: list[torch.Generator] | None) -> list[tuple[tuple[int, ...], float]]:
     """Decode answers and their log-probabilities from the first-token logits, drafting (free) or
-    forcing (constrained) from the trie."""
+    forcing (constrained) from the trie. Per step: one read-back of every row's choices (_picker),
+    each row's drafted tokens checked against them (_accept), the row finished or its next draft
+    built (_draft), and the rows left fed together (_step)."""
     out: list[list[int]] = [[] for _ in exclude]
     score = [0.0] * len(exclude)
     active = list(range(len(exclude)))
@@ -341,74 +312,108 @@ def _answer(batch: _Batch, logits: torch.Tensor, trie: Trie, s: Settings, exclud
     lengths = [1] * len(active)
     drafts: list[tuple[int, ...]] = [() for _ in active]
     while active:
-        # One read-back per step: every row's argmax (free), its choice among the tokens the trie
-        # allows (constrained; one position per row), or the logits to sample from (on the host,
-        # where each prompt's generator lives).
-        if s.constrained:
-            tops, logps = _constrained_choices(logits, trie, [tuple(out[r]) for r in active],
-                                               [exclude[r] for r in active])
-        elif rng:
-            per_row = list(logits.float().cpu().split(lengths))
-        else:
-            # The argmax of the logits themselves, as always; its log-probability is read beside it.
-            chosen = logits.argmax(-1)
-            scored = logits.float().log_softmax(-1).gather(1, chosen[:, None])[:, 0]
-            ids, lps = torch.stack([chosen.double(), scored.double()]).tolist()
-            tops, logps = [], []
-            for n in lengths:
-                tops.append([int(t) for t in ids[:n]])
-                logps.append(lps[:n])
-                ids, lps = ids[n:], lps[n:]
+        pick = _picker(logits, lengths, trie, s, [tuple(out[r]) for r in active], [exclude[r] for r in active],
+                       [rng[r] for r in active] if rng else None)
         still, feeds, next_drafts = [], [], []
         for slot, r in enumerate(active):
-            generated, done = out[r], False
-            for j, draft_token in enumerate(drafts[slot] + (None,)):
-                if rng:
-                    probs = torch.softmax(per_row[slot][j] / s.temperature, dim=-1)
-                    token = int(torch.multinomial(probs, 1, generator=rng[r]))
-                    logp = float(torch.log_softmax(per_row[slot][j], dim=-1)[token])
-                else:
-                    token, logp = tops[slot][j], logps[slot][j]
-                generated.append(token)
+            for logp in _accept(pick, slot, drafts[slot], out[r], batch):
                 score[r] += logp
-                if draft_token is not None and token == draft_token:
-                    continue
-                batch.unfeed(slot, len(drafts[slot]) - j)
-                break
-            if generated[-1] == trie.eos or len(generated) >= s.max_new_tokens:
-                done = True
-            elif s.constrained:
-                left = trie.clusters(tuple(generated), exclude[r])
-                if len(left) == 1:  # the rest is forced: no need to run it
-                    out[r] = list(trie.paths[left[0]])
-                    done = True
-            if done:
-                continue
-            ahead = tuple(generated)
-            candidates = trie.clusters(ahead, exclude[r] if s.constrained else ())
-            draft = trie.forced(ahead, candidates) if candidates else ()
-            if draft and draft[-1] == trie.eos:
-                draft = draft[:-1]  # EOS is predicted, never fed
-            draft = draft[:max(0, s.max_new_tokens - len(generated) - 1)]
-            still.append((slot, r))
-            feeds.append([generated[-1], *draft])
-            next_drafts.append(draft)
+            draft = _draft(out[r], trie, s, exclude[r])
+            if draft is not None:
+                still.append(slot)
+                feeds.append([out[r][-1], *draft])
+                next_drafts.append(draft)
         if not still:
             break
-        batch.keep([slot for slot, _ in still])
-        hidden, _ = batch.feed(feeds)
-        lengths = [len(f) for f in feeds]
-        real = torch.arange(hidden.shape[1])[None, :] < torch.tensor(lengths)[:, None]
-        logits = batch.head(hidden[real.to(hidden.device)])  # none for padding
-        active = [r for _, r in still]
+        active = [active[slot] for slot in still]
+        logits, lengths = _step(batch, still, feeds, s.constrained)
         if s.constrained:  # forced tokens are taken as they are; the choice is at the last one
-            ends = torch.tensor(lengths).cumsum(0) - 1
-            logits, lengths = logits[ends.to(logits.device)], [1] * len(active)
-            for i, r in enumerate(active):
-                out[r].extend(next_drafts[i])
+            for r, forced in zip(active, next_drafts):
+                out[r].extend(forced)
             next_drafts = [() for _ in active]
         drafts = next_drafts
     return [(tuple(t for t in answer if t != trie.eos), logp) for answer, logp in zip(out, score)]
+
+
+def _picker(logits: torch.Tensor, lengths: list[int], trie: Trie, s: Settings, generated: list[tuple[int, ...]],
+            exclude: list[tuple[int, ...]],
+            rng: list[torch.Generator] | None) -> Callable[[int, int], tuple[int, float]]:
+    """One read-back per step: (slot, position) -> the token chosen there and its log-probability.
+    Free decoding takes every position's argmax, constrained its choice among the tokens the trie
+    allows (one position per row); sampling reads the logits back to the host, where each prompt's
+    generator lives, and draws when asked, a row's positions in order."""
+    if s.constrained:
+        tops, logps = _constrained_choices(logits, trie, generated, exclude)
+        return lambda slot, j: (tops[slot][j], logps[slot][j])
+    if rng:
+        per_row = list(logits.float().cpu().split(lengths))
+
+        def draw(slot: int, j: int) -> tuple[int, float]:
+            probs = torch.softmax(per_row[slot][j] / s.temperature, dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=rng[slot]))
+            return token, float(torch.log_softmax(per_row[slot][j], dim=-1)[token])
+
+        return draw
+    # The argmax of the logits themselves, as always; its log-probability is read beside it.
+    chosen = logits.argmax(-1)
+    scored = logits.float().log_softmax(-1).gather(1, chosen[:, None])[:, 0]
+    ids, lps = torch.stack([chosen.double(), scored.double()]).tolist()
+    tops, logps = [], []
+    for n in lengths:
+        tops.append([int(t) for t in ids[:n]])
+        logps.append(lps[:n])
+        ids, lps = ids[n:], lps[n:]
+    return lambda slot, j: (tops[slot][j], logps[slot][j])
+
+
+def _accept(pick: Callable[[int, int], tuple[int, float]], slot: int, draft: tuple[int, ...], generated: list[int],
+            batch: _Batch) -> list[float]:
+    """Append to generated the tokens a row's step chose: one per drafted token it agreed with, and
+    the one after; the draft past a disagreement is taken back from the cache. Returns their
+    log-probabilities, in order."""
+    logps = []
+    for j, draft_token in enumerate(draft + (None,)):
+        token, logp = pick(slot, j)
+        generated.append(token)
+        logps.append(logp)
+        if draft_token is not None and token == draft_token:
+            continue
+        batch.unfeed(slot, len(draft) - j)
+        break
+    return logps
+
+
+def _draft(generated: list[int], trie: Trie, s: Settings, exclude: tuple[int, ...]) -> tuple[int, ...] | None:
+    """None when the row's answer is done (EOS, the token budget, or in constrained mode one cluster
+    left, whose path then completes generated); else the tokens to feed after its last one: those
+    every cluster still possible continues with (EOS never fed), within the budget."""
+    if generated[-1] == trie.eos or len(generated) >= s.max_new_tokens:
+        return None
+    if s.constrained:
+        left = trie.clusters(tuple(generated), exclude)
+        if len(left) == 1:  # the rest is forced: no need to run it
+            generated[:] = trie.paths[left[0]]
+            return None
+    ahead = tuple(generated)
+    candidates = trie.clusters(ahead, exclude if s.constrained else ())
+    draft = trie.forced(ahead, candidates) if candidates else ()
+    if draft and draft[-1] == trie.eos:
+        draft = draft[:-1]  # EOS is predicted, never fed
+    return draft[:max(0, s.max_new_tokens - len(generated) - 1)]
+
+
+def _step(batch: _Batch, slots: list[int], feeds: list[list[int]], constrained: bool) -> tuple[torch.Tensor, list[int]]:
+    """Keep the batch's rows at slots and feed each its tokens; returns the logits to choose from
+    (every real fed position, or in constrained mode only each row's last) and their count per row."""
+    batch.keep(slots)
+    hidden, _ = batch.feed(feeds)
+    lengths = [len(f) for f in feeds]
+    real = torch.arange(hidden.shape[1])[None, :] < torch.tensor(lengths)[:, None]
+    logits = batch.head(hidden[real.to(hidden.device)])  # none for padding
+    if constrained:
+        ends = torch.tensor(lengths).cumsum(0) - 1
+        return logits[ends.to(logits.device)], [1] * len(feeds)
+    return logits, lengths
 
 
 def _constrained_choices(logits: torch.Tensor, trie: Trie, generated: list[tuple[int, ...]],

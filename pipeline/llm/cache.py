@@ -37,17 +37,19 @@ DROP = "python -m pipeline.llm cache --drop-corrupt"
 
 def namespace(m, adapter: Path | str | None, names: dict[int, str], dtype: str, device: str, **decoding) -> dict:
     """Everything besides the prompt that decides an answer: weights, adapter, template, the
-    descriptions (the trie), dtype (bulk_infer.dtype), device class (kernels), the decoder's code and the
-    decoding settings; answers from different devices are never mixed. Known before the model is
-    loaded, so a run whose answers are all cached never loads it."""
+    descriptions (the trie), dtype (bulk_infer.dtype), device class (kernels), the decoder's code (bulk.py
+    and the library internals its cache rests on) and the decoding settings; answers from different
+    devices are never mixed. Known before the model is loaded, so a run whose answers are all cached
+    never loads it."""
     from pipeline import kernels
     from pipeline.files import tree_sha256
-    from pipeline.llm import bulk, model, prompts
+    from pipeline.llm import bulk, model, prompts, transformers_internals
 
     return {"base_model_hash": model.identity(m), "adapter_hash": tree_sha256(adapter) if adapter else None,
             "template_hash": prompts.TEMPLATE_HASH, "descriptions": {str(k): v for k, v in sorted(names.items())},
             "dtype": str(kernels.dtype(dtype)), "device_class": kernels.device_class(device),
-            "decoder": tree_sha256(bulk.__file__), "format": FORMAT, **decoding}
+            "decoder": [tree_sha256(bulk.__file__), tree_sha256(transformers_internals.__file__)], "format": FORMAT,
+            **decoding}
 
 
 def key(prompt: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import signal
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
+
+from pipeline.llm.transformers_internals import checkpoint_step, fit_quiet, layer_of, only_layers, peft_quiet
 
 IGNORE = -100
 
@@ -100,25 +101,9 @@ class LengthBatches(torch.utils.data.Sampler):
         yield from (batches[i] for i in torch.randperm(len(batches), generator=shuffle).tolist())
 
 
-@contextmanager
-def only_layers(decoder, start: int, stop: int, final_norm: bool = True):
-    """The decoder running only its layers [start, stop) (and its final norm only if final_norm),
-    so that one forward pass through the public API computes a slice of the stack: the causal mask
-    and the rotary positions are built by the decoder itself, from the input's length."""
-    layers, norm = decoder.layers, decoder.norm
-    decoder.layers = torch.nn.ModuleList(list(layers)[start:stop])
-    if not final_norm:
-        decoder.norm = torch.nn.Identity()
-    try:
-        yield decoder
-    finally:
-        decoder.layers, decoder.norm = layers, norm
-
-
 def frozen_below(model) -> int:
     """The number of bottom layers without an adapter (0 when every layer has one)."""
-    adapted = {int(n.split(".layers.")[1].split(".")[0]) for n, p in model.named_parameters()
-               if p.requires_grad and ".layers." in n}
+    adapted = {layer_of(n) for n, p in model.named_parameters() if p.requires_grad} - {None}
     return min(adapted) if adapted else 0
 
 
@@ -163,7 +148,7 @@ def answer_loss(model, batch: dict, lower: int = 0) -> torch.Tensor:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
     if "hidden" in batch:
-        with only_layers(decoder, lower, len(decoder.layers)) as top:
+        with only_layers(decoder, lower) as top:
             hidden = top(inputs_embeds=batch["hidden"], attention_mask=batch["attention_mask"],
                          use_cache=False).last_hidden_state
     else:
@@ -240,7 +225,8 @@ def wrap(model, lora: DictConfig):
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
                         layers_to_transform=list(range(layers - top, layers)))
-    return get_peft_model(model, config)
+    with peft_quiet():
+        return get_peft_model(model, config)
 
 
 def keep_curve_before(live: Path, step: int) -> None:
@@ -259,10 +245,35 @@ def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConf
 
     Returns the peft model and the run's figures. SIGTERM ends the process with status 143 and
     keeps the checkpoints; a non-finite loss or weight is a ValueError naming the precision."""
-    from dvclive.lightning import DVCLiveLogger
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    settings = _settings(ft, accelerator)
+    L.seed_everything(ft.seed, workers=True, verbose=False)
+    peft_model = wrap(model, ft.lora).train()
+    samples = encode(tokenizer, prompts, answers)
+    lower = frozen_below(peft_model)
+    if lower:
+        peft_model.to("cuda" if accelerator == "gpu" else "cpu")
+        cache_frozen(peft_model, samples, tokenizer.pad_token_id, ft.batch_size)
+    batches = _loader(samples, ft, tokenizer.pad_token_id)
+    module = LoraModule(peft_model, ft.optim, ft.trainer.max_steps, lower)
+    last = ckpt_dir / "last.ckpt"
+    resuming = last.exists()
+    # The curve is written beside the checkpoints, which outlive a killed run (dvc repro deletes
+    # the stage's outputs before it reruns), and copied to log_dir once training ends.
+    live = ckpt_dir / "live"
+    if resuming:
+        keep_curve_before(live, checkpoint_step(last))
+    trainer = _trainer(settings, accelerator, ckpt_dir, live, resuming, ft.checkpoint_every_n_steps)
+    _fit(trainer, module, batches, last, resuming, ft)
+    shutil.copytree(live, log_dir, dirs_exist_ok=True)
+    _check_finite(peft_model, ft)
+    return peft_model, {"steps": trainer.global_step, "resumed": resuming, "samples": len(samples),
+                        "final_loss": round(module.last_loss, 6),
+                        "tokens_per_sample": round(sum(len(s["input_ids"]) for s in samples) / len(samples), 2)}
 
+
+def _settings(ft: DictConfig, accelerator: str) -> dict:
+    """finetune.trainer as the Trainer's arguments, refused in one line where this run cannot train
+    with them."""
     settings = OmegaConf.to_container(ft.trainer)
     if settings["devices"] > 1:
         # Several GPUs would need DDP: a batch sampler Lightning can shard, one writer and each rank's
@@ -278,46 +289,51 @@ def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConf
     # DVCLive writes the loss curve (a DVC output) only at logged steps: a run shorter than the
     # logging interval logs its last step.
     settings["log_every_n_steps"] = min(settings["log_every_n_steps"], settings["max_steps"])
-    L.seed_everything(ft.seed, workers=True, verbose=False)
-    peft_model = wrap(model, ft.lora).train()
-    samples = encode(tokenizer, prompts, answers)
-    lower = frozen_below(peft_model)
-    if lower:
-        peft_model.to("cuda" if accelerator == "gpu" else "cpu")
-        cache_frozen(peft_model, samples, tokenizer.pad_token_id, ft.batch_size)
-    every = ft.checkpoint_every_n_steps
-    stream = Stream(len(samples), every * ft.batch_size, ft.seed)
+    return settings
+
+
+def _loader(samples: list[dict], ft: DictConfig, pad_id: int) -> DataLoader:
+    """The samples in length-sorted batches of one seeded stream, an epoch between checkpoints."""
+    stream = Stream(len(samples), ft.checkpoint_every_n_steps * ft.batch_size, ft.seed)
     batches = LengthBatches(stream, [len(s["input_ids"]) for s in samples], ft.batch_size)
-    loader = DataLoader(samples, batch_sampler=batches, collate_fn=collate(tokenizer.pad_token_id), num_workers=0)
-    module = LoraModule(peft_model, ft.optim, ft.trainer.max_steps, lower)
-    last = ckpt_dir / "last.ckpt"
-    resuming = last.exists()
-    # The curve is written beside the checkpoints, which outlive a killed run (dvc repro deletes
-    # the stage's outputs before it reruns), and copied to log_dir once training ends.
-    live = ckpt_dir / "live"
-    if resuming:
-        keep_curve_before(live, torch.load(last, map_location="cpu", weights_only=False)["global_step"])
-    trainer = L.Trainer(
+    return DataLoader(samples, batch_sampler=batches, collate_fn=collate(pad_id), num_workers=0)
+
+
+def _trainer(settings: dict, accelerator: str, ckpt_dir: Path, live: Path, resuming: bool, every: int) -> L.Trainer:
+    """The Trainer: its loss curve written by DVCLive into live, a checkpoint every `every` steps."""
+    from dvclive.lightning import DVCLiveLogger
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return L.Trainer(
         **settings, accelerator=accelerator,
         logger=DVCLiveLogger(dir=str(live), dvcyaml=None, save_dvc_exp=False, resume=resuming),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every, save_last=True, save_top_k=0)],
         max_epochs=-1, default_root_dir=str(ckpt_dir))
+
+
+def _fit(trainer: L.Trainer, module: LoraModule, batches: DataLoader, last: Path, resuming: bool,
+         ft: DictConfig) -> None:
+    """trainer.fit, from the checkpoint `last` when resuming; a SIGTERM ends the process with
+    status 143, a non-finite loss is one line."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
-        trainer.fit(module, loader, ckpt_path=str(last) if resuming else None)
+        with fit_quiet():
+            trainer.fit(module, batches, ckpt_path=str(last) if resuming else None)
     except SIGTERMException:
         # Lightning ends the loop on SIGTERM with a SystemExit of status 0, as if it had finished.
-        kept = f"a rerun resumes from {last}" if last.exists() else f"no checkpoint yet (one every {every} steps)"
+        kept = (f"a rerun resumes from {last}" if last.exists()
+                else f"no checkpoint yet (one every {ft.checkpoint_every_n_steps} steps)")
         print(f"finetune: stopped by SIGTERM at step {trainer.global_step}; {kept}", file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None
     except NonFinite as exc:
         raise ValueError(f"{exc} (finetune.trainer.precision={ft.trainer.precision}, finetune.optim.lr="
                          f"{ft.optim.lr}); no adapter written") from None
-    shutil.copytree(live, log_dir, dirs_exist_ok=True)
+
+
+def _check_finite(peft_model, ft: DictConfig) -> None:
     broken = sorted(n for n, p in peft_model.named_parameters() if p.requires_grad and not torch.isfinite(p).all())
     if broken:
         raise ValueError(f"{len(broken)} adapter weights are not finite after training, {broken[0]} first "
                          f"(finetune.trainer.precision={ft.trainer.precision}, finetune.optim.lr={ft.optim.lr}); "
                          "no adapter written")
-    return peft_model, {"steps": trainer.global_step, "resumed": resuming, "samples": len(samples),
-                        "final_loss": round(module.last_loss, 6),
-                        "tokens_per_sample": round(sum(len(s["input_ids"]) for s in samples) / len(samples), 2)}

