@@ -34,7 +34,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import ROOT
-from pipeline.files import MARK, file_hashes, refuse_foreign, sha256, tree_sha256, write_json
+from pipeline.files import MARK, file_hashes, refuse_foreign, refuse_link, sha256, tree_sha256, write_json
 
 
 def _resolve(text: str, cfg: DictConfig) -> str:
@@ -287,9 +287,7 @@ def check_paths(cfg: DictConfig, stage: str) -> None:
                                      f"the {other} stage; "
                                      "nothing was written: set the paths.* setting elsewhere")
         path = Path(out)
-        if path.is_symlink():
-            raise ValueError(f"{out}: a symbolic link (to {os.readlink(path)}); the pipeline replaces only files and "
-                             "folders it wrote, never a link: remove the link, or set the paths.* setting to its target")
+        refuse_link(out)
         if not path.exists():
             continue
         owner = _owner(path)
