@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # python benchmarks/gpu/run.py
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.infer.run import plain_generate  # noqa: E402
+from benchmarks.bulk_infer.run import plain_generate  # noqa: E402
 from pipeline import kernels  # noqa: E402  (not pipeline.schema: a bare CUDA image has no omegaconf)
 
 # SmolLM2-135M-Instruct's architecture (its config.json).
@@ -95,7 +95,7 @@ def build_model(device: str, dtype: str, tokenizer, layers: int, seed: int = 0):
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          **{**SMOLLM2_135M, "num_hidden_layers": layers})
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config).to(device=device, dtype=kernels.dtype(dtype)).eval()
+    return LlamaForCausalLM(config).to(device=device, dtype=kernels.dtype(dtype)).evaluate()
 
 
 def in_budget(work: list, chunk: int, budget_s: float, run, sync) -> tuple[list, float]:
