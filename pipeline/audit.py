@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pipeline import cli, config, lookup, manifest, verdict
+from pipeline import cli, config, dvc_internals, lookup, manifest, verdict
 from pipeline import ROOT
 from pipeline.llm import prompts
 from pipeline.revisions import RevisionError, Version, git, remote, remote_text
@@ -57,15 +57,11 @@ def outside(cfg) -> None:
 def release(cfg) -> str:
     """Push every output to the default DVC remote and tag the current state for period.month;
     refuse a dirty tree, a stale dvc.lock or a failed gate."""
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
     outside(cfg)
     dirty = git("status", "--porcelain", "--untracked-files=no")
     if dirty:
         raise AuditError(f"the work tree has uncommitted changes; commit them (with dvc.lock) first:\n{dirty}")
-    repo = Repo(str(ROOT))
-    stale = repo.status()
+    stale = dvc_internals.status()
     if stale:
         raise AuditError(f"dvc.lock is stale for {sorted(stale)}: run `dvc repro` and commit dvc.lock")
     gate = json.loads((Path(cfg.paths.metrics) / "gate.json").read_text())
@@ -78,8 +74,8 @@ def release(cfg) -> str:
                                                    ("passed", "exact_match", "test_recall", "override_reason")}}
     try:  # before the tag, so a release never exists that a clone cannot read
         # Everything dvc.lock and data.dvc pin: a clone can show, diff and verify it, or `dvc pull` it.
-        repo.push()
-    except DvcException as exc:
+        dvc_internals.push()
+    except dvc_internals.DvcError as exc:
         raise AuditError(f"pushing the outputs to {remote_text(*remote())} failed: {exc}") from exc
     git("tag", "-a", tag, "-m", f"transition tables for {cfg.period.month}\n\n{json.dumps(summary, sort_keys=True)}")
     return tag

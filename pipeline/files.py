@@ -59,9 +59,7 @@ def refuse_foreign(target: Path | str, owns: tuple[str, ...] = ()) -> None:
     """Raise unless atomic_path may replace `target` (see there); writers whose work takes long
     call it first, so a refusal comes before the work."""
     target = Path(target)
-    if target.is_symlink():
-        raise ValueError(f"{target}: a symbolic link (to {os.readlink(target)}); the pipeline replaces only files and "
-                         "folders it wrote, never a link: remove the link, or set the paths.* setting to its target")
+    refuse_link(target)
     if not target.exists():
         return
     if target.is_dir():
@@ -73,6 +71,13 @@ def refuse_foreign(target: Path | str, owns: tuple[str, ...] = ()) -> None:
             return
         raise ValueError(f"{target}: holds files the pipeline did not write (e.g. {foreign[0].relative_to(target)}); "
                          f"nothing was replaced: choose an empty or new folder, or move them away")
+
+
+def refuse_link(path: Path | str) -> None:
+    """Raise when `path` is a symbolic link: replacing it would write wherever it points."""
+    if Path(path).is_symlink():
+        raise ValueError(f"{path}: a symbolic link (to {os.readlink(path)}); the pipeline replaces only files and "
+                         "folders it wrote, never a link: remove the link, or set the paths.* setting to its target")
 
 
 def _swap(tmp: Path, target: Path) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -33,29 +32,15 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import ROOT
-from pipeline.files import MARK, file_hashes, refuse_foreign, sha256, tree_sha256, write_json
-
-
-def _resolve(text: str, cfg: DictConfig) -> str:
-    """A dvc.yaml path with its ${key} interpolations filled from cfg (as DVC fills them from params.yaml)."""
-    return re.sub(r"\$\{([^}]+)\}", lambda m: str(OmegaConf.select(cfg, m.group(1), throw_on_missing=True)), text)
-
-
-@cache
-def _spec() -> dict:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+from pipeline import ROOT, dvc_internals
+from pipeline.files import MARK, file_hashes, refuse_foreign, refuse_link, sha256, tree_sha256, write_json
 
 
 def graph(cfg: DictConfig) -> dict[str, dict]:
-    """Per stage of dvc.yaml: its data inputs (code under pipeline/ left out), outputs and params keys."""
-    found = {}
-    for name, s in _spec().items():
-        outs = [o if isinstance(o, str) else next(iter(o)) for kind in ("outs", "metrics", "plots")
-                for o in s.get(kind, [])]
-        found[name] = {"deps": [_resolve(d, cfg) for d in s.get("deps", []) if not d.startswith("pipeline/")],
-                       "outs": [_resolve(o, cfg) for o in outs], "params": list(s.get("params", []))}
-    return found
+    """Per stage of dvc.yaml, its paths filled from cfg as DVC fills them from params.yaml: its data
+    inputs (code under pipeline/ left out), outputs and params keys."""
+    found = dvc_internals.stages(OmegaConf.to_container(cfg, resolve=True))
+    return {name: {**s, "deps": [d for d in s["deps"] if not d.startswith("pipeline/")]} for name, s in found.items()}
 
 
 def _settings(cfg: DictConfig, keys: list[str]) -> dict:
@@ -170,13 +155,9 @@ def _dvc_vouches(cfg: DictConfig, stage: str) -> bool:
     outs = {Path(o).resolve() for o in graph(cfg)[stage]["outs"]}
     if not outs or not outs <= _locked().get(stage, frozenset()):
         return False
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
     try:
-        with Repo(str(ROOT)) as repo:
-            return not repo.status(targets=[stage], with_deps=True)
-    except (DvcException, OSError):
+        return not dvc_internals.status([stage], with_deps=True)
+    except (dvc_internals.DvcError, OSError):
         return False
 
 
@@ -287,9 +268,7 @@ def check_paths(cfg: DictConfig, stage: str) -> None:
                                      f"the {other} stage; "
                                      "nothing was written: set the paths.* setting elsewhere")
         path = Path(out)
-        if path.is_symlink():
-            raise ValueError(f"{out}: a symbolic link (to {os.readlink(path)}); the pipeline replaces only files and "
-                             "folders it wrote, never a link: remove the link, or set the paths.* setting to its target")
+        refuse_link(out)
         if not path.exists():
             continue
         owner = _owner(path)
@@ -366,10 +345,5 @@ def _dvc_file(path: Path) -> bool:
             if out == where:
                 return digest == md5
             if where.parent == out and digest.endswith(".dir"):
-                listing = ROOT / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
-                try:
-                    entries = json.loads(listing.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    return False
-                return any(e.get("relpath") == path.name and e.get("md5") == md5 for e in entries)
+                return (dvc_internals.folder_listing(digest) or {}).get(path.name) == md5
     return False

@@ -10,24 +10,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import ROOT
+from pipeline import ROOT, dvc_internals
 from pipeline.files import write_annotated
 
 PACKAGES = ("torch", "transformers", "peft", "lightning", "duckdb", "pyarrow", "pandas", "numpy", "dvc")
 
 
 def stage_deps(stage: str) -> tuple[list[str], tuple[str, ...]]:
-    """(pipeline sources, params keys) that the stage declares in dvc.yaml, resolved by DVC itself:
-    the code its outputs depend on and the settings they are computed under."""
-    from dvc.dependency import ParamsDependency
-    from dvc.repo import Repo
-
-    with Repo(str(ROOT)) as repo:
-        # By dvc.yaml's full path: a bare stage name is looked up from the working folder.
-        (found,) = repo.stage.collect(f"{ROOT / 'dvc.yaml'}:{stage}")
-    params = [d for d in found.deps if isinstance(d, ParamsDependency)]
-    code = sorted(d.def_path for d in found.deps if d not in params and d.def_path.startswith("pipeline/"))
-    return code, tuple(key for d in params for key in d.params)
+    """(pipeline sources, params keys) that the stage declares in dvc.yaml, as DVC reads it under
+    params.yaml: the code its outputs depend on and the settings they are computed under."""
+    found = dvc_internals.stages()[stage]
+    return sorted(d for d in found["deps"] if d.startswith("pipeline/")), tuple(found["params"])
 
 
 def code_revision(files: list[str]) -> str:

@@ -13,8 +13,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 from omegaconf import OmegaConf
 
-from pipeline import config, manifest
-from pipeline import ROOT
+from pipeline import ROOT, config, dvc_internals, manifest
 
 
 class RevisionError(ValueError):
@@ -32,11 +31,7 @@ def remote() -> tuple[str | None, dict]:
     """The default DVC remote as this work tree configures it (`.dvc/config`, overridden by
     `.dvc/config.local`), its url resolved: every revision is read from it, whichever remote the
     revision's own .dvc/config named (releases made before there was one name none)."""
-    from dvc.repo import Repo
-
-    with Repo(str(ROOT)) as repo:
-        name = repo.config["core"].get("remote")
-        return name, dict(repo.config["remote"].get(name, {}))
+    return dvc_internals.default_remote()
 
 
 def remote_text(name: str | None, conf: dict) -> str:
@@ -64,7 +59,7 @@ class Version:
     def unavailable(self, path: str, exc: Exception) -> RevisionError:
         """Why this revision cannot give `path`: it is not in the revision at all, or DVC tracks it but
         neither this machine's DVC cache nor the remote holds its data (a fresh clone holds none)."""
-        if isinstance(exc, FileNotFoundError) and exc.strerror != "No storage files available":
+        if not dvc_internals.no_storage(exc):
             return RevisionError(f"{path}: not in {self.rev}")
         return RevisionError(f"{path} at {self.rev}: neither this machine's DVC cache nor {self.remote} holds its "
                           "data; push it there from the machine that built it (`python -m pipeline.audit release` "
@@ -72,20 +67,19 @@ class Version:
                           f"(`git checkout {self.rev} && dvc repro`)")
 
     def _read(self, path: str, mode: str):
-        from dvc_data.index import DataIndexError
-
         try:
             with self.fs.open(path, "rb") as fh:
                 data = fh.read()
-            recorded = self.fs.info(path).get("md5")  # DVC-tracked files only; git holds the rest
-        except (FileNotFoundError, DataIndexError) as exc:
+            recorded = dvc_internals.recorded_md5(self.fs, path)
+        except dvc_internals.unreadable() as exc:
             raise self.unavailable(path, exc) from exc
         # DVC serves a cache object's bytes as they are: one edited or damaged since must not pass
         # for what the revision recorded.
         if recorded and hashlib.md5(data).hexdigest() != recorded:
             raise RevisionError(f"{path} at {self.rev}: its bytes are not the md5 {recorded} the revision records (the "
-                             f"DVC cache object was edited or damaged); delete .dvc/cache/files/md5/{recorded[:2]}/"
-                             f"{recorded[2:]} and fetch it again (`dvc fetch --all-tags`)")
+                             f"DVC cache object was edited or damaged); delete "
+                             f"{dvc_internals.cache_path(recorded).relative_to(ROOT).as_posix()} and fetch it again "
+                             "(`dvc fetch --all-tags`)")
         return data.decode("utf-8") if mode == "r" else data
 
     def text(self, path: str) -> str:
@@ -99,20 +93,16 @@ class Version:
 
     def get(self, path: str, dest: Path) -> None:
         """Copy a file or folder of this revision to dest."""
-        from dvc_data.index import DataIndexError
-
         try:
             self.fs.get(path, str(dest), recursive=True)
-        except (FileNotFoundError, DataIndexError) as exc:
+        except dvc_internals.unreadable() as exc:
             raise self.unavailable(path, exc) from exc
 
     def table_names(self) -> list[str]:
-        from dvc_data.index import DataIndexError
-
         try:
             return sorted(PurePosixPath(p).name for p in self.fs.ls(self.tables_dir, detail=False)
                           if p.endswith(".parquet"))
-        except (FileNotFoundError, DataIndexError) as exc:
+        except dvc_internals.unreadable() as exc:
             raise self.unavailable(f"{self.tables_dir}/", exc) from exc
 
     def table(self, name: str) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -120,4 +110,4 @@ class Version:
         return pd.read_parquet(blob), manifest.read(blob)
 
     def recorded_md5(self, name: str) -> str:
-        return self.fs.info(f"{self.tables_dir}/{name}")["md5"]
+        return dvc_internals.recorded_md5(self.fs, f"{self.tables_dir}/{name}")

@@ -86,6 +86,30 @@ def test_a_folder_holding_files_the_pipeline_did_not_write_is_refused_and_kept(t
     assert (users / "ratings.csv").read_text() == "mine"
 
 
+def test_a_link_is_refused_in_the_same_line_by_the_writer_and_by_the_stages_path_check(tmp_path):
+    """A link to a folder or to a file: replacing it would write wherever it points."""
+    from pipeline import config, lineage
+
+    folder, file = tmp_path / "elsewhere", tmp_path / "notes.txt"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("mine")
+    file.write_text("my notes")
+    for target, out in ((folder, "paths.tables"), (file, "paths.report")):
+        link = tmp_path / f"link-to-{target.name}"
+        link.symlink_to(target)
+        line = (f"{link}: a symbolic link (to {target}); the pipeline replaces only files and folders it wrote, "
+                "never a link: remove the link, or set the paths.* setting to its target")
+        with pytest.raises(ValueError) as written:
+            with atomic_path(link):
+                pytest.fail("the block ran")
+        stage = "bulk_infer" if out == "paths.tables" else "evaluate"
+        with pytest.raises(ValueError) as checked:
+            lineage.check_paths(config.compose([f"{out}={link}"]), stage)
+        assert str(written.value) == str(checked.value) == line
+        assert link.is_symlink()
+    assert (folder / "mine.txt").read_text() == "mine" and file.read_text() == "my notes"
+
+
 def test_a_folder_the_pipeline_wrote_is_replaced_whole(tmp_path):
     write_set(tmp_path / "tables", ["base.parquet", "rag-2024-03-01.parquet"], "old")
     assert (tmp_path / "tables" / MARK).is_file()

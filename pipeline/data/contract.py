@@ -197,11 +197,18 @@ def register(con: duckdb.DuckDBPyConnection, data_dir: Path | str, time_range, u
     unchecked. Non-finite engagement is always refused."""
     con.execute("SET TimeZone = 'UTC'")  # timestamps and the declared range are UTC on any connection
     paths = files(data_dir)
-    clusters_src, items_src, events_src = (_scan(paths[n]) for n in ("clusters", "items", "events"))
+    sources = {name: _scan(path) for name, path in paths.items()}
+    _check_clusters(con, paths["clusters"], sources["clusters"], max_keyword_chars)
+    _check_items(con, paths, sources)
+    ts_value = _check_events(con, paths, sources, time_range, unknown_items, engagement_range)
+    return _create_views(con, sources, ts_value)
 
-    _check_columns(con, "clusters", paths["clusters"])
+
+def _keyword_rules(max_keyword_chars: int | None) -> list[Rule]:
+    """What every cluster's keywords must be: a few, each non-empty, lower case and trimmed, free of
+    the prompt's separators and of characters that print as nothing or break a line."""
     kw_ok = f"len(keywords) BETWEEN {MIN_KEYWORDS} AND {MAX_KEYWORDS}"
-    keyword_rules = [
+    rules = [
         Rule("keywords", "keywords IS NULL OR len(keywords) = 0", "cluster has no keywords"),
         Rule("keywords", f"NOT ({kw_ok})", f"needs {MIN_KEYWORDS}-{MAX_KEYWORDS} keywords"),
         Rule("keywords", "list_bool_or([k IS NULL OR trim(k) = '' FOR k IN keywords])",
@@ -213,34 +220,51 @@ def register(con: duckdb.DuckDBPyConnection, data_dir: Path | str, time_range, u
              "keywords must be lower case, trimmed, without commas"),
     ]
     if max_keyword_chars is not None:
-        keyword_rules.append(Rule("keywords", f"list_bool_or([length(k) > {int(max_keyword_chars)} FOR k IN keywords])",
-                                  f"keyword longer than data.max_keyword_chars={int(max_keyword_chars)} characters"))
-    _enforce(con, clusters_src, paths["clusters"], [
-        Rule("cluster_id", "cluster_id IS NULL", "null cluster_id"), *_fits("clusters"), *keyword_rules])
-    _duplicates(con, clusters_src, paths["clusters"], "cluster_id", "cluster_id")
-    _read_alike(paths["clusters"])
+        rules.append(Rule("keywords", f"list_bool_or([length(k) > {int(max_keyword_chars)} FOR k IN keywords])",
+                          f"keyword longer than data.max_keyword_chars={int(max_keyword_chars)} characters"))
+    return rules
 
+
+def _check_clusters(con: duckdb.DuckDBPyConnection, path: Path, source: str, max_keyword_chars: int | None) -> None:
+    _check_columns(con, "clusters", path)
+    _enforce(con, source, path, [Rule("cluster_id", "cluster_id IS NULL", "null cluster_id"), *_fits("clusters"),
+                                 *_keyword_rules(max_keyword_chars)])
+    _duplicates(con, source, path, "cluster_id", "cluster_id")
+    _read_alike(path)
+
+
+def _check_items(con: duckdb.DuckDBPyConnection, paths: dict[str, Path], sources: dict[str, str]) -> None:
     _check_columns(con, "items", paths["items"])
-    _enforce(con, items_src, paths["items"], [
+    _enforce(con, sources["items"], paths["items"], [
         Rule("item_id", "item_id IS NULL", "null item_id"),
         Rule("cluster_id", "cluster_id IS NULL", "item has no cluster"),
         *_fits("items"),
-        Rule("cluster_id", f"cluster_id NOT IN (SELECT cluster_id FROM {clusters_src})",
+        Rule("cluster_id", f"cluster_id NOT IN (SELECT cluster_id FROM {sources['clusters']})",
              f"cluster_id not in {paths['clusters'].name}"),
     ])
-    _duplicates(con, items_src, paths["items"], "item_id", "item_id")
+    _duplicates(con, sources["items"], paths["items"], "item_id", "item_id")
 
+
+def _ts_value(ts_type: str) -> str:
+    """SQL of an event's ts as a naive TIMESTAMP holding UTC wall time, from the stored column's type.
+
+    Naive inputs are read as UTC. A zoned value's UTC wall time is taken from its epoch: the cast
+    TIMESTAMPTZ::TIMESTAMP asks the time-zone library for every row (0.6 s against 0.1 s for 10M
+    rows on 2 threads), and the two give the same values. A naive input only changes precision
+    (the cast rounds as before)."""
+    return {"VARCHAR": "make_timestamp(epoch_us(TRY_CAST(ts AS TIMESTAMPTZ)))",
+            "TIMESTAMP WITH TIME ZONE": "make_timestamp(epoch_us(ts))",
+            "TIMESTAMPTZ_NS": "make_timestamp(epoch_us(ts::TIMESTAMPTZ))"}.get(ts_type, "ts::TIMESTAMP")
+
+
+def _check_events(con: duckdb.DuckDBPyConnection, paths: dict[str, Path], sources: dict[str, str], time_range,
+                  unknown_items: str, engagement_range) -> str:
+    """Validate the event log; returns the SQL of its ts as the events view reads it (_ts_value)."""
     types = _check_columns(con, "events", paths["events"])
-    # Internally ts is a naive TIMESTAMP holding UTC wall time; naive inputs are read as UTC. A
-    # zoned value's UTC wall time is taken from its epoch: the cast TIMESTAMPTZ::TIMESTAMP asks the
-    # time-zone library for every row (0.6 s against 0.1 s for 10M rows on 2 threads), and the two give
-    # the same values. A naive input only changes precision (the cast rounds as before).
-    ts_value = {"VARCHAR": "make_timestamp(epoch_us(TRY_CAST(ts AS TIMESTAMPTZ)))",
-                "TIMESTAMP WITH TIME ZONE": "make_timestamp(epoch_us(ts))",
-                "TIMESTAMPTZ_NS": "make_timestamp(epoch_us(ts::TIMESTAMPTZ))"}.get(types["ts"], "ts::TIMESTAMP")
+    ts_value = _ts_value(types["ts"])
     start, end = (f"'{time_range[k]}'::TIMESTAMP" for k in ("start", "end"))
     nan = " OR isnan(engagement)" if types["engagement"] in ("FLOAT", "DOUBLE") else ""
-    event_rules = [
+    rules = [
         Rule("user_id", "user_id IS NULL", "null user_id"),
         Rule("item_id", "item_id IS NULL", "null item_id"),
         Rule("ts", "ts IS NULL", "null timestamp"),
@@ -255,25 +279,28 @@ def register(con: duckdb.DuckDBPyConnection, data_dir: Path | str, time_range, u
         *_fits("events"),
     ]
     if types["engagement"] in ("FLOAT", "DOUBLE"):
-        event_rules.append(Rule("engagement", "isinf(engagement)", "infinite engagement"))
+        rules.append(Rule("engagement", "isinf(engagement)", "infinite engagement"))
     if engagement_range is not None:
         lo, hi = float(engagement_range["min"]), float(engagement_range["max"])
-        event_rules.append(Rule("engagement", f"engagement < {lo!r} OR engagement > {hi!r}",
-                                f"engagement outside the declared data.engagement_range [{lo}, {hi}]"))
-    unknown = Rule("item_id", f"item_id NOT IN (SELECT item_id FROM {items_src})",
-                   f"item_id not in {paths['items'].name}")
+        rules.append(Rule("engagement", f"engagement < {lo!r} OR engagement > {hi!r}",
+                          f"engagement outside the declared data.engagement_range [{lo}, {hi}]"))
     if unknown_items == "error":
-        event_rules.append(unknown)
+        rules.append(Rule("item_id", f"item_id NOT IN (SELECT item_id FROM {sources['items']})",
+                          f"item_id not in {paths['items'].name}"))
     elif unknown_items != "drop":
         raise ContractError("params.yaml", "must be 'drop' or 'error'", "data.unknown_items", unknown_items)
-    _enforce(con, events_src, paths["events"], event_rules)
+    _enforce(con, sources["events"], paths["events"], rules)
+    return ts_value
 
+
+def _create_views(con: duckdb.DuckDBPyConnection, sources: dict[str, str], ts_value: str) -> dict:
+    """The views clusters, items and events in the contract's types; the counts of clusters and items."""
     con.execute(f"CREATE OR REPLACE TEMP VIEW clusters AS SELECT cluster_id::INTEGER AS cluster_id, keywords, "
-                f"array_to_string(keywords, '{SEPARATOR}') AS description FROM {clusters_src}")
+                f"array_to_string(keywords, '{SEPARATOR}') AS description FROM {sources['clusters']}")
     con.execute(f"CREATE OR REPLACE TEMP VIEW items AS "
-                f"SELECT item_id::BIGINT AS item_id, cluster_id::INTEGER AS cluster_id FROM {items_src}")
+                f"SELECT item_id::BIGINT AS item_id, cluster_id::INTEGER AS cluster_id FROM {sources['items']}")
     con.execute(f"CREATE OR REPLACE TEMP VIEW events AS SELECT user_id::BIGINT AS user_id, item_id::BIGINT AS item_id, "
-                f"{ts_value} AS ts, engagement::FLOAT AS engagement FROM {events_src}")
+                f"{ts_value} AS ts, engagement::FLOAT AS engagement FROM {sources['events']}")
     n_clusters, n_items = (con.execute(f"SELECT count(*) FROM {v}").fetchone()[0] for v in ("clusters", "items"))
     return {"clusters": n_clusters, "items": n_items}
 
