@@ -28,7 +28,7 @@ def tiny_llama():
     shape = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny_random.yaml").random)
     torch.manual_seed(shape.pop("seed"))
     config = transformers.LlamaConfig(vocab_size=97, max_position_embeddings=64, tie_word_embeddings=True, **shape)
-    return transformers.LlamaForCausalLM(config).evaluate()
+    return transformers.LlamaForCausalLM(config).eval()
 
 
 IDS = torch.tensor([[5, 17, 3, 44, 9, 71, 2, 60], [8, 8, 30, 12, 95, 1, 40, 23]])

@@ -95,7 +95,7 @@ def build_model(device: str, dtype: str, tokenizer, layers: int, seed: int = 0):
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          **{**SMOLLM2_135M, "num_hidden_layers": layers})
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config).to(device=device, dtype=kernels.dtype(dtype)).evaluate()
+    return LlamaForCausalLM(config).to(device=device, dtype=kernels.dtype(dtype)).eval()
 
 
 def in_budget(work: list, chunk: int, budget_s: float, run, sync) -> tuple[list, float]:

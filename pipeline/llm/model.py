@@ -188,7 +188,7 @@ def load(m: DictConfig, adapter: Path | str | None = None, device: str = "cpu", 
             raise _unreadable("LoRA adapter for this base model", adapter, exc,
                               "rerun the finetune stage (dvc repro)") from None
     kernels.deterministic()
-    return model.to(device=device, dtype=kernels.dtype(dtype)).evaluate(), tokenizer
+    return model.to(device=device, dtype=kernels.dtype(dtype)).eval(), tokenizer
 
 
 def identity(m: DictConfig) -> str:
