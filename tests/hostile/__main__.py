@@ -34,18 +34,13 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from pipeline import cli, config, lineage  # noqa: E402
 from pipeline.files import file_hashes  # noqa: E402
+from tests.conftest import TINY_WORLD  # noqa: E402
 
 ROOT = config.ROOT
 LOAD = config.load
 # The tiny world of tests/conftest.py, with every path relative to the world's folder (the copies
 # keep their lineage records valid).
-TINY = ["data=synthetic_dense", "model=tiny_random", f"model.cache_dir={ROOT / 'models'}",
-        "finetune.trainer.max_steps=2", "finetune.batch_size=8", "finetune.samples_per_pair=1",
-        "finetune.trainer.enable_progress_bar=false", "gate.max_pairs=8", "gate.max_new_tokens=4",
-        "gate.override_reason='tiny random model'", "data.synth.n_events=30000", "data.synth.n_clusters=5",
-        "data.synth.n_users=800", "count.min_support=1", "refresh.until=2024-03-05", "bulk_infer.max_new_tokens=5",
-        "bulk_infer.batch_size.cpu=8", "bulk_infer.shard_size.cpu=16", "device=cpu", "data.path=data",
-        "duckdb.temp_directory=duckdb_tmp"]
+TINY = [*TINY_WORLD, "data.path=data", "duckdb.temp_directory=duckdb_tmp"]
 STAGES = ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer", "evaluate")
 # Each stage's main output setting: where the write cases point it.
 MAIN = {"extract": "sequences", "count": "daily_counts", "finetune": "adapter", "gate": "gate_predictions",
