@@ -57,6 +57,8 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     """The composed, resolved and checked config in memory."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
+    from pipeline import lineage
+
     refuse_old_names(list(overrides or []))
     try:
         with initialize_config_dir(str(CONF_DIR), version_base=None):
@@ -68,7 +70,8 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
                          "config group does not have (data.synth.* belongs to the synthetic worlds); drop it, or "
                          "choose the group that has it") from None
     refuse_resolvers(cfg, "composition")
-    OmegaConf.resolve(cfg)
+    with lineage.unchecked():
+        OmegaConf.resolve(cfg)
     schema.load(cfg)
     return cfg
 
@@ -86,8 +89,9 @@ def load(path: Path | str = PARAMS) -> DictConfig:
 
 
 # ${name:...}: a resolver call (oc.env, oc.decode, hydra:...), whose value comes from outside the
-# settings; a plain ${key.path} interpolation names another setting and stays allowed.
-RESOLVER = re.compile(r"\$\{\s*[\w.\-]+\s*:")
+# settings; a plain ${key.path} interpolation names another setting and stays allowed, and so does
+# outputs_checked, which returns its value as written (pipeline/lineage.py).
+RESOLVER = re.compile(r"\$\{\s*(?!outputs_checked\s*:)[\w.\-]+\s*:")
 
 
 def refuse_resolvers(cfg: DictConfig, source: str) -> None:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 
@@ -285,6 +287,37 @@ def check_paths(cfg: DictConfig, stage: str) -> None:
         if owner is None and path.is_file():
             raise ValueError(f"{out}: a file the {stage} stage did not write (no lineage record, not in dvc.lock); "
                              "nothing was replaced: move it away, or set the paths.* setting to a new path")
+
+
+# `dvc exp run -S paths.X=...` composes conf/ in DVC's own process, then checks the stage outputs
+# out with force, which deletes what lies at a declared output path before any stage runs. So the
+# composition itself checks them: conf/config.yaml routes one setting through this resolver
+# (registered by hydra_plugins/), which DVC calls while it resolves the composition.
+_CHECKING = ContextVar("checking_outputs", default=False)
+
+
+def outputs_checked(value, _root_: DictConfig):
+    """Resolver `outputs_checked`: `value` itself, once every stage's output paths in the composition
+    pass check_paths (reading the composition resolves this node again: then it is just `value`)."""
+    if _CHECKING.get():
+        return value
+    token = _CHECKING.set(True)
+    try:
+        for stage in graph(_root_):
+            check_paths(_root_, stage)
+    finally:
+        _CHECKING.reset(token)
+    return value
+
+
+@contextmanager
+def unchecked():
+    """Compose without the resolver's check (config.compose: the stages and config.dump check)."""
+    token = _CHECKING.set(True)
+    try:
+        yield
+    finally:
+        _CHECKING.reset(token)
 
 
 def record(cfg: DictConfig, stage: str, since_ns: int | None = None) -> None:

@@ -121,9 +121,11 @@ def fails(repo: Path, *args: str) -> str:
     return failed(repo, *args).stderr
 
 
-def test_repro_leaves_a_users_file_at_an_edited_output_path_alone(repo):
+def test_repro_and_exp_run_leave_a_users_file_at_an_output_path_alone(repo):
     """DVC deletes a stage's outputs before the stage runs unless they persist (dvc.yaml): a path
-    edited into params.yaml that names a user's file is refused by the stage, and the file stays."""
+    edited into params.yaml that names a user's file is refused by the stage, and the file stays.
+    `dvc exp run -S` checks outputs out with force before any stage runs: its composition refuses
+    the path while DVC resolves it (lineage.outputs_checked), and params.yaml is not rewritten."""
     py = sys.executable
     notes = repo / "notes.txt"
     notes.write_text("a user's notes\n")
@@ -135,6 +137,10 @@ def test_repro_leaves_a_users_file_at_an_edited_output_path_alone(repo):
         err = fails(repo, py, "-m", "dvc", "repro", "extract")
         assert "notes.txt: a file the extract stage did not write" in err and "Traceback" not in err
         assert notes.read_text() == "a user's notes\n"
+        sh(repo, "git", "checkout", "--", "params.yaml")
+        err = fails(repo, py, "-m", "dvc", "exp", "run", "-S", "paths.daily_counts=notes.txt", "count")
+        assert "notes.txt: a file the count stage did not write" in err and "Traceback" not in err
+        assert notes.read_text() == "a user's notes\n" and "notes.txt" not in params.read_text()
     finally:
         sh(repo, "git", "checkout", "--", "params.yaml")
         notes.unlink()

@@ -136,3 +136,19 @@ def test_an_input_recorded_without_one_of_its_stages_inputs_is_named(recorded):
     record.write_text(json.dumps(found))
     with pytest.raises(ValueError, match=rf"finetune/adapter: built without {cfg.paths.daily_counts}; run dvc repro$"):
         lineage.check(cfg, "gate")
+
+
+def test_a_composition_as_dvc_exp_run_makes_it_refuses_a_users_file_at_an_output_path(tmp_path):
+    """DVC's Hydra composition (`dvc exp run -S`) resolves conf/ in its own process, then checks the
+    outputs out with force: the output paths are checked while it resolves, nothing is written."""
+    from dvc.utils.hydra import compose_and_dump
+
+    from pipeline import config
+
+    notes, out = tmp_path / "notes.txt", tmp_path / "params.yaml"
+    notes.write_text("a user's notes\n")
+    with pytest.raises(Exception, match=r"notes.txt: a file the count stage did not write"):
+        compose_and_dump(out, str(config.CONF_DIR), None, "config", str(config.ROOT), [f"paths.daily_counts={notes}"])
+    assert notes.read_text() == "a user's notes\n" and not out.exists()
+    compose_and_dump(out, str(config.CONF_DIR), None, "config", str(config.ROOT), [])
+    assert out.read_text() == config.PARAMS.read_text()  # the check leaves the composition's bytes alone
