@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import duckdb
@@ -57,6 +58,10 @@ class Spark:
     inputs go when the block ends."""
 
     def __init__(self, cfg: DictConfig):
+        # pyspark 4.3 warns on import of its own test helpers (which it imports while it runs SQL) that
+        # pandas 3 is not fully supported; no pandas object crosses to Spark here (Parquet does), so
+        # that one message is silenced, for the processes that run Spark.
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
         try:
             from pyspark.sql import SparkSession  # the JVM starts only when engine=spark
         except ModuleNotFoundError:
