@@ -1,4 +1,4 @@
-"""Support buckets (eval.support_buckets): a pair's support in the retrieval window sorts it into
+"""Support buckets (evaluate.support_buckets): a pair's support in the retrieval window sorts it into
 cold, tail, torso or head. Count's realism figures and evaluate's by-support table share them."""
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 the guard every choice made on held-out days passes.
 
 A served cluster hits an event (a triple (c1, c2, c_next) of a user at time ts) when it is among
-the user's next eval.horizon distinct clusters other than c1 and c2, counted from c_next on
+the user's next evaluate.horizon distinct clusters other than c1 and c2, counted from c_next on
 (next_clusters.sql); the gate's held-out days never look past month_start."""
 from __future__ import annotations
 

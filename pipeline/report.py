@@ -213,7 +213,7 @@ def curation(ft: DictConfig) -> str:
 
 
 def setup(cfg: DictConfig, m: dict) -> list[str]:
-    r = cfg.retrieval
+    r = cfg.retrieve
     return [
         f"# Offline evaluation: {cfg.data.name}, {cfg.period.month}",
         "",
@@ -225,13 +225,13 @@ def setup(cfg: DictConfig, m: dict) -> list[str]:
         f"events (triples) from {m['users']:,} users over {m['days']} days.",
         f"- Model: `{cfg.model.name}` with the month's LoRA adapter (fine-tuned on the "
         f"{cfg.finetune.train_days} days before the month: {curation(cfg.finetune)}); "
-        f"tables decoded `{cfg.infer.decoding}`.",
+        f"tables decoded `{cfg.bulk_infer.decoding}`.",
         f"- Retrieval: `{r.method}`, top {r.top_n} successor(s) of each pair over the {r.window_days} days before "
         f"each refresh date; refresh every {cfg.refresh.every_days} days from the 1st.",
         f"- Serving: on day t each strategy serves its newest table dated on or before t. A served cluster **hits** "
         f"when it is among the user's next {m['horizon']} distinct clusters other than c1 and c2 (the actual next "
         "cluster included). Confidence intervals: 95 %, bootstrap over users "
-        f"({cfg.eval.bootstrap} resamples).",
+        f"({cfg.evaluate.bootstrap} resamples).",
     ]
 
 
@@ -251,7 +251,7 @@ def by_pair_support(cfg: DictConfig, m: dict, strategies: dict[str, str], labels
     buckets = buckets_of(m)
     lines = ["## Hit rate by pair support", "",
              f"Each event's pair (c1, c2) by its support: the triples of (c1, c2) to any successor in the "
-             f"{cfg.retrieval.window_days} days before the event's refresh date. The hybrid serves "
+             f"{cfg.retrieve.window_days} days before the event's refresh date. The hybrid serves "
              f"{hybrid_rule(m['hybrid'])} (the rule chosen on the gate's held-out days, before the month). "
              f"{_pct(m['unseen_in_training'])} of events have a pair that never occurs in the fine-tune's sample "
              "days. Hit rate (95 % CI over the bucket's users):", "",
@@ -300,7 +300,7 @@ def rag_study(cfg: DictConfig, study: dict) -> list[str]:
             f"{_pct(study['unlined_identical_to_base'])} | |",
             f"| answer identical to the no-RAG answer | all, {study['answers_compared']:,} | "
             f"{_pct(study['all_identical_to_base'])} | |",
-            f"| two repeats of the no-RAG prompt identical (sampling, T={cfg.eval.repeat_temperature}; "
+            f"| two repeats of the no-RAG prompt identical (sampling, T={cfg.evaluate.repeat_temperature}; "
             f"{_pct(study['base_repeats_valid'])} of sampled answers valid) | prompts, {study['repeat_prompts']:,} | "
             f"{_pct(study['base_repeats_identical'])} | 37.5 % |"]
 

@@ -278,7 +278,7 @@ class Model:
 
 
 @dataclass
-class Retrieval:
+class Retrieve:
     method: RetrievalMethod = MISSING
     window_days: int = at_least(1)
     top_n: int = at_least(1)
@@ -373,7 +373,7 @@ class Gate:
 
 
 @dataclass
-class Infer:
+class BulkInfer:
     decoding: Decoding = MISSING
     # Constrained decoding also needs it to reach the longest description: bulk_infer checks that
     # against the description trie, which only the tokenizer and the dataset's clusters give.
@@ -389,7 +389,7 @@ def _buckets_ok(bounds: dict[str, int]) -> bool:
 
 
 @dataclass
-class Eval:
+class Evaluate:
     horizon: int = at_least(1)
     bootstrap: int = at_least(1)
     seed: int = at_least(0)
@@ -450,13 +450,13 @@ class Config:
     count: Count = MISSING
     period: Period = MISSING
     model: Model = MISSING
-    retrieval: Retrieval = MISSING
+    retrieve: Retrieve = MISSING
     refresh: Refresh = MISSING
     finetune: Finetune = MISSING
     prompts: Prompts = MISSING
     gate: Gate = MISSING
-    infer: Infer = MISSING
-    eval: Eval = MISSING
+    bulk_infer: BulkInfer = MISSING
+    evaluate: Evaluate = MISSING
     duckdb: DuckDB = MISSING
     engine: Engine = MISSING
     spark: Spark = MISSING
@@ -525,8 +525,8 @@ def _relations(c: Config) -> None:
              f"a divisor of model.random.hidden_size ({r.hidden_size}): each head takes an equal share")
         need(r.num_attention_heads % r.num_key_value_heads == 0, "model.random.num_key_value_heads",
              f"a divisor of model.random.num_attention_heads ({r.num_attention_heads}): heads share key-value heads evenly")
-    need(c.prompts.popular_n <= c.retrieval.popular_n, "prompts.popular_n",
-         f"at most retrieval.popular_n ({c.retrieval.popular_n}): the retrieve stage keeps that many popular clusters")
+    need(c.prompts.popular_n <= c.retrieve.popular_n, "prompts.popular_n",
+         f"at most retrieve.popular_n ({c.retrieve.popular_n}): the retrieve stage keeps that many popular clusters")
     if c.refresh.until is not None and c.period.month is not None:
         need(c.refresh.until.startswith(c.period.month), "refresh.until", f"a day of period.month ({c.period.month})")
 

@@ -1,12 +1,12 @@
 """Sweeps over settings as DVC experiments, and one table of their results.
 
-    python -m pipeline.sweep -m retrieval.method=frequency,trend retrieval.top_n=1,3
+    python -m pipeline.sweep -m retrieve.method=frequency,trend retrieve.top_n=1,3
         a Hydra multirun: one `dvc exp run -S ...` per combination, in turn, in this workspace
-        (the same as `dvc exp run --queue -S 'retrieval.method=frequency,trend' -S
-        'retrieval.top_n=1,3'` followed by `dvc queue start`, without the queue's temporary copies).
+        (the same as `dvc exp run --queue -S 'retrieve.method=frequency,trend' -S
+        'retrieve.top_n=1,3'` followed by `dvc queue start`, without the queue's temporary copies).
         Each job composes conf/ with its overrides alone: a workspace composed with other settings
         (`python -m pipeline.config data=movielens`) is refused until the sweep names them too
-        (`python -m pipeline.sweep -m data=movielens retrieval.top_n=1,3`); a failed job stops the sweep;
+        (`python -m pipeline.sweep -m data=movielens retrieve.top_n=1,3`); a failed job stops the sweep;
     python -m pipeline.sweep summary
         one row per experiment of the current commit: the swept settings and evaluate's headline.
 

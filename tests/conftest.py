@@ -27,8 +27,8 @@ TINY_WORLD = ["data=synthetic_dense", "model=tiny_random", f"model.cache_dir={RO
         "gate.max_pairs=8", "gate.max_new_tokens=4", "gate.override_reason='tiny random model'",
         "gate.min_held_out_triples=50",
         "data.synth.n_events=30000", "data.synth.n_clusters=5", "data.synth.n_users=800",
-        "count.min_support=1", "refresh.until=2024-03-05", "infer.max_new_tokens=5", "infer.batch_size.cpu=8",
-        "infer.shard_size.cpu=16", "device=cpu"]
+        "count.min_support=1", "refresh.until=2024-03-05", "bulk_infer.max_new_tokens=5", "bulk_infer.batch_size.cpu=8",
+        "bulk_infer.shard_size.cpu=16", "device=cpu"]
 T0 = pd.Timestamp("2024-01-10 12:00", tz="UTC")
 
 

@@ -233,7 +233,7 @@ def test_a_later_refresh_only_decodes_its_new_prompts(world, tmp_path):
 
 
 def test_constrained_tables_are_always_valid(world, tmp_path):
-    cfg = build(world, tmp_path / "a", "infer.decoding=constrained")
+    cfg = build(world, tmp_path / "a", "bulk_infer.decoding=constrained")
     for path in Path(cfg.paths.tables).glob("*.parquet"):
         table = pd.read_parquet(path)
         assert table.valid.all() and (table.served == "llm").all()
@@ -380,5 +380,5 @@ def test_constrained_decoding_completes_every_answer_with_the_tokens_needed():
 
 
 def test_bulk_infer_refuses_a_constrained_budget_below_what_the_trie_needs(world, tmp_path):
-    with pytest.raises(ValueError, match=r"params.yaml: infer.max_new_tokens=1: constrained decoding needs at least \d+"):
-        build(world, tmp_path / "a", "infer.decoding=constrained", "infer.max_new_tokens=1")
+    with pytest.raises(ValueError, match=r"params.yaml: bulk_infer.max_new_tokens=1: constrained decoding needs at least \d+"):
+        build(world, tmp_path / "a", "bulk_infer.decoding=constrained", "bulk_infer.max_new_tokens=1")

@@ -267,9 +267,9 @@ def test_sweep_hands_the_checked_overrides_to_hydra(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "run_one", ran.append)
     monkeypatch.chdir(tmp_path)  # Hydra writes its multirun/ folder here
     monkeypatch.setattr(sys, "argv", ["sweep.py"])
-    sweep.main(["-m", "retrieval.method=frequency,trend", "retrieval.top_n=2"])
-    assert sorted(ran) == [["retrieval.method=frequency", "retrieval.top_n=2"],
-                           ["retrieval.method=trend", "retrieval.top_n=2"]]
+    sweep.main(["-m", "retrieve.method=frequency,trend", "retrieve.top_n=2"])
+    assert sorted(ran) == [["retrieve.method=frequency", "retrieve.top_n=2"],
+                           ["retrieve.method=trend", "retrieve.top_n=2"]]
     with pytest.raises(SystemExit) as done:
         sweep.main([])
     assert done.value.code == 2
@@ -286,12 +286,12 @@ def test_a_sweep_refuses_to_drop_the_workspaces_settings(tmp_path, monkeypatch):
     ran = []
     monkeypatch.setattr(sweep, "run_one", ran.append)
     with pytest.raises(SystemExit) as done:
-        sweep.main(["-m", "retrieval.top_n=1,3"])
+        sweep.main(["-m", "retrieve.top_n=1,3"])
     assert done.value.code.startswith("sweep: params.yaml has data.") and "\n" not in done.value.code
     assert done.value.code.endswith("give the sweep the overrides params.yaml was composed with too "
                                     "(here data=synthetic_dense)") and ran == []
-    sweep.main(["-m", "data=synthetic_dense", "retrieval.top_n=1,3"])
-    assert ran == [["data=synthetic_dense", "retrieval.top_n=1"], ["data=synthetic_dense", "retrieval.top_n=3"]]
+    sweep.main(["-m", "data=synthetic_dense", "retrieve.top_n=1,3"])
+    assert ran == [["data=synthetic_dense", "retrieve.top_n=1"], ["data=synthetic_dense", "retrieve.top_n=3"]]
 
 
 def test_sweep_errors_are_one_line_prefixed_sweep(monkeypatch):
@@ -306,10 +306,10 @@ def test_sweep_errors_are_one_line_prefixed_sweep(monkeypatch):
 
     monkeypatch.setattr(sweep.subprocess, "run", dvc_fails_on_the_second_job)
     for argv, expected in (
-            (["-m", "retrieval.top_n=1,2,3"], "sweep: job 2 of 3 failed: `dvc exp run -S retrieval.top_n=2` exited "
+            (["-m", "retrieve.top_n=1,2,3"], "sweep: job 2 of 3 failed: `dvc exp run -S retrieve.top_n=2` exited "
                                               "with status 1 (its output is above); the 1 before it are experiments"),
-            (["-m", "retrieval.top_n=0,1"], "sweep: retrieval.top_n=0: expected >= 1"),
-            (["retrieval.top_n=1,2"], "sweep: retrieval.top_n=1,2: several values make a sweep; add -m")):
+            (["-m", "retrieve.top_n=0,1"], "sweep: retrieve.top_n=0: expected >= 1"),
+            (["retrieve.top_n=1,2"], "sweep: retrieve.top_n=1,2: several values make a sweep; add -m")):
         with pytest.raises(SystemExit) as done:
             sweep.main(argv)
         assert done.value.code.startswith(expected) and "\n" not in done.value.code, done.value.code

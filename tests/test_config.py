@@ -45,25 +45,25 @@ def test_missing_params_file_is_named(tmp_path):
 # The schema (pipeline/schema.py): every bad setting of issue 11 is refused while composing, in one
 # line that names the key, the value and what is allowed.
 BAD = [
-    ("retrieval.top_n=0", ">= 1"), ("retrieval.top_n=-1", ">= 1"),
-    ("retrieval.window_days=0", ">= 1"), ("retrieval.window_days=-7", ">= 1"),
-    ("finetune.rag_share=2", "in [0, 1]"), ("infer.max_new_tokens=0", ">= 1"),
+    ("retrieve.top_n=0", ">= 1"), ("retrieve.top_n=-1", ">= 1"),
+    ("retrieve.window_days=0", ">= 1"), ("retrieve.window_days=-7", ">= 1"),
+    ("finetune.rag_share=2", "in [0, 1]"), ("bulk_infer.max_new_tokens=0", ">= 1"),
     ("finetune.trainer.max_steps=0", ">= 1"), ("finetune.samples_per_pair=0", ">= 1"),
-    ("infer.shard_size.cpu=0", ">= 1"), ("gate.max_pairs=0", ">= 1"),
+    ("bulk_infer.shard_size.cpu=0", ">= 1"), ("gate.max_pairs=0", ">= 1"),
     ("data.time_range.start=garbage", "a date YYYY-MM-DD"), ("data.time_range.start=2024-02-30", "a date"),
     ("torch_threads=0", ">= 1"), ("prompts.min_support=many", "could not be converted to Integer"),
-    ("eval.repeat_pairs=0", ">= 1"), ("eval.repeat_pairs=-5", ">= 1"),
+    ("evaluate.repeat_pairs=0", ">= 1"), ("evaluate.repeat_pairs=-5", ">= 1"),
     ("gate.min_exact_match=1.5", "in [0, 1]"), ("gate.min_exact_match=-0.1", "in [0, 1]"),
     ("gate.min_test_recall=2", "in [0, 1]"), ("gate.min_test_recall=-1", "in [0, 1]"),
     ("period.month=2024-13", "a month YYYY-MM"), ("refresh.every_days=0", ">= 1"),
-    ("gate.hybrid_taus=[0, 3]", "integers >= 1"), ("eval.drift_k=[]", "a non-empty list"),
+    ("gate.hybrid_taus=[0, 3]", "integers >= 1"), ("evaluate.drift_k=[]", "a non-empty list"),
     ("finetune.trainer.precision=32", "one of 32-true, 16-mixed"), ("duckdb.memory_limit=lots", "a size such as 1500MB"),
     # enums
-    ("infer.decoding=beam", "expected one of [free, constrained]"), ("engine=flink", "[duckdb, spark]"),
+    ("bulk_infer.decoding=beam", "expected one of [free, constrained]"), ("engine=flink", "[duckdb, spark]"),
     ("kernels=fast", "[portable, native]"), ("device=gpu", "[auto, cpu, cuda]"),
     ("extract.form=sorted", "[auto, ordered, partitioned]"), ("extract.dedupe=none", "[first_occurrence, consecutive]"),
-    ("data.unknown_items=keep", "[drop, error]"), ("infer.dtype=int8", "[float32, bfloat16, float16]"),
-    ("retrieval.method=random", "[frequency, trend]"), ("model.source=hub", "[gguf_wheel, pretrained, random]"),
+    ("data.unknown_items=keep", "[drop, error]"), ("bulk_infer.dtype=int8", "[float32, bfloat16, float16]"),
+    ("retrieve.method=random", "[frequency, trend]"), ("model.source=hub", "[gguf_wheel, pretrained, random]"),
 ]
 # Rules between keys: the message names the key that breaks them and the one it depends on.
 BAD_TOGETHER = [
@@ -71,12 +71,12 @@ BAD_TOGETHER = [
     (["model.source=pretrained"], "model.name_or_path=None", "model.source=pretrained"),
     (["finetune.test_days=28"], "finetune.test_days=28", "fewer than finetune.train_days (28)"),
     (["data.synth.cold_clusters=50"], "data.synth.cold_clusters=50", "fewer than data.synth.n_clusters (50)"),
-    (["prompts.popular_n=4"], "prompts.popular_n=4", "at most retrieval.popular_n (3)"),
+    (["prompts.popular_n=4"], "prompts.popular_n=4", "at most retrieve.popular_n (3)"),
     (["engine=spark", "extract.form=ordered"], "extract.form=ordered", "ordered relies on DuckDB"),
     (["refresh.until=2024-04-02"], "refresh.until=2024-04-02", "a day of period.month (2024-03)"),
     (["data=contract"], "data.path is missing", "give data.path="),
     (["extract.min_engagement=1.5"], "extract.min_engagement=1.5", "inside data.engagement_range [0.0, 1.0]"),
-    (["eval.support_buckets.cold=2"], "eval.support_buckets={'cold': 2, 'tail': 1", "start at 0 and ascend"),
+    (["evaluate.support_buckets.cold=2"], "evaluate.support_buckets={'cold': 2, 'tail': 1", "start at 0 and ascend"),
     (["model=tiny_random", "model.random.num_attention_heads=3"], "model.random.num_attention_heads=3",
      "a divisor of model.random.hidden_size (64)"),
     (["model=tiny_random", "model.random.num_key_value_heads=3"], "model.random.num_key_value_heads=3",
@@ -106,7 +106,7 @@ def test_settings_that_contradict_each_other_are_refused_in_one_line(overrides, 
     assert "\n" not in message and named in message and allowed in message, message
 
 
-@pytest.mark.parametrize("override", ["retrieval.popular_n=0", "prompts.popular_n=0", "eval.repeat_pairs=null",
+@pytest.mark.parametrize("override", ["retrieve.popular_n=0", "prompts.popular_n=0", "evaluate.repeat_pairs=null",
                                       "model=tiny_random", "data=movielens", "refresh.until=2024-03-31",
                                       "model.name_or_path=HuggingFaceTB/SmolLM2-135M"])
 def test_settings_in_range_compose(override):
@@ -129,10 +129,10 @@ found = [p.__name__ for p in Plugins.instance().discover(SearchPathPlugin)]
 sys.path.remove(root)
 assert "pipeline.config" not in sys.modules
 print(found)
-for override in ("retrieval.method=random", "retrieval.top_n=0"):
+for override in ("retrieve.method=random", "retrieve.top_n=0"):
     try:
         with initialize_config_dir(root + "/conf", version_base=None):
-            print(compose(config_name="config", overrides=[override]).retrieval.top_n)
+            print(compose(config_name="config", overrides=[override]).retrieve.top_n)
     except Exception as exc:
         print(str(exc.__cause__ or exc).splitlines()[0])
 """
@@ -156,7 +156,7 @@ def test_a_stage_refuses_a_bad_params_yaml_in_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv(cli.DEBUG, raising=False)
     with pytest.raises(SystemExit) as done:
         main(["retrieve"])
-    assert done.value.code == f"retrieve: {params}: retrieval.top_n=0: expected >= 1"
+    assert done.value.code == f"retrieve: {params}: retrieve.top_n=0: expected >= 1"
 
     params.write_text(config.PARAMS.read_text() + "extra: 1\n")
     with pytest.raises(SystemExit) as done:

@@ -257,7 +257,7 @@ def test_cuda_out_of_memory_in_bulk_decoding_is_one_line_and_keeps_finished_shar
         cache.fill(texts, decode, shard_size=5)
     assert str(err.value).startswith("CUDA out of memory decoding at batch size 64 (CUDA out of memory. Tried to "
                                      "allocate 2.00 GiB.") and "\n" not in str(err.value)
-    assert "lower infer.batch_size.cuda (gate.batch_size.cuda for the gate)" in str(err.value)
+    assert "lower bulk_infer.batch_size.cuda (gate.batch_size.cuda for the gate)" in str(err.value)
     assert sorted(cache.load()) == sorted(texts[:5])  # the finished shard is kept
 
 

@@ -35,9 +35,9 @@ gate:
   min_held_out_triples: 50
 # What no assertion here depends on, shortened: a random model's answers are noise at any length
 # (decoding is most of bulk_infer's time), and evaluate's repeats and resamples only narrow intervals.
-infer:
+bulk_infer:
   max_new_tokens: 8
-eval:
+evaluate:
   repeat_pairs: 50
   bootstrap: 200
 """
@@ -240,14 +240,14 @@ def test_exp_run_refuses_a_wrong_type_when_composing_and_a_range_when_the_first_
     assert "Running stage" not in out and "workers: 0" in (repo / "params.yaml").read_text()
 
     params = (repo / "params.yaml").read_bytes()
-    refused = failed(repo, py, "-m", "dvc", "exp", "run", "-S", "retrieval.method=random")
+    refused = failed(repo, py, "-m", "dvc", "exp", "run", "-S", "retrieve.method=random")
     assert "expected one of [frequency, trend]" in refused.stderr and "Running stage" not in refused.stdout
     assert (repo / "params.yaml").read_bytes() == params
 
-    refused = failed(repo, py, "-m", "dvc", "exp", "run", "-S", "retrieval.top_n=0")
+    refused = failed(repo, py, "-m", "dvc", "exp", "run", "-S", "retrieve.top_n=0")
     ran = re.findall(r"Running stage '(\w+)'", refused.stdout)
     assert len(ran) == 1, refused.stdout
-    refusal = f"{ran[0]}: {(repo / 'params.yaml').resolve()}: retrieval.top_n=0: expected >= 1\n"
+    refusal = f"{ran[0]}: {(repo / 'params.yaml').resolve()}: retrieve.top_n=0: expected >= 1\n"
     assert refusal in refused.stderr, refused.stderr
     assert "top_n: 0" in (repo / "params.yaml").read_text()
     sh(repo, py, "-m", "pipeline.config")  # back to conf/'s composition
@@ -272,7 +272,7 @@ def test_moving_the_refresh_date_reruns_retrieval_and_decodes_only_new_prompts(r
     assert tables == 4 and decoded == per_table["rag-2024-03-05"]["new_prompts"] > 0
     assert "Running stage 'evaluate'" in out
     assert "metrics/evaluate.json" in sh(repo, py, "-m", "dvc", "metrics", "diff", "HEAD")
-    out = sh(repo, py, "-m", "dvc", "exp", "run", "-S", "refresh.until=2024-03-05", "-S", "retrieval.method=trend")
+    out = sh(repo, py, "-m", "dvc", "exp", "run", "-S", "refresh.until=2024-03-05", "-S", "retrieve.method=trend")
     assert "Running stage 'retrieve'" in out and "Stage 'finetune' didn't change, skipping" in out
 
 
@@ -301,8 +301,8 @@ def test_sweeps_by_queue_and_by_hydra_multirun_never_refit(repo):
     py = sys.executable
     sh(repo, py, "-m", "dvc", "exp", "run")  # back to conf/'s composition after earlier tests
     sh(repo, py, "-m", "dvc", "exp", "remove", "-q", "--all-commits")
-    sh(repo, py, "-m", "dvc", "exp", "run", "--queue", "-S", "retrieval.method=frequency,trend",
-       "-S", "retrieval.top_n=1,3")
+    sh(repo, py, "-m", "dvc", "exp", "run", "--queue", "-S", "retrieve.method=frequency,trend",
+       "-S", "retrieve.top_n=1,3")
     sh(repo, py, "-m", "dvc", "queue", "start")
     deadline = time.time() + 900
     while any(s in sh(repo, py, "-m", "dvc", "queue", "status") for s in ("Queued", "Running")):
@@ -311,7 +311,7 @@ def test_sweeps_by_queue_and_by_hydra_multirun_never_refit(repo):
     status = sh(repo, py, "-m", "dvc", "queue", "status")
     assert status.count("Success") == 4 and "Failed" not in status
     rows = json.loads(sh(repo, py, "-c", "import json; from pipeline import sweep; print(json.dumps(sweep.summary()))"))
-    assert sorted((r["retrieval.method"], r["retrieval.top_n"]) for r in rows) == [
+    assert sorted((r["retrieve.method"], r["retrieve.top_n"]) for r in rows) == [
         ("frequency", 1), ("frequency", 3), ("trend", 1), ("trend", 3)]
     assert all(r["rag_refreshed"] is not None for r in rows)
     logs = [sh(repo, py, "-m", "dvc", "queue", "logs", r["experiment"]) for r in rows]
@@ -320,7 +320,7 @@ def test_sweeps_by_queue_and_by_hydra_multirun_never_refit(repo):
     assert all("Running stage 'finetune'" not in log and "Running stage 'extract'" not in log for log in logs)
     assert sum("Running stage 'bulk_infer'" in log for log in logs) == 3
 
-    out = sh(repo, py, "-m", "pipeline.sweep", "-m", "retrieval.method=frequency,trend", "retrieval.top_n=2")
+    out = sh(repo, py, "-m", "pipeline.sweep", "-m", "retrieve.method=frequency,trend", "retrieve.top_n=2")
     assert out.count("Running stage 'retrieve'") == 2 and out.count("Running stage 'bulk_infer'") == 2
     assert out.count("Stage 'finetune' didn't change, skipping") == 2 and "Running stage 'extract'" not in out
     assert "sweep: evaluate headline" in sh(repo, py, "-m", "pipeline.sweep", "summary")

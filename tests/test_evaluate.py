@@ -132,7 +132,7 @@ def test_paired_differences_come_from_the_same_resamples():
 
 
 def test_the_support_figure_draws_an_interval_that_misses_its_estimate(tmp_path):
-    # eval.bootstrap=1: the one resample's rate is the whole "interval", often away from the estimate
+    # evaluate.bootstrap=1: the one resample's rate is the whole "interval", often away from the estimate
     entry = {"hit_rate": 0.3, "hit_rate_ci": [0.32, 0.32]}
     m = {"strategies": {"fixed": entry, "backoff": {"hit_rate": 0.2, "hit_rate_ci": [0.1, 0.15]}},
          "by_support": {"cold": {"min_support": 0, "share": 1.0, "strategies": {"fixed": entry, "backoff": entry}}}}
@@ -211,7 +211,7 @@ def test_drift_is_one_at_the_first_date_and_falls_when_successors_change(tmp_pat
 
 def test_the_stage_writes_metrics_plots_and_a_report_and_is_deterministic(world, tmp_path):
     cfg = build(world, tmp_path / "a")
-    cfg = compose(tmp_path / "a", *TINY_WORLD, "eval.bootstrap=200")
+    cfg = compose(tmp_path / "a", *TINY_WORLD, "evaluate.bootstrap=200")
     evaluate.run(cfg)
     files = [Path(cfg.paths.metrics) / "evaluate.json", Path(cfg.paths.metrics) / "evaluate" / "detail.json"]
     headline, m = (json.loads(f.read_text()) for f in files)
@@ -318,12 +318,12 @@ def test_the_count_twin_backs_off_from_the_pair_to_its_last_cluster_to_popular_n
 
 
 def test_the_gate_and_evaluate_count_the_same_hits_on_the_same_served_clusters(tmp_path):
-    """One hit definition: the next eval.horizon distinct clusters, not the gate's old 7 days."""
+    """One hit definition: the next evaluate.horizon distinct clusters, not the gate's old 7 days."""
     from pipeline.period import windows
     from pipeline.stages import gate
 
     cfg = compose(tmp_path, "period.month=2024-03", "finetune.train_days=28", "finetune.test_days=14",
-                  "gate.min_held_out_triples=1", "eval.horizon=3")
+                  "gate.min_held_out_triples=1", "evaluate.horizon=3")
     w = windows(cfg)  # held-out days [Feb 16, Mar 1)
 
     def user(uid, start, clusters, late):

@@ -186,7 +186,7 @@ def test_bulk_infer_replaces_tables_restored_without_the_mark_and_refuses_before
     (tables / "notes.txt").write_text("mine")
     monkeypatch.setattr(bulk, "scored_answers", lambda *a, **k: pytest.fail("decoded before refusing"))
     with pytest.raises(ValueError, match="holds files the pipeline did not write"):
-        build(world, tmp_path / "w", "infer.max_new_tokens=4")  # another namespace: nothing cached
+        build(world, tmp_path / "w", "bulk_infer.max_new_tokens=4")  # another namespace: nothing cached
     assert (tables / "notes.txt").read_text() == "mine"
 
 

@@ -271,7 +271,7 @@ def fake_gpu(monkeypatch, name: str = "NVIDIA H100 80GB HBM3") -> None:
 def test_several_gpus_are_refused_in_one_line(tmp_path, monkeypatch):
     fake_gpu(monkeypatch)
     with pytest.raises(ValueError, match=r"^params.yaml: finetune.trainer.devices=4: the fine-tune trains on one GPU "
-                                         r"\(decoding scales over GPUs through the pool, infer.workers\); set "
+                                         r"\(decoding scales over GPUs through the pool, ray.workers\); set "
                                          r"finetune.trainer.devices=1$"):
         tiny_fit(tmp_path, "finetune.trainer.devices=4", "device=cuda")
 

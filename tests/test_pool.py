@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow  # a local Ray and its worker processes
 
 # Shards of 8 in batches of 4: the tiny world's 31 prompts make 4 shards, more than the workers,
 # and a worker can die between two batches of a shard.
-SHARDS = ("infer.shard_size.cpu=8", "infer.batch_size.cpu=4")
+SHARDS = ("bulk_infer.shard_size.cpu=8", "bulk_infer.batch_size.cpu=4")
 TWO = ("ray.workers=2", *SHARDS)
 
 

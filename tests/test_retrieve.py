@@ -48,7 +48,7 @@ def test_refresh_dates(tmp_path):
 
 
 def test_frequency_ignores_the_refresh_day_and_later(tmp_path):
-    cfg, found, popular = run(tmp_path, "retrieval.top_n=2", "retrieval.window_days=14")
+    cfg, found, popular = run(tmp_path, "retrieve.top_n=2", "retrieve.window_days=14")
     assert on(found, "2024-03-01") == {(0, 1): [2, 3]}  # Feb 16-29: 2 (10x) before 3 (5x), never 5
     assert on(found, "2024-03-03") == {(0, 1): [5, 2]}  # March 1-2 are now past; 2 and 3 tie at 5x
     metrics = json.loads((Path(cfg.paths.metrics) / "retrieve.json").read_text())
@@ -59,7 +59,7 @@ def test_frequency_ignores_the_refresh_day_and_later(tmp_path):
 
 
 def test_trend_ranks_by_increase(tmp_path):
-    _, found, _ = run(tmp_path, "retrieval.method=trend", "retrieval.top_n=2")
+    _, found, _ = run(tmp_path, "retrieve.method=trend", "retrieve.top_n=2")
     # window Feb 23-29 against Feb 16-22: 3 rose by 5, 2 fell by 5 and is left out
     assert on(found, "2024-03-01") == {(0, 1): [3]}
 

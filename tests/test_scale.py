@@ -50,7 +50,7 @@ def test_the_scale_preset_runs_every_stage_at_a_few_dozen_clusters(tmp_path, mon
     through every stage in this process, and bulk_infer again from an empty answer cache into other
     tables: the same bytes."""
     settings = scale.overrides(tmp_path, 24, 1, ["data.synth.n_events=20000", "data.synth.n_users=500",
-                                                 "infer.max_new_tokens=1", "refresh.until=2024-03-05"])
+                                                 "bulk_infer.max_new_tokens=1", "refresh.until=2024-03-05"])
     from pipeline import config
 
     data = config.compose(settings).data

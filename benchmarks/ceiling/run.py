@@ -4,7 +4,7 @@
 
 Needs a finished `dvc repro` on a synthetic world (tables/base.parquet, work/). Every table
 below serves one cluster per pair of the base table, scored as evaluate scores `fixed` (a hit
-when the served cluster is among the user's next eval.horizon distinct clusters of the month):
+when the served cluster is among the user's next evaluate.horizon distinct clusters of the month):
 - `hidden: ...` tables read the world's hidden successor logits (pipeline.data.synth.World), which
   no strategy can see: the month's own logits (the oracle), the training window's (a perfect
   memory of the fine-tune's days), the part that never drifts (semantic affinity + popularity),

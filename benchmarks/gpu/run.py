@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # python benchmarks/gpu/run.py
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.infer.run import plain_generate  # noqa: E402
+from benchmarks.bulk_infer.run import plain_generate  # noqa: E402
 from pipeline import kernels  # noqa: E402  (not pipeline.schema: a bare CUDA image has no omegaconf)
 
 # SmolLM2-135M-Instruct's architecture (its config.json).

@@ -40,8 +40,8 @@ def measure(mode: str, steps: int, n_prompts: int) -> dict:
     llm, tokenizer = model.load(cfg.model)
     trie = bulk.Trie.build(tokenizer, names)
     began = time.perf_counter()
-    bulk.answers(llm, tokenizer, texts, trie, bulk.Settings(False, int(cfg.infer.max_new_tokens),
-                                                           int(cfg.infer.batch_size.cpu)))
+    bulk.answers(llm, tokenizer, texts, trie, bulk.Settings(False, int(cfg.bulk_infer.max_new_tokens),
+                                                           int(cfg.bulk_infer.batch_size.cpu)))
     decode = len(texts) / (time.perf_counter() - began)
 
     train, tokenizer = model.load(cfg.model)

@@ -16,7 +16,7 @@
    an hour on 2 cores, so only the sample is decoded.
 Decoding is constrained (through the description trie, stopping once one cluster is left) and
 without the adapter: the base model writes descriptions there as a fine-tuned model does in free
-decoding, where an untrained one would run every answer to infer.max_new_tokens. The 1-against-2
+decoding, where an untrained one would run every answer to bulk_infer.max_new_tokens. The 1-against-2
 rows use shards of --shard prompts (the stage's 512 would give 2 workers one shard of 256).
 """
 from __future__ import annotations

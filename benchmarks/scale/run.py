@@ -15,7 +15,7 @@ the table writing take most of an hour each here), the other worker counts decod
 shard of the first run again (`same_answers`) and compare the answer-cache parts instead; with
 --seed-every K, their bulk_infer starts from the first run's cache less every K-th part, so it
 decodes that share on its workers and writes every table, compared as above. Extra
-key=value overrides go to every stage (e.g. infer.max_new_tokens=1 to shorten the tiny model's
+key=value overrides go to every stage (e.g. bulk_infer.max_new_tokens=1 to shorten the tiny model's
 decode). A stage that fails stops that cluster count: its row says so.
 """
 from __future__ import annotations

@@ -267,7 +267,7 @@ def decode_scored(model, tokens: list[list[int]], trie: Trie, settings: Settings
     except torch.cuda.OutOfMemoryError as exc:
         said = str(exc).splitlines()[0][:160] if str(exc) else "out of memory"
         raise ValueError(f"CUDA out of memory decoding at batch size {settings.batch_size} ({said}): lower "
-                         "infer.batch_size.cuda (gate.batch_size.cuda for the gate); docs/gpu.md gives the memory "
+                         "bulk_infer.batch_size.cuda (gate.batch_size.cuda for the gate); docs/gpu.md gives the memory "
                          "per batch row") from None
 
 

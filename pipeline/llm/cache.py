@@ -37,7 +37,7 @@ DROP = "python -m pipeline.llm cache --drop-corrupt"
 
 def namespace(m, adapter: Path | str | None, names: dict[int, str], dtype: str, device: str, **decoding) -> dict:
     """Everything besides the prompt that decides an answer: weights, adapter, template, the
-    descriptions (the trie), dtype (infer.dtype), device class (kernels), the decoder's code and the
+    descriptions (the trie), dtype (bulk_infer.dtype), device class (kernels), the decoder's code and the
     decoding settings; answers from different devices are never mixed. Known before the model is
     loaded, so a run whose answers are all cached never loads it."""
     from pipeline import kernels

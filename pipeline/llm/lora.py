@@ -269,7 +269,7 @@ def train(model, tokenizer, prompts: list[str], answers: list[str], ft: DictConf
         # own device. Decoding, the bulk of the work, already spreads over GPUs (the Ray pool).
         raise ValueError(f"params.yaml: finetune.trainer.devices={settings['devices']}: " + (
             "the CPU trains in one process" if accelerator == "cpu" else
-            "the fine-tune trains on one GPU (decoding scales over GPUs through the pool, infer.workers)")
+            "the fine-tune trains on one GPU (decoding scales over GPUs through the pool, ray.workers)")
             + "; set finetune.trainer.devices=1")
     if accelerator == "cpu" and settings["precision"].startswith("16-"):
         # device=auto can only be told from device=cuda here, once torch has looked for a GPU.

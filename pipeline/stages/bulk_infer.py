@@ -121,13 +121,13 @@ def decode(cfg: DictConfig, rows: pd.DataFrame, names: dict[int, str], where: st
     """Every distinct prompt's (answer, log-probability), from the answer cache or decoded now;
     also the namespace the answers are cached under, the prompts decoded, the decode seconds and
     the tokenizer."""
-    inf = cfg.infer
+    inf = cfg.bulk_infer
     tokenizer = model.load_tokenizer(cfg.model)
     trie = bulk.Trie.build(tokenizer, names)
     settings = bulk.Settings(constrained=inf.decoding == "constrained", max_new_tokens=inf.max_new_tokens,
                              batch_size=inf.batch_size[where])
     if settings.constrained and settings.max_new_tokens < trie.tokens_needed():
-        raise ValueError(f"params.yaml: infer.max_new_tokens={settings.max_new_tokens}: constrained decoding needs at "
+        raise ValueError(f"params.yaml: bulk_infer.max_new_tokens={settings.max_new_tokens}: constrained decoding needs at "
                          f"least {trie.tokens_needed()} to complete every answer of these clusters' descriptions")
     ns = namespace(cfg.model, cfg.paths.adapter, names, inf.dtype, where, decoding=inf.decoding,
                    max_new_tokens=settings.max_new_tokens)
@@ -149,7 +149,7 @@ def lineage_fields(cfg: DictConfig, ns: dict, where: str, gate: dict, rule: dict
     """The manifest every table of this run carries (its strategy, date and rows are added per table)."""
     code, declared = manifest.stage_deps("bulk_infer")
     fields = {**{k: ns[k] for k in ("base_model_hash", "adapter_hash", "template_hash")}, **kernels.lineage(where),
-              "dtype": cfg.infer.dtype, "period": cfg.period.month, "decoding": cfg.infer.decoding,
+              "dtype": cfg.bulk_infer.dtype, "period": cfg.period.month, "decoding": cfg.bulk_infer.decoding,
               "data_hash": tree_sha256(cfg.data.path), "params": manifest.params(cfg, declared),
               "code_revision": manifest.code_revision(code), "code_hash": manifest.code_hash(code),
               "packages": manifest.packages(), "gate": gate, "hybrid": rule}
@@ -212,7 +212,7 @@ def run(cfg: DictConfig) -> None:
         "tables": len(per_table), "pairs": int((rows.table == "base").sum()), "unique_prompts": len(unique),
         "tokens_per_prompt": mean_tokens(tokenizer, unique.tolist()),
         "valid_share": round(valid_rows / len(rows), 6), "distinct_answers": collapse(per_table)},
-        {"decoding": cfg.infer.decoding, "per_table": per_table})
+        {"decoding": cfg.bulk_infer.decoding, "per_table": per_table})
     print(f"bulk_infer: {len(per_table)} tables of {per_table['base']['rows']} pairs; decoded {len(missing)} of "
           f"{len(unique)} distinct prompts ({len(unique) - len(missing)} from the cache) in {decode_s:.1f}s, "
           f"{rate:.1f} prompts/s")

@@ -60,8 +60,8 @@ def run(cfg: DictConfig) -> None:
     w = windows(cfg)
     profile = db.over_dates(con, "count_support_profile", refresh_dates(cfg), {
         "daily": cfg.paths.daily_counts, "month_start": w.month_start, "month_end": w.month_end,
-        "window_days": cfg.retrieval.window_days, "train_start": w.train_start, "test_start": w.test_start})
-    metrics["month"] = {"period": cfg.period.month, **support_profile(profile, dict(cfg.eval.support_buckets))}
+        "window_days": cfg.retrieve.window_days, "train_start": w.train_start, "test_start": w.test_start})
+    metrics["month"] = {"period": cfg.period.month, **support_profile(profile, dict(cfg.evaluate.support_buckets))}
     write_metrics(cfg.paths.metrics, "count", headline(metrics), metrics)
     # Per-month detail is a plot, not a metric: `dvc metrics show` stays one readable row.
     with atomic_path(Path(cfg.paths.metrics) / "drift_by_month.csv") as tmp, open(tmp, "w", newline="") as fh:

@@ -2,7 +2,7 @@
 
 Every triple of the month is a user with history (c1, c2) on day t; each strategy serves the
 cluster its newest table dated <= t holds for (c1, c2), and hits when that cluster is among the
-user's next eval.horizon distinct clusters (pipeline/hits.py, the gate's definition too), overall
+user's next evaluate.horizon distinct clusters (pipeline/hits.py, the gate's definition too), overall
 and per bucket of the pair's support in the retrieval window. Each LLM table stands beside its
 no-LLM twin, the same evidence counted and served directly: fixed beside fixed_counts (a count
 table of the fine-tune's own days), rag_refreshed beside backoff (the refreshed retrieval). Then
@@ -270,7 +270,7 @@ def repeat_sample(texts: list[str], pairs: int | None, seed: int) -> list[str]:
 def repeat_answers(cfg: DictConfig, names: dict[int, str], texts: list[str]) -> tuple[list[str], list[str]]:
     """The prompts decoded twice with seeded sampling; cached like bulk_infer's answers, and the
     model is loaded only when one is missing."""
-    e, inf = cfg.eval, cfg.infer
+    e, inf = cfg.evaluate, cfg.bulk_infer
     where = kernels.device(cfg.device, "evaluate")
     settings = bulk.Settings(False, inf.max_new_tokens, inf.batch_size[where], e.repeat_temperature)
     caches = [AnswerCache(cfg.paths.infer_cache, namespace(
@@ -355,7 +355,7 @@ def headline(m: dict) -> dict:
 
 def month_events(cfg: DictConfig, con, w) -> pd.DataFrame:
     """The evaluated month's events (triples) with each user's next distinct clusters (hits.events)."""
-    events = hits.events(con, cfg.paths.triples, cfg.paths.sequences, w.month_start, w.month_end, cfg.eval.horizon)
+    events = hits.events(con, cfg.paths.triples, cfg.paths.sequences, w.month_start, w.month_end, cfg.evaluate.horizon)
     if events.empty:
         raise ValueError(f"{cfg.paths.triples}: no triples in {cfg.period.month}; nothing to evaluate")
     return events
@@ -400,7 +400,7 @@ def write_outputs(cfg: DictConfig, metrics: dict, by_day: pd.DataFrame, topk: pd
 
 def run(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
-    e, w, days = cfg.eval, windows(cfg), refresh_dates(cfg)
+    e, w, days = cfg.evaluate, windows(cfg), refresh_dates(cfg)
     con = db.connect(cfg)
     events = month_events(cfg, con, w)
     base, rag = load_tables(Path(cfg.paths.tables), days, set(contract.descriptions(cfg.data.path)))
@@ -423,7 +423,7 @@ def run(cfg: DictConfig) -> None:
     base_prompts = [prompts.for_pair(names, a, b) for a, b in zip(base.c1, base.c2)]
     repeated = repeat_sample(base_prompts, e.repeat_pairs, e.seed)
     study = overlap(base, rag, repeat_answers(cfg, names, repeated), names)
-    topk = drift(con, daily, days, cfg.retrieval.window_days, list(e.drift_k))
+    topk = drift(con, daily, days, cfg.retrieve.window_days, list(e.drift_k))
     spend = cost(Path(cfg.paths.metrics), cfg, f"rag-{days[-1]}")
 
     metrics = {"horizon": e.horizon, "events": len(events), "users": int(events.user_id.nunique()),

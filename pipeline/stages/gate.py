@@ -34,10 +34,10 @@ def held_out_pairs(con, triples: Path, test_start, month_start, max_pairs: int, 
 
 
 def held_out_events(con, cfg: DictConfig, w) -> pd.DataFrame:
-    """Every triple of the held-out days [test_start, month_start) with the user's next eval.horizon
+    """Every triple of the held-out days [test_start, month_start) with the user's next evaluate.horizon
     clusters seen before month_start (hits.events); too few of them to choose on is one line."""
     found = hits.events(con, cfg.paths.triples, cfg.paths.sequences, w.test_start, w.month_start,
-                        cfg.eval.horizon, until=w.month_start)
+                        cfg.evaluate.horizon, until=w.month_start)
     if len(found) < cfg.gate.min_held_out_triples:
         raise ValueError(f"{cfg.paths.triples}: {len(found)} held-out triples in [{w.test_start}, {w.month_start}) "
                          f"(finetune.test_days={cfg.finetune.test_days}), fewer than gate.min_held_out_triples="
@@ -211,7 +211,7 @@ def run(cfg: DictConfig) -> None:
     where = kernels.device(cfg.device, "gate")
     events = held_out_events(con, cfg, w)
     fitted = {"count_prior": count_prior(con, cfg, w, events)}
-    llm, tokenizer = model.load(cfg.model, cfg.paths.adapter if g.use_adapter else None, where, cfg.infer.dtype)
+    llm, tokenizer = model.load(cfg.model, cfg.paths.adapter if g.use_adapter else None, where, cfg.bulk_infer.dtype)
     score = Scorer(llm, tokenizer, pairs, events, names, g, g.batch_size[where])
     began = time.perf_counter()
     prompt_texts, outputs, c_pred, scores, logprob = score([[] for _ in range(len(pairs))])

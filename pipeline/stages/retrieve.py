@@ -10,7 +10,7 @@ from pipeline.period import refresh_dates
 
 
 def run(cfg: DictConfig) -> None:
-    r = cfg.retrieval
+    r = cfg.retrieve
     days = refresh_dates(cfg)
     con = db.connect(cfg)
     daily = cfg.paths.daily_counts

@@ -43,8 +43,8 @@ TINY = ["data=synthetic_dense", "model=tiny_random", f"model.cache_dir={ROOT / '
         "finetune.trainer.max_steps=2", "finetune.batch_size=8", "finetune.samples_per_pair=1",
         "finetune.trainer.enable_progress_bar=false", "gate.max_pairs=8", "gate.max_new_tokens=4",
         "gate.override_reason='tiny random model'", "data.synth.n_events=30000", "data.synth.n_clusters=5",
-        "data.synth.n_users=800", "count.min_support=1", "refresh.until=2024-03-05", "infer.max_new_tokens=5",
-        "infer.batch_size.cpu=8", "infer.shard_size.cpu=16", "device=cpu", "data.path=data",
+        "data.synth.n_users=800", "count.min_support=1", "refresh.until=2024-03-05", "bulk_infer.max_new_tokens=5",
+        "bulk_infer.batch_size.cpu=8", "bulk_infer.shard_size.cpu=16", "device=cpu", "data.path=data",
         "duckdb.temp_directory=duckdb_tmp"]
 STAGES = ("extract", "count", "finetune", "gate", "retrieve", "bulk_infer", "evaluate")
 # Each stage's main output setting: where the write cases point it.
@@ -421,11 +421,11 @@ def failure_cases() -> list[Case]:
 
     return [
         Case("failures", "SIGINT 1 s into bulk_infer (its own process)",
-             signalled("bulk_infer", signal.SIGINT, 1, "infer.max_new_tokens=6")),
+             signalled("bulk_infer", signal.SIGINT, 1, "bulk_infer.max_new_tokens=6")),
         Case("failures", "SIGINT 4 s into bulk_infer (its own process)",
-             signalled("bulk_infer", signal.SIGINT, 4, "infer.max_new_tokens=6")),
+             signalled("bulk_infer", signal.SIGINT, 4, "bulk_infer.max_new_tokens=6")),
         Case("failures", "SIGTERM 4 s into bulk_infer (its own process)",
-             signalled("bulk_infer", signal.SIGTERM, 4, "infer.max_new_tokens=6")),
+             signalled("bulk_infer", signal.SIGTERM, 4, "bulk_infer.max_new_tokens=6")),
         Case("failures", "SIGINT 4 s into finetune (its own process)",
              signalled("finetune", signal.SIGINT, 4, "finetune.trainer.max_steps=40")),
         Case("failures", "disk full while bulk_infer replaces the tables",
@@ -493,8 +493,8 @@ def read_cases() -> list[Case]:
 
 
 def config_cases() -> list[Case]:
-    bad = ["count.top_k=0", "count.top_k=abc", "finetune.lr=-1", "retrieval.method=random", "refresh.every_days=0",
-           "eval.horizon=-3", "infer.batch_size.cpu=0", "device=tpu", "engine=oracle", "nosuch.key=1", "+nosuch=1",
+    bad = ["count.top_k=0", "count.top_k=abc", "finetune.lr=-1", "retrieve.method=random", "refresh.every_days=0",
+           "evaluate.horizon=-3", "bulk_infer.batch_size.cpu=0", "device=tpu", "engine=oracle", "nosuch.key=1", "+nosuch=1",
            "data=nosuch", "period.month=2024-13", "gate.min_exact_match=2", "finetune.batch_size=1.5",
            "data=contract data.synth.n_users=3", "data=movielens data.synth.n_clusters=4"]
     env = ["paths.tables=${oc.env:HOME}", "paths.report=${oc.env:HOME}/r.md", "data.path=${oc.env:PWD}/data",

@@ -1,6 +1,6 @@
 """Benchmark bulk inference: plain batched `generate` against bulk_infer's decoder, in one run.
 
-    python -m benchmarks.infer.run [--prompts 500] [--layout stage|random] [--no-stage] [--profile]
+    python -m benchmarks.bulk_infer.run [--prompts 500] [--layout stage|random] [--no-stage] [--profile]
 
 Needs the default pipeline's upstream outputs (`dvc repro retrieve gate` or a full `dvc repro`):
 the fine-tuned adapter, the retrieved successors and the cluster descriptions of params.yaml.
@@ -29,7 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-if __package__ in (None, ""):  # python benchmarks/infer/run.py
+if __package__ in (None, ""):  # python benchmarks/bulk_infer/run.py
     sys.path.insert(0, str(ROOT))
 TARGET_RATIO, TARGET_AGREEMENT = 4.0, 0.99
 
@@ -81,7 +81,7 @@ def main() -> None:
     from pipeline.stages import bulk_infer
 
     torch.set_num_threads(int(cfg.torch_threads))
-    inf = cfg.infer
+    inf = cfg.bulk_infer
     names = contract.descriptions(cfg.data.path)
     rows = bulk_infer.table_rows(names, pd.read_parquet(cfg.paths.retrieved), refresh_dates(cfg),
                                   int(cfg.prompts.min_support))
