@@ -1,6 +1,7 @@
 """Shared fixtures: a composed config pointing into tmp_path, and tiny contract datasets."""
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -31,15 +32,21 @@ TINY_WORLD = ["data=synthetic_dense", "model=tiny_random", f"model.cache_dir={RO
 T0 = pd.Timestamp("2024-01-10 12:00", tz="UTC")
 
 
+@functools.cache
+def default_paths() -> tuple[tuple[str, str], ...]:
+    """conf/'s output paths (a composition takes most of a second: composed once per session)."""
+    return tuple((str(key), str(value)) for key, value in config.compose().paths.items())
+
+
+def moved(tmp_path: Path) -> list[str]:
+    """The overrides that move the data and every output path into tmp_path."""
+    return [f"data.path={tmp_path / 'data'}", *[f"paths.{key}={tmp_path / value}" for key, value in default_paths()],
+            f"duckdb.temp_directory={tmp_path / 'duckdb_tmp'}"]
+
+
 def compose(tmp_path: Path, *overrides: str):
     """The project config with the data and every output path moved into tmp_path."""
-    paths = config.compose().paths
-    return config.compose([
-        f"data.path={tmp_path / 'data'}",
-        *[f"paths.{key}={tmp_path / value}" for key, value in paths.items()],
-        f"duckdb.temp_directory={tmp_path / 'duckdb_tmp'}",
-        *overrides,
-    ])
+    return config.compose([*moved(tmp_path), *overrides])
 
 
 LOAD = config.load  # before any test replaces it
@@ -51,10 +58,8 @@ def run_stage(monkeypatch, tmp_path: Path, stage: str, *overrides: str) -> str |
     from pipeline import cli
     from pipeline.__main__ import main
 
-    paths = config.compose().paths
     params = tmp_path / "params.yaml"
-    config.dump([f"data.path={tmp_path / 'data'}", *[f"paths.{key}={tmp_path / value}" for key, value in paths.items()],
-                 f"duckdb.temp_directory={tmp_path / 'duckdb_tmp'}", *overrides], params)
+    config.dump([*moved(tmp_path), *overrides], params)
     monkeypatch.setattr(config, "load", lambda: LOAD(params))
     monkeypatch.delenv(cli.DEBUG, raising=False)
     try:
