@@ -3,8 +3,8 @@
     nice -n 15 python -m benchmarks.scale.run [--clusters 50 300 1000] [--root DIR] [--workers 1 2]
         [--stages synth extract ...] [--answers-every K | --seed-every K] [key=value ...]
 
-Per cluster count n, a world of data=synthetic_1000's process at n clusters (a tenth of them cold,
-200,000 events) in DIR/n/, every output path moved there, then each stage in its own process:
+Per cluster count n, the preset experiment=scale_1000 (the tiny model, one decoded token) on a world
+of data=synthetic_1000's process at n clusters (a tenth of them cold, 200,000 events) in DIR/n/, every output path moved there, then each stage in its own process:
 synth, the seven DVC stages, and lookup of one pair. Each row is the stage's wall time and its
 peak RSS (os.wait4's ru_maxrss of that process: Ray actors with --workers 2 are other processes and
 are not in it). With two worker counts, bulk_infer runs again for the second into DIR/n/w<k>/
@@ -15,8 +15,7 @@ the table writing take most of an hour each here), the other worker counts decod
 shard of the first run again (`same_answers`) and compare the answer-cache parts instead; with
 --seed-every K, their bulk_infer starts from the first run's cache less every K-th part, so it
 decodes that share on its workers and writes every table, compared as above. Extra
-key=value overrides go to every stage (e.g. bulk_infer.max_new_tokens=1 to shorten the tiny model's
-decode). A stage that fails stops that cluster count: its row says so.
+key=value overrides go to every stage (e.g. bulk_infer.max_new_tokens=4 to decode more of each answer). A stage that fails stops that cluster count: its row says so.
 """
 from __future__ import annotations
 
@@ -35,22 +34,17 @@ if str(ROOT) not in sys.path:  # python benchmarks/scale/run.py
 from benchmarks import cpu  # noqa: E402
 
 STAGES = ("synth", "extract", "count", "finetune", "gate", "retrieve", "bulk_infer", "evaluate", "lookup")
-# The tiny model through every stage as tests/conftest.py's TINY_WORLD runs it: a few training
-# steps, a small gate whose verdict is overridden (a random model cannot pass it).
-TINY = ["model=tiny_random", f"model.cache_dir={ROOT / 'models'}", "device=cpu",
-        "finetune.trainer.max_steps=2", "finetune.batch_size=8", "finetune.samples_per_pair=1",
-        "finetune.trainer.enable_progress_bar=false", "gate.max_pairs=8", "gate.max_new_tokens=4",
-        "gate.override_reason='tiny random model'"]
-
-
 def overrides(root: Path, n: int, workers: int, extra: list[str]) -> list[str]:
     """The settings of the n-cluster world, every output under root."""
     from pipeline import config
 
     paths = config.compose().paths
-    return ["data=synthetic_1000", f"data.synth.n_clusters={n}", f"data.synth.cold_clusters={max(1, n // 10)}",
-            f"data.path={root / 'data'}", *[f"paths.{key}={root / value}" for key, value in paths.items()],
-            f"duckdb.temp_directory={root / 'duckdb_tmp'}", f"ray.workers={workers}", *TINY, *extra]
+    # conf/experiment/scale_1000.yaml: the world and the tiny model (a few training steps, a small gate
+    # whose verdict is overridden, one decoded token); the cluster count and every output path here.
+    return ["experiment=scale_1000", f"model.cache_dir={ROOT / 'models'}", f"data.synth.n_clusters={n}",
+            f"data.synth.cold_clusters={max(1, n // 10)}", f"data.path={root / 'data'}",
+            *[f"paths.{key}={root / value}" for key, value in paths.items()],
+            f"duckdb.temp_directory={root / 'duckdb_tmp'}", f"ray.workers={workers}", *extra]
 
 
 def command(stage: str, params: Path, settings: list[str]) -> list[str]:
