@@ -29,8 +29,7 @@ def dump(overrides: list[str] | None = None, output: Path = PARAMS) -> None:
     # outputs before the stage's own check runs.
     from pipeline import lineage
 
-    for stage in lineage.graph(cfg):
-        lineage.check_paths(cfg, stage)
+    lineage.check_every_path(cfg)
     Path(output).write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
 
 

@@ -251,6 +251,12 @@ def check_outputs(cfg: DictConfig, stage: str) -> None:
     check_paths(cfg, stage)
 
 
+def check_every_path(cfg: DictConfig) -> None:
+    """check_paths for every stage: what a composition must pass before it is written or used."""
+    for stage in graph(cfg):
+        check_paths(cfg, stage)
+
+
 def check_paths(cfg: DictConfig, stage: str) -> None:
     """Refuse the output paths of `stage` that it may not replace (check_outputs, wherever it runs)."""
     stages = graph(cfg)
@@ -303,8 +309,7 @@ def outputs_checked(value, _root_: DictConfig):
         return value
     token = _CHECKING.set(True)
     try:
-        for stage in graph(_root_):
-            check_paths(_root_, stage)
+        check_every_path(_root_)
     finally:
         _CHECKING.reset(token)
     return value
