@@ -23,7 +23,7 @@ def dump(overrides: list[str] | None = None, output: Path = PARAMS) -> None:
     """Compose conf/config.yaml with Hydra overrides and write it to `output` (nothing is written
     when a setting or an output path is refused)."""
     # `dvc exp run -S` writes OmegaConf.to_yaml of the resolved composition (DVC's compose_and_dump):
-    # the same bytes here, so the two never disagree (tests/test_dvc_pipeline.py checks).
+    # the same bytes here, so the two never disagree (tests/test_dvc_experiments.py checks).
     cfg = compose(overrides)
     # An output path the stages may not replace is refused here too: `dvc repro` removes a stage's
     # outputs before the stage's own check runs.

@@ -95,12 +95,19 @@ def write_dataset(data_dir: Path, events: pd.DataFrame | pa.Table, n_clusters: i
     return data_dir
 
 
+# The modules that take minutes, longest first: they start first, one per pytest-xdist worker
+# (pytest.ini: --dist loadfile, --no-loadscope-reorder), and the short ones fill in behind them.
+LONGEST_FIRST = ("test_dvc_experiments.py", "test_dvc_pipeline.py", "test_pool.py", "test_engines.py")
+
+
 def pytest_collection_modifyitems(items):
     """A test on the tiny world (the `world` fixture runs every stage with a model) is slow: the
     fast tier leaves it out. Other slow tests say so themselves (@pytest.mark.slow)."""
     for item in items:
         if "world" in item.fixturenames:
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise
 
 
 @pytest.fixture

@@ -85,12 +85,13 @@ def test_a_full_disk_a_forbidden_folder_and_ctrl_c_end_in_one_line_and_keep_the_
     import signal
     import time
 
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as done:
         with cli.user_errors("bulk_infer"), cli.terminated():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
     assert done.value.code == 143 and capsys.readouterr().err.startswith("bulk_infer: terminated (SIGTERM);")
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is before
     with pytest.raises(OSError):  # any other OSError is ours: a traceback
         with cli.user_errors("tool"):
             raise OSError(errno.EBADF, "Bad file descriptor")

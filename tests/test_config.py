@@ -118,7 +118,7 @@ def test_a_fresh_process_composing_as_dvc_does_gets_types_and_enums_but_not_rang
     """`dvc exp run -S` composes in DVC's own process, which imports no pipeline code: it puts the
     repository root on the import path while Hydra scans for plugins, then composes with Hydra's
     compose API. The schema comes in through hydra_plugins/ (types and enums); ranges have no hook
-    there and are left to the first stage's config.load (tests/test_dvc_pipeline.py)."""
+    there and are left to the first stage's config.load (tests/test_dvc_experiments.py)."""
     script = f"""
 import sys
 from hydra import compose, initialize_config_dir

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -82,8 +83,17 @@ def test_missing_ray_and_a_bad_address_are_one_line_errors(world, tmp_path, monk
 
 
 def test_two_workers_build_byte_identical_tables(world, one_worker, fresh):
-    """On a local Ray the pool starts for the run and stops after it."""
-    cfg = build(world, fresh, *TWO)
+    """On a local Ray the pool starts for the run and stops after it, and leaves the stage's own
+    SIGTERM handler in place (ray.init sets one that exits with status 15 and no word)."""
+    def stages_own(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, stages_own)
+    try:
+        cfg = build(world, fresh, *TWO)
+        assert signal.getsignal(signal.SIGTERM) is stages_own
+    finally:
+        signal.signal(signal.SIGTERM, before)
     assert not ray.is_initialized()
     assert (tables(cfg), parts(cfg)) == one_worker[1:]
 
@@ -92,7 +102,8 @@ def test_two_workers_build_byte_identical_tables(world, one_worker, fresh):
 def local_ray():
     from ray import cloudpickle
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, runtime_env=pool.runtime_env())
+    with pool.keep_callers_sigterm():  # later tests in this process get their SIGTERM handlers, not Ray's
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, runtime_env=pool.runtime_env())
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers below travel by value
     yield
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

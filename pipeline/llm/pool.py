@@ -30,7 +30,9 @@ job (Ray's `py_modules`, `runtime_env()`), so a worker runs the decoder this pro
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -258,9 +260,26 @@ def _import_ray():
     return ray
 
 
+@contextmanager
+def keep_callers_sigterm():
+    """ray.init puts its own SIGTERM handler (sys.exit(15)) in place of the caller's: the stage's own
+    (cli.terminated: one line, status 143, old outputs kept) comes back once Ray has started."""
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if before is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, before)
+
+
 def _connect(ray, address: str | None, cpus: int) -> None:
     """A local Ray for this run (address null), or the running cluster at address; an address where
     nothing answers is refused at once (Ray itself would retry for minutes)."""
+    with keep_callers_sigterm():
+        _init(ray, address, cpus)
+
+
+def _init(ray, address: str | None, cpus: int) -> None:
     if address is None:
         ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, runtime_env=runtime_env())
         return
@@ -275,7 +294,6 @@ def _connect(ray, address: str | None, cpus: int) -> None:
         ray.init(address=address, configure_logging=False, runtime_env=runtime_env())
     except ConnectionError as exc:
         raise ValueError(f"params.yaml: ray.address={address!r}: {str(exc).splitlines()[0]}") from None
-
 
 
 def runtime_env() -> dict:
