@@ -21,13 +21,30 @@ from pipeline import db, retrieval
 MODES = ("instance", "backoff")
 
 
-def last_successors(con, daily: Path | str, days: list[date], window_days: int) -> pd.DataFrame:
+def last_successors(con, daily: Path | str, days: list[date], window_days: int,
+                    fallback_days: int = 0) -> pd.DataFrame:
     """(refresh_date, c2, successors): per day and last cluster, its two most frequent successors
     of [day - window_days, day) whatever came before it (last_successors.sql): the first that is
-    not a pair's c1 is always among them."""
-    found = db.over_dates(con, "last_successors", days, {"daily": str(daily), "window_days": int(window_days)})
-    found["successors"] = found["successors"].map(list)
-    return found
+    not a pair's c1 is always among them. With fallback_days beyond window_days, the two of
+    [day - fallback_days, day) follow them, so a last cluster with no recent successor (a sparse
+    log's usual case) still gives a line, the older one."""
+    def over(days_back: int) -> pd.DataFrame:
+        found = db.over_dates(con, "last_successors", days, {"daily": str(daily), "window_days": int(days_back)})
+        found["successors"] = found["successors"].map(list)
+        return found
+
+    recent = over(window_days)
+    if fallback_days <= window_days:
+        return recent
+    # The longer window holds the shorter one, so every (day, c2) with a recent successor is here.
+    older = over(fallback_days)
+    first = {(d, c2): got for d, c2, got in zip(recent.refresh_date, recent.c2, recent.successors)}
+    chained = []
+    for d, c2, got in zip(older.refresh_date, older.c2, older.successors):
+        recent_ones = first.get((d, c2), [])
+        chained.append(recent_ones + [c for c in got if c not in recent_ones])
+    older["successors"] = chained
+    return older
 
 
 def last_line(frame: pd.DataFrame, day_column: str, last: pd.DataFrame) -> pd.Series:

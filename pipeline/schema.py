@@ -281,6 +281,7 @@ class Model:
 class Retrieve:
     method: RetrievalMethod = MISSING
     window_days: int = at_least(1)
+    fallback_window_days: int = at_least(0)  # at or under window_days: no older line
     top_n: int = at_least(1)
     popular_n: int = at_least(0)  # 0: no popular clusters (no popular fallback or line)
 

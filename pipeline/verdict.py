@@ -8,9 +8,11 @@ from pathlib import Path
 
 from pipeline import retrieval
 
-# "fitted": the settings the gate fitted on its held-out days (the count twin's smoothing), which
-# every table's manifest records and evaluate reads there.
+# "fitted": the settings the gate fitted on its held-out days (the count twin's smoothing, the
+# support a pair's line needs), which bulk_infer builds with, every table's manifest records and
+# evaluate reads there.
 VERDICT = ("passed", "exact_match", "test_recall", "override_reason", "failed_checks", "fitted")
+FITTED = ("count_prior", "min_support")
 
 
 def read(path: Path) -> tuple[dict, dict]:
@@ -29,6 +31,10 @@ def read(path: Path) -> tuple[dict, dict]:
     lacking = [k for k in (*VERDICT, "hybrid") if k not in g]
     if lacking:
         raise ValueError(f"{path}: key {lacking[0]!r} is missing; rerun the gate stage (dvc repro)")
+    fitted = g["fitted"] if isinstance(g["fitted"], dict) else {}
+    broken = [k for k in FITTED if isinstance(fitted.get(k), bool) or not isinstance(fitted.get(k), (int, float))]
+    if broken:
+        raise ValueError(f"{path}: key 'fitted.{broken[0]}' is missing or not a number; rerun the gate stage (dvc repro)")
     if not cleared(g):
         raise ValueError(f"{path}: {failure(g)}; no table is built from this adapter")
     return {k: g[k] for k in VERDICT}, retrieval.hybrid_rule(g["hybrid"], str(path))

@@ -155,8 +155,8 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
             # hybrid, by support: the top successor where its window support reaches tau, else the
             # table's answer; else the answer where the rule trusts the model (model; confidence
             # where its log-probability reaches the threshold), else the count answer: the top
-            # successor where it followed the pair at least prompts.min_support times (the prompts'
-            # evidence), else a cluster that is neither c1 nor c2
+            # successor where it followed the pair at least the gate's fitted min_support times (the
+            # prompts' evidence), else a cluster that is neither c1 nor c2
             day = found[found.refresh_date == pd.Timestamp(meta["refresh_date"])]
             top = {(a, b): (r[0], n[0]) for a, b, r, n in zip(day.c1, day.c2, day.retrieved, day.support) if len(r)}
             pairs = list(zip(table.c1, table.c2))
@@ -167,7 +167,7 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
                 if rule["rule"] == "model" or (rule["rule"] == "confidence" and lp >= rule["min_logprob"]):
                     assert h == c
                 elif rule["rule"] != "support":
-                    trusted = p in top and top[p][1] >= cfg.prompts.min_support
+                    trusted = p in top and top[p][1] >= json.loads(meta["gate"])["fitted"]["min_support"]
                     assert h == top[p][0] if trusted else pd.notna(h) and h not in p
         else:
             assert table.retrieved.map(len).sum() == 0
@@ -179,6 +179,23 @@ def test_tables_cover_every_pair_and_carry_their_manifest(world, tmp_path):
     rag = [n for name, n in distinct.items() if name != "base"]
     assert m["distinct_answers"] == {"base": distinct["base"], "rag_min": min(rag), "rag_max": max(rag)}
     assert all(m["per_table"][name]["distinct_answers"] == n for name, n in distinct.items())
+
+
+def test_the_tables_lines_need_the_support_the_gate_fitted_not_the_default(world, tmp_path):
+    """prompts.min_support is the gate's default; the tables follow the gate's choice (fitted.min_support)."""
+    where = tmp_path / "fitted"
+    shutil.copytree(world, where, ignore=shutil.ignore_patterns("tables", ".infer_cache"))
+    g = json.loads((where / "metrics/gate.json").read_text())
+    g["fitted"]["min_support"] = 10 ** 9  # more than any pair's support
+    (where / "metrics/gate.json").write_text(json.dumps(g))
+    cfg = build(world, where)
+    rag = [pd.read_parquet(p) for p in Path(cfg.paths.tables).glob("rag-*.parquet")]
+    assert rag and all(t.retrieved.map(len).sum() == 0 for t in rag)
+    assert json.loads(manifest.read(next(Path(cfg.paths.tables).glob("rag-*.parquet")))["gate"])["fitted"] == g["fitted"]
+    del g["fitted"]["min_support"]
+    (where / "metrics/gate.json").write_text(json.dumps(g))
+    with pytest.raises(ValueError, match=r"gate.json: key 'fitted.min_support' is missing or not a number; rerun the gate"):
+        build(world, where)
 
 
 def test_the_cache_serves_every_prompt_again_and_never_changes_a_result(world, tmp_path):

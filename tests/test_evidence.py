@@ -25,6 +25,24 @@ def test_last_successors_rank_what_followed_c2_alone_in_the_window(tmp_path):
     assert got.c2.tolist() == [1] and got.successors.tolist() == [[2, 4]]
 
 
+def test_a_last_cluster_silent_in_the_window_takes_its_successors_of_the_longer_fallback_window(tmp_path):
+    cfg = compose(tmp_path)
+    path = tmp_path / "daily.parquet"
+    daily_frame([("2024-02-28", 0, 1, 2, 3),  # c2 = 1: a recent successor, 2
+                 ("2024-02-10", 0, 1, 4, 9),  # ... and the window's top two, 4 and 2: 4 joins after 2
+                 ("2024-02-11", 3, 1, 5, 1),
+                 ("2024-02-12", 0, 3, 6, 2),  # c2 = 3: nothing in the last 7 days, 6 before
+                 ("2024-01-01", 0, 7, 8, 5)]).to_parquet(path)  # c2 = 7: before the 28 days too
+    con = db.connect(cfg)
+    got = evidence.last_successors(con, str(path), [D1], 7, 28)
+    assert got.c2.tolist() == [1, 3] and got.successors.tolist() == [[2, 4], [6]]
+    assert evidence.last_successors(con, str(path), [D1], 7, 7).successors.tolist() == [[2]]  # no fallback
+    frame = pd.DataFrame({"c1": [0, 0, 0], "c2": [1, 3, 7], "day": [D1, D1, D1]})
+    no_pairs = pd.DataFrame({"refresh_date": pd.to_datetime([]), "c1": [], "c2": [], "retrieved": [], "support": []})
+    _, back = evidence.lines(frame, "day", no_pairs, got, 1, "backoff")
+    assert back.tolist() == [[2], [6], []]
+
+
 def test_the_last_line_backs_off_only_where_the_pair_has_no_line_and_never_names_c1():
     found = pd.DataFrame({"refresh_date": pd.to_datetime([D1, D1]), "c1": [0, 2], "c2": [1, 1],
                           "retrieved": [[7], [3]], "support": [[5], [2]]})

@@ -53,19 +53,25 @@ def test_gate_measures_rag_lines_at_each_candidate_support(world):
     assert sorted(by_m) == sorted(cfg.gate.min_support_candidates)
     lines = [by_m[m]["pairs_with_line"] for m in sorted(by_m)]
     assert lines == sorted(lines, reverse=True) and lines[0] > 0
-    assert {k: rag[k] for k in by_m[cfg.prompts.min_support]} == by_m[cfg.prompts.min_support]
+    chosen = detail["fitted"]["min_support"]["min_support"]  # the headline figures are the chosen support's
+    assert {k: rag[k] for k in by_m[chosen]} == by_m[chosen]
     found = pd.read_parquet(cfg.paths.daily_counts)
     beyond = int(found.n.sum()) + 1  # more support than any pair can have
     only = compose(world, *TINY_WORLD, f"gate.min_support_candidates=[1,{beyond}]", f"prompts.min_support={beyond}")
     gate.run(only)
     rerun = json.loads((world / "metrics" / "gate" / "detail.json").read_text())
-    assert rerun["rag"]["pairs_with_line"] == 0 and rerun["rag"]["copy_rate"] is None
-    assert rerun["rag"]["test_recall"] == rerun["test_recall"] and rerun["rag"]["exact_match"] == rerun["exact_match"]
-    assert rerun["rag"]["by_min_support"][0]["pairs_with_line"] == lines[0]
-    # The guarded choice among the candidates: the default unless a gain is clear of noise.
-    choice = rerun["rag"]["min_support_choice"]
+    by_m = {c["min_support"]: c for c in rerun["rag"]["by_min_support"]}
+    assert by_m[beyond]["pairs_with_line"] == 0 and by_m[beyond]["copy_rate"] is None
+    assert by_m[beyond]["test_recall"] == rerun["test_recall"] and by_m[beyond]["exact_match"] == rerun["exact_match"]
+    assert by_m[1]["pairs_with_line"] == lines[0]
+    # The guarded choice among the candidates: the default unless a gain is clear of noise; the
+    # verdict carries it (bulk_infer builds the tables' prompts with it).
+    choice = rerun["fitted"]["min_support"]
     assert choice["default"] == beyond and [c["min_support"] for c in choice["candidates"]] == [beyond, 1]
     assert choice["min_support"] == (1 if choice["candidates"][1]["clear"] else beyond)
+    assert {k: rerun["rag"][k] for k in by_m[choice["min_support"]]} == by_m[choice["min_support"]]
+    verdict = json.loads((world / "metrics" / "gate.json").read_text())
+    assert verdict["fitted"]["min_support"] == choice["min_support"]
     gate.run(cfg)  # the session's world as the other tests expect it
 
 
@@ -94,7 +100,9 @@ def test_the_gate_records_the_hybrid_rule_it_chose_on_held_out_recall(world):
     assert chosen == want
     assert verdict == json.loads((world / "metrics" / "gate.json").read_text())["hybrid"]
     fitted = json.loads((world / "metrics" / "gate" / "detail.json").read_text())["fitted"]["count_prior"]
-    assert json.loads((world / "metrics" / "gate.json").read_text())["fitted"] == {"count_prior": fitted["prior"]}
+    assert json.loads((world / "metrics" / "gate.json").read_text())["fitted"] == {
+        "count_prior": fitted["prior"], "min_support": json.loads((world / "metrics" / "gate" / "detail.json").read_text())[
+            "fitted"]["min_support"]["min_support"]}
     assert [c["prior"] for c in fitted["candidates"]][0] == cfg.finetune.label_prior
 
 

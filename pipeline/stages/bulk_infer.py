@@ -2,7 +2,8 @@
 
 One base table (no RAG) and one RAG table per refresh date; a RAG prompt carries the pair's
 evidence on its date (pipeline/evidence.py, prompts.evidence): its successor retrieved at least
-prompts.min_support times, else (backoff) its last cluster's recent successor; a pair with neither
+min_support times (the gate's choice on its held-out days, prompts.min_support unless another gains
+clear of noise), else (backoff) its last cluster's recent successor; a pair with neither
 gets the base prompt (plus the popular line when prompts.popular_n is on). Each RAG table's hybrid
 column serves under the gate's hybrid rule (retrieval.serve_hybrid): pair by pair the LLM's answer,
 the count answer (evidence.answers: the same evidence served directly) or the retrieved successor.
@@ -160,9 +161,11 @@ def lineage_fields(cfg: DictConfig, ns: dict, where: str, gate: dict, rule: dict
 
 
 def write_tables(cfg: DictConfig, rows: pd.DataFrame, answers: dict, names: dict[int, str], popular: dict,
-                 found: pd.DataFrame, last: pd.DataFrame, rule: dict, fields: dict) -> tuple[dict, int]:
+                 found: pd.DataFrame, last: pd.DataFrame, rule: dict, min_support: int,
+                 fields: dict) -> tuple[dict, int]:
     """Every table into paths.tables; (each table's figures, valid rows over all tables). found,
-    last: the retrieve stage's pair and last-cluster successors (the hybrid's count answer)."""
+    last: the retrieve stage's pair and last-cluster successors (the hybrid's count answer, with
+    pair lines of at least min_support)."""
     # Only what the tables determine goes into tracked outputs: a table's new prompts are those no
     # earlier table of this run holds, whatever the answer cache held when the run began.
     per_table, seen, valid_rows = {}, set(), 0
@@ -175,7 +178,7 @@ def write_tables(cfg: DictConfig, rows: pd.DataFrame, answers: dict, names: dict
                 at = part.assign(day=day)
                 table["hybrid"] = retrieval.serve_hybrid(rule, table.c_pred, table.logprob, at, found, "day",
                                                          evidence.answers(at, "day", found, last, popular,
-                                                                          cfg.prompts.min_support))
+                                                                          min_support))
             manifest.write_table(table, out / f"{name}.parquet", {
                 **fields, "strategy": "base" if name == "base" else "rag", "refresh_date": str(day),
                 "rows": len(table)})
@@ -200,11 +203,12 @@ def run(cfg: DictConfig) -> None:
     popular = retrieval.read_popular(cfg.paths.popular)
     names = contract.descriptions(cfg.data.path)
     shown = cfg.prompts.popular_n
-    rows = table_rows(names, found, days, cfg.prompts.min_support, {d: p[:shown] for d, p in popular.items()},
+    min_support = int(gate["fitted"]["min_support"])  # the gate's choice on its held-out days
+    rows = table_rows(names, found, days, min_support, {d: p[:shown] for d, p in popular.items()},
                       last, cfg.prompts.evidence)
     where = kernels.device(cfg.device, "bulk_infer")
     answers, ns, missing, decode_s, tokenizer = decode(cfg, rows, names, where)
-    per_table, valid_rows = write_tables(cfg, rows, answers, names, popular, found, last, rule,
+    per_table, valid_rows = write_tables(cfg, rows, answers, names, popular, found, last, rule, min_support,
                                          lineage_fields(cfg, ns, where, gate, rule))
     unique = rows.prompt.drop_duplicates()
     rate = len(missing) / decode_s if missing else 0.0

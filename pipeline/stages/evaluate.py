@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pipeline import counting, db, evidence, hits, kernels, manifest, report, retrieval, timing
+from pipeline import counting, db, evidence, hits, kernels, manifest, report, retrieval, timing, verdict
 from pipeline.buckets import bucket_of, month_pairs, of_events
 from pipeline.data import contract
 from pipeline.files import atomic_path, write_metrics
@@ -41,8 +41,8 @@ STRATEGIES = {
               "log-probability reaches a threshold, else the count answer",
     "retrieved_top1": "no LLM: the retrieved top-1 successor served directly",
     "backoff": "no LLM, the RAG table's twin: the RAG prompts' evidence served directly: the pair's top retrieved "
-               "successor where it has prompts.min_support, else the top successor of c2 alone over the same window, "
-               "else popular",
+               "successor where it has the support the gate fitted, else the top successor of c2 alone over the same "
+               "window (or the longer retrieve.fallback_window_days), else popular",
     "popular": "no LLM: the most popular recent cluster that is neither c1 nor c2",
     "train_top1": "no LLM: the pair's most frequent successor in the fine-tune's sample days, else their most "
                   "popular cluster (a lookup of what the fixed table was trained on)",
@@ -304,7 +304,7 @@ def fitted(table: Path) -> dict:
     """The settings the gate fitted on its held-out days, as a RAG table's manifest records them
     (its gate verdict's "fitted"); a table from before they were recorded is one line."""
     recorded = json.loads(manifest.read(table).get("gate") or "{}").get("fitted")
-    if recorded is None or "count_prior" not in recorded:
+    if recorded is None or any(k not in recorded for k in verdict.FITTED):
         raise ValueError(f"{table}: its manifest records no fitted settings (built under an older gate); "
                          "rerun the gate and bulk_infer stages (dvc repro)")
     return recorded
@@ -402,7 +402,7 @@ def run(cfg: DictConfig) -> None:
     lookup = train_lookup(con, daily, w, base[["c1", "c2"]])
     settings = fitted(Path(cfg.paths.tables) / f"rag-{days[0]}.parquet")
     counts = count_twin(con, daily, w, base[["c1", "c2"]], settings["count_prior"])
-    served = serve(events, base, rag, popular, found, last, days, lookup, counts, cfg.prompts.min_support)
+    served = serve(events, base, rag, popular, found, last, days, lookup, counts, int(settings["min_support"]))
     hit = hits.hits(served, events.future)
     by_day = hit.groupby(events.day.astype(str)).mean().round(6).rename_axis("day").reset_index()
     strategies = bootstrap(hit, events.user_id, e.bootstrap, e.seed, PAIRED)

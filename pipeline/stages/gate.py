@@ -124,7 +124,7 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base:
     ft, g = cfg.finetune, cfg.gate
     daily, days = cfg.paths.daily_counts, [w.test_start]
     found = retrieval.successors(con, daily, days, ft.rag_window_days, ft.rag_top_n)
-    after = evidence.last_successors(con, daily, days, ft.rag_window_days)
+    after = evidence.last_successors(con, daily, days, ft.rag_window_days, cfg.retrieve.fallback_window_days)
     at = pairs.assign(day=w.test_start)
     shown = cfg.prompts.popular_n
     popular = retrieval.popular(con, daily, days, ft.rag_window_days, shown).popular.tolist()[0] if shown else []
@@ -150,23 +150,23 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base:
                          "copy_rate": round(float(np.mean(copied)), 6) if copied else None}
 
     scored = {m: at_least(m) for m in {cfg.prompts.min_support, *g.min_support_candidates}}
-    c_pred, rag = scored[cfg.prompts.min_support]
     users = score.events.user_id
-    # Which support a line needs, chosen as every setting is (guarded, prompts.min_support the
-    # default); measured here, not applied: the tables' prompts follow prompts.min_support.
+    # Which support a line in the tables' prompts needs, chosen as every setting is (guarded,
+    # prompts.min_support the default); the hybrid rule is then chosen on the answers to those prompts.
     candidates = [{"name": m, "min_support": m} for m in dict.fromkeys([cfg.prompts.min_support,
                                                                         *g.min_support_candidates])]
     pick = hits.guarded(candidates, {m: score.hit(scored[m][0]) for m in scored}, users, cfg.prompts.min_support,
                         g.bootstrap, g.seed)
-    rag = {**rag, "by_min_support": [scored[m][1] for m in g.min_support_candidates],
-           "min_support_choice": {"min_support": pick["min_support"], "default": cfg.prompts.min_support,
+    m = pick["min_support"]
+    c_pred, rag = scored[m]
+    rag = {**rag, "by_min_support": [scored[k][1] for k in g.min_support_candidates],
+           "min_support_choice": {"min_support": m, "default": cfg.prompts.min_support,
                                   "candidates": [{k: c[k] for k in ("min_support", "gain", "gain_ci", "clear")}
                                                  for c in candidates]}}
-    lined_at = retrieval.attach(at, found, "day", cfg.prompts.min_support).map(bool)
+    lined_at = retrieval.attach(at, found, "day", m).map(bool)
     logprob = lined_logprob.where(lined_at, bare_logprob)
     # The count answer as the tables' hybrid column has it (evaluate's backoff), over the same window.
-    counts = evidence.answers(at, "day", found, after, evidence.popular_at(con, daily, days, ft.rag_window_days),
-                              cfg.prompts.min_support)
+    counts = evidence.answers(at, "day", found, after, evidence.popular_at(con, daily, days, ft.rag_window_days), m)
 
     def guard(candidates: list[dict], hit: dict) -> dict:
         return hits.guarded(candidates, hit, users, retrieval.DEFAULT_RULE, g.bootstrap, g.seed)
@@ -176,9 +176,10 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base:
 
 
 def fitted_settings(fitted: dict) -> dict:
-    """The settings fitted on the held-out days as the verdict records them (bulk_infer copies them
-    into every table's manifest, where evaluate reads them): the chosen values, not the candidates."""
-    return {"count_prior": fitted["count_prior"]["prior"]}
+    """The settings fitted on the held-out days as the verdict records them (bulk_infer builds the
+    tables' prompts and count answers with them and copies them into every table's manifest, where
+    evaluate reads them): the chosen values, not the candidates."""
+    return {"count_prior": fitted["count_prior"]["prior"], "min_support": fitted["min_support"]["min_support"]}
 
 
 def recall_of(triples: int, hits: int) -> float:
@@ -217,6 +218,7 @@ def run(cfg: DictConfig) -> None:
                "fitted": fitted}
     # Not gated, measured: the same pairs with RAG lines retrieved before the held-out days.
     metrics["rag"], metrics["hybrid"] = rag_probe(con, score, pairs, cfg, w, c_pred, logprob)
+    fitted["min_support"] = metrics["rag"].pop("min_support_choice")
     failed = verdict(metrics, g)
     metrics.update(passed=not failed, failed_checks=failed, override_reason=g.override_reason,
                    min_exact_match=g.min_exact_match, min_test_recall=g.min_test_recall)
