@@ -198,7 +198,7 @@ def test_lookup_serves_the_base_and_rag_tables_bulk_infer_writes_and_refuses_one
     fields = {**{k: "x" for k in lookup.LINEAGE}, "gate": {"passed": True}}
     last = pd.DataFrame({"refresh_date": pd.to_datetime([day]), "c2": [1], "successors": [[2, 0]]})
     bulk_infer.write_tables(cfg, rows, {p: ("?", -9.0) for p in rows.prompt}, names, {}, found, last,
-                            {"rule": "support", "tau": 1}, fields)
+                            {"rule": "support", "tau": 1}, 1, fields)
     base = pq.read_schema(f"{cfg.paths.tables}/base.parquet")
     assert pa.types.is_null(base.field("retrieved").type.value_type) and pa.types.is_null(base.field("description").type)
     lineage.record(cfg, "bulk_infer")
