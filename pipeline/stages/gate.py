@@ -108,11 +108,12 @@ class Scorer:
 
 
 def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base: pd.Series,
-              base_logprob: pd.Series) -> tuple[dict, dict]:
+              base_logprob: pd.Series) -> tuple[dict, dict, dict]:
     """RAG prompts on the held-out pairs (retrieval as in fine-tuning, dated test_start, with
-    prompts.popular_n popular clusters as the tables carry them): exact match, recall and copy rate
-    with lines of at least prompts.min_support, the same for each of gate.min_support_candidates,
-    and the hybrid rule chosen on them (retrieval.choose_hybrid, guarded by held-out users).
+    prompts.popular_n popular clusters as the tables carry them): (exact match, recall and copy rate
+    with lines of the chosen support and for each of gate.min_support_candidates; the support
+    chosen among them, guarded by held-out users; the hybrid rule chosen on the answers at that
+    support, retrieval.choose_hybrid).
     `base`: the pairs' answers to their base prompts.
 
     Decoded once with a line wherever anything was retrieved, once with the last cluster's line
@@ -159,10 +160,9 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base:
                         g.bootstrap, g.seed)
     m = pick["min_support"]
     c_pred, rag = scored[m]
-    rag = {**rag, "by_min_support": [scored[k][1] for k in g.min_support_candidates],
-           "min_support_choice": {"min_support": m, "default": cfg.prompts.min_support,
-                                  "candidates": [{k: c[k] for k in ("min_support", "gain", "gain_ci", "clear")}
-                                                 for c in candidates]}}
+    rag = {**rag, "by_min_support": [scored[k][1] for k in g.min_support_candidates]}
+    choice = {"min_support": m, "default": cfg.prompts.min_support,
+              "candidates": [{k: c[k] for k in ("min_support", "gain", "gain_ci", "clear")} for c in candidates]}
     lined_at = retrieval.attach(at, found, "day", m).map(bool)
     logprob = lined_logprob.where(lined_at, bare_logprob)
     # The count answer as the tables' hybrid column has it (evaluate's backoff), over the same window.
@@ -171,7 +171,7 @@ def rag_probe(con, score: Scorer, pairs: pd.DataFrame, cfg: DictConfig, w, base:
     def guard(candidates: list[dict], hit: dict) -> dict:
         return hits.guarded(candidates, hit, users, retrieval.DEFAULT_RULE, g.bootstrap, g.seed)
 
-    return rag, retrieval.choose_hybrid(score.hit, guard, c_pred, logprob, at, found, "day", list(g.hybrid_taus),
+    return rag, choice, retrieval.choose_hybrid(score.hit, guard, c_pred, logprob, at, found, "day", list(g.hybrid_taus),
                                         counts)
 
 
@@ -217,8 +217,7 @@ def run(cfg: DictConfig) -> None:
                "held_out": [str(w.test_start), str(w.month_start)], "held_out_triples": len(events),
                "fitted": fitted}
     # Not gated, measured: the same pairs with RAG lines retrieved before the held-out days.
-    metrics["rag"], metrics["hybrid"] = rag_probe(con, score, pairs, cfg, w, c_pred, logprob)
-    fitted["min_support"] = metrics["rag"].pop("min_support_choice")
+    metrics["rag"], fitted["min_support"], metrics["hybrid"] = rag_probe(con, score, pairs, cfg, w, c_pred, logprob)
     failed = verdict(metrics, g)
     metrics.update(passed=not failed, failed_checks=failed, override_reason=g.override_reason,
                    min_exact_match=g.min_exact_match, min_test_recall=g.min_test_recall)
